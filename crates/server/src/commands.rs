@@ -1,0 +1,726 @@
+//! One-shot commands: `POST /api/events/commands/` and friends.
+//!
+//! A command is stored first (`queued`), sent to the agent when its link is
+//! up (`sent`, resent on every reconnection until a result arrives) and
+//! finished when the agent's result is committed (`finished`, or `error` when
+//! it could not run). Live output goes through [`LiveOutputs`], an in-memory
+//! buffer per running command that `…/stream/` readers follow; the durable
+//! copy is the result's output.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use alpacon_proto::{CommandResult, CommandSpec, Control};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use tokio::sync::Notify;
+
+use crate::api::{page_response, Json, PageParams, Path, Query};
+use crate::app::AppState;
+use crate::audit::{self, Event};
+use crate::auth::Caller;
+use crate::db::{new_id, now_ms, rfc3339, rfc3339_opt};
+use crate::error::ApiError;
+use crate::servers;
+
+/// Live output kept per running command for stream readers; the agent caps
+/// stored output at the same size.
+const LIVE_CAP: usize = 8 * 1024 * 1024;
+/// Largest NDJSON output chunk (before base64).
+const CHUNK: usize = 64 * 1024;
+const MAX_LINE: usize = 64 * 1024;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/events/commands/", get(list).post(create))
+        .route("/api/events/commands/{id}/", get(detail))
+        .route("/api/events/commands/{id}/stream/", get(stream))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    server: String,
+    line: String,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    groupname: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+/// Environment variable names a shell would accept.
+pub fn valid_env_key(k: &str) -> bool {
+    let mut chars = k.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+/// Account and group names as useradd accepts them.
+pub fn valid_account_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 32
+        && !n.starts_with('-')
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(body): Json<CreateBody>,
+) -> Result<Response, ApiError> {
+    if body.line.trim().is_empty() {
+        return Err(ApiError::bad_request("`line` must not be empty"));
+    }
+    if body.line.len() > MAX_LINE || body.line.contains('\0') {
+        return Err(ApiError::bad_request(
+            "`line` must be at most 64 KiB and contain no NUL byte",
+        ));
+    }
+    let username = body
+        .username
+        .clone()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| caller.username.clone());
+    if !valid_account_name(&username) {
+        return Err(ApiError::bad_request(format!(
+            "invalid username {username:?}"
+        )));
+    }
+    if let Some(g) = &body.groupname {
+        if !valid_account_name(g) {
+            return Err(ApiError::bad_request(format!("invalid groupname {g:?}")));
+        }
+    }
+    if let Some(k) = body.env.keys().find(|k| !valid_env_key(k)) {
+        return Err(ApiError::bad_request(format!(
+            "invalid environment variable name {k:?}"
+        )));
+    }
+    let server = servers::resolve(&state.db, &body.server).await?;
+    if !caller.may_use_account(&username) {
+        let ev = Event::new("command.run")
+            .failed()
+            .by(&caller)
+            .server(&server.id, &server.name)
+            .detail(json!({"line": body.line, "username": username, "reason": "account_not_allowed"}));
+        audit::record(&state.db, ev).await?;
+        return Err(ApiError::forbidden(
+            "account_not_allowed",
+            format!(
+                "you may only run commands as your own account ({}); running as {username:?} needs staff or superuser rights",
+                caller.username
+            ),
+        ));
+    }
+    let id = new_id();
+    let now = now_ms();
+    let env_json = serde_json::to_string(&body.env).map_err(ApiError::internal)?;
+    sqlx::query(
+        "INSERT INTO commands (id, server_id, line, username, groupname, env, status,
+             requested_by, token_id, client_ip, created_at, output_truncated)
+         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, 0)",
+    )
+    .bind(&id)
+    .bind(&server.id)
+    .bind(&body.line)
+    .bind(&username)
+    .bind(&body.groupname)
+    .bind(&env_json)
+    .bind(&caller.user_id)
+    .bind(&caller.token_id)
+    .bind(&caller.client_ip)
+    .bind(now)
+    .execute(&state.db.pool)
+    .await?;
+    let ev = Event::new("command.run")
+        .by(&caller)
+        .server(&server.id, &server.name)
+        .detail(json!({"command_id": id, "line": body.line, "username": username,
+                       "groupname": body.groupname}));
+    audit::record(&state.db, ev).await?;
+    state.relay.live.start(&id);
+    let spec = CommandSpec {
+        id: id.clone(),
+        line: body.line,
+        username,
+        groupname: body.groupname,
+        env: body.env,
+        timeout_secs: None,
+    };
+    deliver(&state, &server.id, spec).await;
+    let cmd = load(&state, &id).await?;
+    Ok((StatusCode::CREATED, Json(cmd)).into_response())
+}
+
+/// Sends a command to its agent if the link is up, and marks it sent.
+async fn deliver(state: &AppState, server_id: &str, spec: CommandSpec) {
+    let id = spec.id.clone();
+    if state
+        .relay
+        .send_control(server_id, Control::RunCommand(spec))
+        .await
+    {
+        let r = sqlx::query(
+            "UPDATE commands SET status = 'sent', delivered_at = COALESCE(delivered_at, $1)
+             WHERE id = $2 AND status IN ('queued', 'sent')",
+        )
+        .bind(now_ms())
+        .bind(&id)
+        .execute(&state.db.pool)
+        .await;
+        if let Err(e) = r {
+            tracing::warn!(command = %id, "could not mark command sent: {e}");
+        }
+    }
+}
+
+/// Sends every command still waiting for a result to a freshly connected
+/// agent. The agent ignores ids it is already running or has answered.
+pub async fn dispatch_pending(state: &AppState, server_id: &str) {
+    let rows = sqlx::query(
+        "SELECT id, line, username, groupname, env FROM commands
+         WHERE server_id = $1 AND status IN ('queued', 'sent') ORDER BY created_at",
+    )
+    .bind(server_id)
+    .fetch_all(&state.db.pool)
+    .await;
+    let rows = match rows {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("could not load pending commands: {e}");
+            return;
+        }
+    };
+    for r in rows {
+        let spec = (|| -> Result<CommandSpec, sqlx::Error> {
+            let env: String = r.try_get("env")?;
+            Ok(CommandSpec {
+                id: r.try_get("id")?,
+                line: r.try_get("line")?,
+                username: r.try_get("username")?,
+                groupname: r.try_get("groupname")?,
+                env: serde_json::from_str(&env).unwrap_or_default(),
+                timeout_secs: None,
+            })
+        })();
+        match spec {
+            Ok(spec) => {
+                state.relay.live.start(&spec.id);
+                deliver(state, server_id, spec).await;
+            }
+            Err(e) => tracing::error!("bad pending command row: {e}"),
+        }
+    }
+}
+
+/// Commits an agent's result. Idempotent: a result the gateway already has
+/// (the agent resent it after a lost ack) changes nothing. The agent may only
+/// answer for its own commands.
+pub async fn store_result(
+    state: &AppState,
+    server_id: &str,
+    r: CommandResult,
+) -> Result<(), ApiError> {
+    let status = if r.error.is_some() { "error" } else { "finished" };
+    let (ecode, edetail) = match &r.error {
+        Some(e) => (Some(e.code.as_str().to_string()), Some(e.detail.clone())),
+        None => (None, None),
+    };
+    let done = sqlx::query(
+        "UPDATE commands SET status = $1, exit_code = $2, elapsed_ms = $3, output = $4,
+             output_truncated = $5, error_code = $6, error_detail = $7, finished_at = $8,
+             delivered_at = COALESCE(delivered_at, $8)
+         WHERE id = $9 AND server_id = $10 AND status IN ('queued', 'sent')",
+    )
+    .bind(status)
+    .bind(r.exit_code as i64)
+    .bind(r.elapsed_ms as i64)
+    .bind(r.output.clone())
+    .bind(r.truncated as i64)
+    .bind(&ecode)
+    .bind(&edetail)
+    .bind(now_ms())
+    .bind(&r.id)
+    .bind(server_id)
+    .execute(&state.db.pool)
+    .await?;
+    if done.rows_affected() == 0 {
+        tracing::debug!(command = %r.id, "result already stored or not ours; acknowledging");
+        state.relay.live.finish(&r.id);
+        return Ok(());
+    }
+    let row = sqlx::query(
+        "SELECT c.requested_by, u.username AS requester, c.token_id, t.name AS token_name,
+                c.client_ip, c.line, c.username, s.name AS server_name
+         FROM commands c
+         LEFT JOIN users u ON u.id = c.requested_by
+         LEFT JOIN api_tokens t ON t.id = c.token_id
+         LEFT JOIN servers s ON s.id = c.server_id
+         WHERE c.id = $1",
+    )
+    .bind(&r.id)
+    .fetch_one(&state.db.pool)
+    .await?;
+    let requester: Option<String> = row.try_get("requester")?;
+    let requested_by: Option<String> = row.try_get("requested_by")?;
+    let mut ev = Event::new("command.finish")
+        .result(r.error.is_none())
+        .actor(
+            requested_by.as_deref(),
+            requester.as_deref().unwrap_or("(deleted user)"),
+        )
+        .server(
+            server_id,
+            &row.try_get::<Option<String>, _>("server_name")?
+                .unwrap_or_default(),
+        )
+        .detail(json!({
+            "command_id": r.id,
+            "line": row.try_get::<String, _>("line")?,
+            "username": row.try_get::<String, _>("username")?,
+            "exit_code": r.exit_code,
+            "elapsed_ms": r.elapsed_ms,
+            "output_bytes": r.output.len(),
+            "error": r.error.as_ref().map(|e| json!({"code": e.code.as_str(), "detail": e.detail})),
+        }));
+    ev.token_id = row.try_get("token_id")?;
+    ev.token_name = row.try_get("token_name")?;
+    ev.client_ip = row.try_get("client_ip")?;
+    audit::record(&state.db, ev).await?;
+    state.relay.live.finish(&r.id);
+    Ok(())
+}
+
+const SELECT: &str = "SELECT c.id, c.server_id, s.name AS server_name, c.line, c.username,
+        c.groupname, c.env, c.status, u.username AS requester, c.requested_by,
+        c.created_at, c.delivered_at, c.finished_at, c.exit_code, c.elapsed_ms, c.output,
+        c.output_truncated, c.error_code, c.error_detail
+    FROM commands c
+    LEFT JOIN servers s ON s.id = c.server_id
+    LEFT JOIN users u ON u.id = c.requested_by";
+
+/// A command as the API shows it, plus the raw output for the stream.
+struct CommandRow {
+    json: Value,
+    requested_by: Option<String>,
+    output: Vec<u8>,
+    done: bool,
+}
+
+fn from_row(r: &AnyRow) -> Result<CommandRow, sqlx::Error> {
+    let output: Option<Vec<u8>> = r.try_get("output")?;
+    let output = output.unwrap_or_default();
+    let status: String = r.try_get("status")?;
+    let env: String = r.try_get("env")?;
+    let error_code: Option<String> = r.try_get("error_code")?;
+    let error = match error_code {
+        Some(code) => json!({"code": code, "detail": r.try_get::<Option<String>, _>("error_detail")?}),
+        None => Value::Null,
+    };
+    let done = status == "finished" || status == "error";
+    let json = json!({
+        "id": r.try_get::<String, _>("id")?,
+        "server": r.try_get::<String, _>("server_id")?,
+        "server_name": r.try_get::<Option<String>, _>("server_name")?,
+        "line": r.try_get::<String, _>("line")?,
+        "username": r.try_get::<String, _>("username")?,
+        "groupname": r.try_get::<Option<String>, _>("groupname")?,
+        "env": serde_json::from_str::<Value>(&env).unwrap_or(json!({})),
+        "status": status,
+        "requested_by": r.try_get::<Option<String>, _>("requester")?,
+        "added_at": rfc3339(r.try_get("created_at")?),
+        "delivered_at": rfc3339_opt(r.try_get("delivered_at")?),
+        "finished_at": rfc3339_opt(r.try_get("finished_at")?),
+        "exit_code": r.try_get::<Option<i64>, _>("exit_code")?,
+        "elapsed_ms": r.try_get::<Option<i64>, _>("elapsed_ms")?,
+        "output": if done { Value::String(String::from_utf8_lossy(&output).into_owned()) } else { Value::Null },
+        "output_truncated": r.try_get::<i64, _>("output_truncated")? != 0,
+        "error": error,
+    });
+    Ok(CommandRow {
+        json,
+        requested_by: r.try_get("requested_by")?,
+        output,
+        done,
+    })
+}
+
+async fn fetch(state: &AppState, id: &str) -> Result<Option<CommandRow>, ApiError> {
+    let row = sqlx::query(&format!("{SELECT} WHERE c.id = $1"))
+        .bind(id)
+        .fetch_optional(&state.db.pool)
+        .await?;
+    Ok(row.as_ref().map(from_row).transpose()?)
+}
+
+async fn load(state: &AppState, id: &str) -> Result<Value, ApiError> {
+    fetch(state, id)
+        .await?
+        .map(|c| c.json)
+        .ok_or_else(not_found)
+}
+
+fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such command")
+}
+
+/// Loads a command the caller may see (admins: all; others: their own).
+async fn visible(state: &AppState, caller: &Caller, id: &str) -> Result<CommandRow, ApiError> {
+    match fetch(state, id).await? {
+        Some(c) if caller.is_admin() || c.requested_by.as_deref() == Some(&caller.user_id) => {
+            Ok(c)
+        }
+        _ => Err(not_found()),
+    }
+}
+
+async fn detail(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(visible(&state, &caller, &id).await?.json))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    #[serde(flatten)]
+    page: PageParams,
+    server: Option<String>,
+    status: Option<String>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    uri: Uri,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let page = q.page.page()?;
+    let server_id = match &q.server {
+        Some(s) => Some(servers::resolve(&state.db, s).await?.id),
+        None => None,
+    };
+    let mine = (!caller.is_admin()).then(|| caller.user_id.clone());
+    let filter = "WHERE ($1 IS NULL OR c.server_id = $1) AND ($2 IS NULL OR c.status = $2)
+                  AND ($3 IS NULL OR c.requested_by = $3)";
+    let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM commands c {filter}"))
+        .bind(&server_id)
+        .bind(&q.status)
+        .bind(&mine)
+        .fetch_one(&state.db.pool)
+        .await?;
+    let rows = sqlx::query(&format!(
+        "{SELECT} {filter} ORDER BY c.created_at DESC, c.id DESC LIMIT $4 OFFSET $5"
+    ))
+    .bind(&server_id)
+    .bind(&q.status)
+    .bind(&mine)
+    .bind(page.limit())
+    .bind(page.offset())
+    .fetch_all(&state.db.pool)
+    .await?;
+    let results = rows
+        .iter()
+        .map(|r| from_row(r).map(|c| c.json))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(page_response(count, results, page, &uri))
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamQuery {
+    #[serde(default)]
+    offset: Option<u64>,
+}
+
+/// `GET …/{id}/stream/?offset=N`: NDJSON output from byte N, then the
+/// result. A reader that loses the connection (or outlives a gateway restart)
+/// reconnects with the offset it has and misses nothing.
+async fn stream(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<StreamQuery>,
+) -> Result<Response, ApiError> {
+    visible(&state, &caller, &id).await?;
+    let follow = Follow {
+        state,
+        id,
+        offset: q.offset.unwrap_or(0),
+        done: false,
+    };
+    let body = futures_util::stream::unfold(follow, |mut f| async move {
+        if f.done {
+            return None;
+        }
+        let item = f.next_line().await;
+        Some((item, f))
+    });
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Body::from_stream(body))
+        .map_err(ApiError::internal)?)
+}
+
+struct Follow {
+    state: AppState,
+    id: String,
+    offset: u64,
+    done: bool,
+}
+
+fn output_line(offset: u64, data: &[u8]) -> Bytes {
+    let mut s = json!({"type": "output", "offset": offset, "data": STANDARD.encode(data)})
+        .to_string();
+    s.push('\n');
+    Bytes::from(s)
+}
+
+impl Follow {
+    async fn next_line(&mut self) -> Result<Bytes, std::io::Error> {
+        loop {
+            // Live output first, while the command runs.
+            if let Some(entry) = self.state.relay.live.get(&self.id) {
+                let notified = entry.notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let (chunk, finished) = {
+                    let b = entry.lock();
+                    (b.read_from(self.offset), b.finished)
+                };
+                if let Some(chunk) = chunk {
+                    let line = output_line(self.offset, &chunk);
+                    self.offset += chunk.len() as u64;
+                    return Ok(line);
+                }
+                if !finished {
+                    // Wake on new output or the result; poll the database now
+                    // and then in case the result came through another node.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), notified).await;
+                    if !self.finished_in_db().await? {
+                        continue;
+                    }
+                }
+            }
+            let cmd = fetch(&self.state, &self.id)
+                .await
+                .map_err(|e| std::io::Error::other(e.detail))?
+                .ok_or_else(|| std::io::Error::other("command vanished"))?;
+            if !cmd.done {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            // Finished: the stored output is the whole truth.
+            let start = (self.offset as usize).min(cmd.output.len());
+            if start < cmd.output.len() {
+                let end = (start + CHUNK).min(cmd.output.len());
+                let line = output_line(self.offset, &cmd.output[start..end]);
+                self.offset += (end - start) as u64;
+                return Ok(line);
+            }
+            self.done = true;
+            let mut s = json!({"type": "result", "command": cmd.json}).to_string();
+            s.push('\n');
+            return Ok(Bytes::from(s));
+        }
+    }
+
+    async fn finished_in_db(&self) -> Result<bool, std::io::Error> {
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM commands WHERE id = $1")
+            .bind(&self.id)
+            .fetch_optional(&self.state.db.pool)
+            .await
+            .map_err(std::io::Error::other)?;
+        Ok(matches!(status.as_deref(), Some("finished" | "error") | None))
+    }
+}
+
+/// In-memory live output of running commands, for stream readers.
+#[derive(Default)]
+pub struct LiveOutputs {
+    entries: Mutex<HashMap<String, Arc<LiveEntry>>>,
+}
+
+pub struct LiveEntry {
+    buf: Mutex<LiveBuf>,
+    notify: Notify,
+}
+
+impl LiveEntry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LiveBuf> {
+        self.buf.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Output bytes `[base, base + data.len())` of one command.
+#[derive(Debug, Default, PartialEq)]
+pub struct LiveBuf {
+    base: u64,
+    data: Vec<u8>,
+    started: bool,
+    /// Output was lost or went past the cap: readers wait for the result.
+    broken: bool,
+    finished: bool,
+}
+
+impl LiveBuf {
+    /// Accept a chunk at `offset`; overlapping bytes are dropped, a gap
+    /// breaks the live view (the durable result still has everything).
+    pub fn append(&mut self, offset: u64, chunk: &[u8]) {
+        if self.broken || self.finished {
+            return;
+        }
+        if !self.started {
+            self.started = true;
+            self.base = offset;
+        }
+        let end = self.base + self.data.len() as u64;
+        if offset > end {
+            self.broken = true;
+            return;
+        }
+        let skip = (end - offset) as usize;
+        if skip >= chunk.len() {
+            return;
+        }
+        if self.data.len() + chunk.len() - skip > LIVE_CAP {
+            self.broken = true;
+            return;
+        }
+        self.data.extend_from_slice(&chunk[skip..]);
+    }
+
+    /// Bytes from `offset` on (at most one chunk), if the buffer has them.
+    pub fn read_from(&self, offset: u64) -> Option<Vec<u8>> {
+        if self.broken || offset < self.base {
+            return None;
+        }
+        let start = (offset - self.base) as usize;
+        if start >= self.data.len() {
+            return None;
+        }
+        let end = (start + CHUNK).min(self.data.len());
+        Some(self.data[start..end].to_vec())
+    }
+}
+
+impl LiveOutputs {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LiveEntry>>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Start tracking a command (idempotent). Only tracked commands accept
+    /// output, so an agent cannot make the gateway allocate for made-up ids.
+    pub fn start(&self, id: &str) {
+        self.map().entry(id.to_string()).or_insert_with(|| {
+            Arc::new(LiveEntry {
+                buf: Mutex::new(LiveBuf::default()),
+                notify: Notify::new(),
+            })
+        });
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<LiveEntry>> {
+        self.map().get(id).cloned()
+    }
+
+    pub fn append(&self, id: &str, offset: u64, data: &[u8]) {
+        if let Some(e) = self.get(id) {
+            e.lock().append(offset, data);
+            e.notify.notify_waiters();
+        }
+    }
+
+    /// The result is stored: readers switch to it and the buffer goes.
+    pub fn finish(&self, id: &str) {
+        if let Some(e) = self.map().remove(id) {
+            e.lock().finished = true;
+            e.notify.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_keys() {
+        assert!(valid_env_key("PATH"));
+        assert!(valid_env_key("_x1"));
+        assert!(!valid_env_key("1X"));
+        assert!(!valid_env_key("A-B"));
+        assert!(!valid_env_key(""));
+        assert!(!valid_env_key("A=B"));
+    }
+
+    #[test]
+    fn account_names() {
+        assert!(valid_account_name("docker"));
+        assert!(valid_account_name("svc.deploy-1"));
+        assert!(!valid_account_name("-rf"));
+        assert!(!valid_account_name("a b"));
+        assert!(!valid_account_name("root;id"));
+        assert!(!valid_account_name(""));
+    }
+
+    #[test]
+    fn live_buffer_appends_in_order_and_drops_overlap() {
+        let mut b = LiveBuf::default();
+        b.append(0, b"hello ");
+        b.append(3, b"lo world"); // resent overlap
+        assert_eq!(b.read_from(0).unwrap(), b"hello world");
+        assert_eq!(b.read_from(6).unwrap(), b"world");
+        assert_eq!(b.read_from(11), None);
+        b.append(0, b"hel"); // entirely old
+        assert_eq!(b.data, b"hello world");
+    }
+
+    #[test]
+    fn live_buffer_late_start_and_gaps() {
+        let mut b = LiveBuf::default();
+        b.append(100, b"abc");
+        assert_eq!(b.read_from(100).unwrap(), b"abc");
+        assert_eq!(b.read_from(0), None, "bytes before the buffer are not live");
+        b.append(200, b"x");
+        assert!(b.broken);
+        assert_eq!(b.read_from(100), None);
+    }
+
+    #[test]
+    fn live_buffer_is_capped() {
+        let mut b = LiveBuf::default();
+        let big = vec![0u8; LIVE_CAP];
+        b.append(0, &big);
+        assert!(!b.broken);
+        b.append(LIVE_CAP as u64, b"more");
+        assert!(b.broken);
+    }
+
+    #[test]
+    fn untracked_ids_are_ignored() {
+        let l = LiveOutputs::default();
+        l.append("nope", 0, b"x");
+        assert!(l.get("nope").is_none());
+        l.start("c");
+        l.append("c", 0, b"x");
+        assert_eq!(l.get("c").unwrap().lock().read_from(0).unwrap(), b"x");
+        l.finish("c");
+        assert!(l.get("c").is_none());
+    }
+}

@@ -1,0 +1,605 @@
+//! File transfers through the agent link: `/api/webftp/…`.
+//!
+//! Bytes are relayed between the HTTP body and a mux stream without
+//! buffering: an upload reads the request body only as fast as the agent
+//! grants credit, and a download's response body is fed from the stream as
+//! the client reads it. The agent hashes what it writes or reads; the
+//! gateway records the sha256 with the transfer so the client can compare.
+
+use std::collections::HashMap;
+
+use alpacon_mux::{Event, Stream};
+use crate::relay::Link;
+use alpacon_proto::{
+    Account, Close, EntryKind, ErrorCode, Open, StreamError, StreamInfo, StreamResult,
+};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sqlx::Row;
+
+use crate::api::{Json, Path, Query};
+use crate::app::AppState;
+use crate::audit::{self, Event as AuditEvent};
+use crate::auth::Caller;
+use crate::commands::valid_account_name;
+use crate::db::{new_id, now_ms, rfc3339, rfc3339_opt, Db};
+use crate::error::ApiError;
+use crate::servers::{self, ServerRow};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/webftp/upload/", post(upload))
+        .route("/api/webftp/download/", get(download))
+        .route("/api/webftp/mkdir/", post(mkdir))
+        .route("/api/webftp/stat/", get(stat))
+        .route("/api/webftp/transfers/{id}/", get(transfer))
+}
+
+/// Maps an agent's refusal to the API's error.
+pub fn agent_error(e: StreamError) -> ApiError {
+    let (status, code) = match e.code {
+        ErrorCode::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        ErrorCode::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
+        ErrorCode::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
+        ErrorCode::IsADirectory => (StatusCode::BAD_REQUEST, "is_a_directory"),
+        ErrorCode::NotADirectory => (StatusCode::BAD_REQUEST, "not_a_directory"),
+        ErrorCode::NoSuchUser => (StatusCode::BAD_REQUEST, "no_such_user"),
+        ErrorCode::NoSuchGroup => (StatusCode::BAD_REQUEST, "no_such_group"),
+        ErrorCode::Invalid => (StatusCode::BAD_REQUEST, "invalid"),
+        ErrorCode::Cancelled | ErrorCode::Io if e.detail.contains("link") => {
+            (StatusCode::SERVICE_UNAVAILABLE, "server_offline")
+        }
+        _ => (StatusCode::BAD_GATEWAY, "agent_error"),
+    };
+    ApiError::new(status, code, e.detail)
+}
+
+#[derive(Debug, Deserialize)]
+struct Target {
+    server: String,
+    path: String,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    groupname: Option<String>,
+}
+
+/// Everything checked before a transfer touches the agent.
+struct Checked {
+    server: ServerRow,
+    link: Link,
+    account: Account,
+    path: String,
+}
+
+async fn check(state: &AppState, caller: &Caller, t: &Target) -> Result<Checked, ApiError> {
+    if !t.path.starts_with('/') || t.path.contains('\0') {
+        return Err(ApiError::bad_request(format!(
+            "`path` must be an absolute path, got {:?}",
+            t.path
+        )));
+    }
+    let username = t
+        .username
+        .clone()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| caller.username.clone());
+    if !valid_account_name(&username) {
+        return Err(ApiError::bad_request(format!("invalid username {username:?}")));
+    }
+    if let Some(g) = &t.groupname {
+        if !valid_account_name(g) {
+            return Err(ApiError::bad_request(format!("invalid groupname {g:?}")));
+        }
+    }
+    let server = servers::resolve(&state.db, &t.server).await?;
+    if !caller.may_use_account(&username) {
+        return Err(ApiError::forbidden(
+            "account_not_allowed",
+            format!(
+                "you may only transfer files as your own account ({}); using {username:?} needs staff or superuser rights",
+                caller.username
+            ),
+        ));
+    }
+    let link = state.relay.link(&server.id).ok_or_else(|| {
+        ApiError::unavailable(
+            "server_offline",
+            format!(
+                "server {} is not connected; file transfers need a live agent (see `alpacon server ls`)",
+                server.name
+            ),
+        )
+    })?;
+    Ok(Checked {
+        server,
+        link,
+        account: Account {
+            username,
+            groupname: t.groupname.clone(),
+        },
+        path: t.path.clone(),
+    })
+}
+
+/// Opens a stream and waits for the agent to take it on.
+async fn open(link: &Link, open: Open) -> Result<(Stream, StreamInfo), ApiError> {
+    let mut s = link
+        .mux
+        .open(open)
+        .await
+        .map_err(|e| ApiError::unavailable("server_offline", e.to_string()))?;
+    let info = s.wait_accept().await.map_err(agent_error)?;
+    Ok((s, info))
+}
+
+/// Waits for the stream's final result.
+async fn finish(s: &mut alpacon_mux::StreamReceiver) -> Result<StreamResult, ApiError> {
+    loop {
+        match s.recv().await {
+            Some(Event::Closed(Close::Ok(r))) => return Ok(r),
+            Some(Event::Closed(Close::Err(e))) => return Err(agent_error(e)),
+            Some(_) => continue,
+            None => {
+                return Err(ApiError::unavailable(
+                    "server_offline",
+                    "the agent link dropped during the operation",
+                ))
+            }
+        }
+    }
+}
+
+struct Transfer<'a> {
+    id: String,
+    direction: &'static str,
+    c: &'a Checked,
+    caller: &'a Caller,
+}
+
+impl Transfer<'_> {
+    async fn begin(&self, db: &Db) -> Result<(), ApiError> {
+        sqlx::query(
+            "INSERT INTO transfers (id, server_id, direction, path, username, requested_by,
+                 token_id, client_ip, status, bytes, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', 0, $9)",
+        )
+        .bind(&self.id)
+        .bind(&self.c.server.id)
+        .bind(self.direction)
+        .bind(&self.c.path)
+        .bind(&self.c.account.username)
+        .bind(&self.caller.user_id)
+        .bind(&self.caller.token_id)
+        .bind(&self.caller.client_ip)
+        .bind(now_ms())
+        .execute(&db.pool)
+        .await?;
+        Ok(())
+    }
+
+    fn audit(&self) -> AuditEvent {
+        AuditEvent::new(format!("file.{}", self.direction))
+            .by(self.caller)
+            .server(&self.c.server.id, &self.c.server.name)
+    }
+}
+
+/// Records a transfer's end and its audit event.
+async fn end_transfer(
+    db: &Db,
+    id: &str,
+    ev: AuditEvent,
+    path: &str,
+    username: &str,
+    outcome: &Result<(u64, String), ApiError>,
+) -> Result<(), ApiError> {
+    let (status, bytes, sha, err) = match outcome {
+        Ok((b, s)) => ("completed", *b as i64, Some(s.clone()), None),
+        Err(e) => ("failed", 0, None, Some(e.detail.clone())),
+    };
+    sqlx::query(
+        "UPDATE transfers SET status = $1, bytes = $2, sha256 = $3, error = $4, finished_at = $5
+         WHERE id = $6",
+    )
+    .bind(status)
+    .bind(bytes)
+    .bind(&sha)
+    .bind(&err)
+    .bind(now_ms())
+    .bind(id)
+    .execute(&db.pool)
+    .await?;
+    let ev = ev.result(outcome.is_ok()).detail(json!({
+        "transfer_id": id, "path": path, "username": username,
+        "bytes": bytes, "sha256": sha, "error": err,
+    }));
+    audit::record(db, ev).await
+}
+
+#[derive(Debug, Deserialize)]
+struct UploadQuery {
+    #[serde(flatten)]
+    target: Target,
+    #[serde(default)]
+    overwrite: Option<String>,
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+fn parse_bool(v: &Option<String>) -> Result<bool, ApiError> {
+    match v.as_deref() {
+        None | Some("") | Some("false") | Some("0") | Some("no") => Ok(false),
+        Some("true") | Some("1") | Some("yes") => Ok(true),
+        Some(o) => Err(ApiError::bad_request(format!("expected true or false, got {o:?}"))),
+    }
+}
+
+fn parse_mode(v: &Option<String>) -> Result<Option<u32>, ApiError> {
+    match v.as_deref() {
+        None | Some("") => Ok(None),
+        Some(m) => match u32::from_str_radix(m.trim_start_matches("0o"), 8) {
+            Ok(n) if n <= 0o7777 => Ok(Some(n)),
+            _ => Err(ApiError::bad_request(format!(
+                "`mode` must be octal permission bits such as 644, got {m:?}"
+            ))),
+        },
+    }
+}
+
+async fn upload(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<UploadQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let overwrite = parse_bool(&q.overwrite)?;
+    let mode = parse_mode(&q.mode)?;
+    let c = check(&state, &caller, &q.target).await?;
+    let t = Transfer {
+        id: new_id(),
+        direction: "upload",
+        c: &c,
+        caller: &caller,
+    };
+    let opened = open(
+        &c.link,
+        Open::FileWrite {
+            path: c.path.clone(),
+            account: c.account.clone(),
+            overwrite,
+            mode,
+        },
+    )
+    .await;
+    t.begin(&state.db).await?;
+    let outcome = match opened {
+        Ok((s, _)) => pump_upload(s, body).await,
+        Err(e) => Err(e),
+    };
+    end_transfer(
+        &state.db,
+        &t.id,
+        t.audit(),
+        &c.path,
+        &c.account.username,
+        &outcome,
+    )
+    .await?;
+    let (bytes, sha256) = outcome?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": t.id, "server": c.server.id, "path": c.path,
+            "username": c.account.username, "bytes": bytes, "sha256": sha256,
+        })),
+    )
+        .into_response())
+}
+
+async fn pump_upload(s: Stream, body: Body) -> Result<(u64, String), ApiError> {
+    let (tx, mut rx) = s.split();
+    let mut data = body.into_data_stream();
+    let mut sent = 0u64;
+    let agent_gone;
+    loop {
+        match data.next().await {
+            Some(Ok(chunk)) => {
+                sent += chunk.len() as u64;
+                if tx.send(chunk).await.is_err() {
+                    // The agent ended the stream (error) or the link dropped:
+                    // its reason is waiting in `rx`.
+                    agent_gone = true;
+                    break;
+                }
+            }
+            Some(Err(e)) => {
+                // The client went away mid-upload; dropping the stream
+                // cancels it and the agent discards the partial file.
+                return Err(ApiError::bad_request(format!(
+                    "upload interrupted after {sent} bytes: {e}"
+                )));
+            }
+            None => {
+                agent_gone = false;
+                break;
+            }
+        }
+    }
+    if !agent_gone {
+        let _ = tx.eof();
+    }
+    match finish(&mut rx).await? {
+        StreamResult::Written { bytes, sha256 } => Ok((bytes, sha256)),
+        other => Err(ApiError::internal(format!("unexpected upload result {other:?}"))),
+    }
+}
+
+async fn download(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(target): Query<Target>,
+) -> Result<Response, ApiError> {
+    let c = check(&state, &caller, &target).await?;
+    let t = Transfer {
+        id: new_id(),
+        direction: "download",
+        c: &c,
+        caller: &caller,
+    };
+    let opened = open(
+        &c.link,
+        Open::FileRead {
+            path: c.path.clone(),
+            account: c.account.clone(),
+        },
+    )
+    .await;
+    t.begin(&state.db).await?;
+    let (s, info) = match opened {
+        Ok(o) => o,
+        Err(e) => {
+            let outcome = Err(e);
+            end_transfer(&state.db, &t.id, t.audit(), &c.path, &c.account.username, &outcome)
+                .await?;
+            return Err(outcome.err().unwrap_or_else(|| ApiError::internal("unreachable")));
+        }
+    };
+    let (size, mode) = match info {
+        StreamInfo::File { size, mode } => (size, mode),
+        StreamInfo::Ready => (0, 0),
+    };
+    let (_tx, rx) = s.split();
+    let feed = DownloadFeed {
+        db: state.db.clone(),
+        id: t.id.clone(),
+        audit: Some(t.audit()),
+        path: c.path.clone(),
+        username: c.account.username.clone(),
+        rx,
+        _tx,
+    };
+    let body = futures_util::stream::unfold(feed, |mut f| async move {
+        f.next().await.map(|item| (item, f))
+    });
+    let mut resp = Response::new(Body::from_stream(body));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    if let Ok(v) = HeaderValue::from_str(&t.id) {
+        h.insert("x-alpacon-transfer-id", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("{mode:o}")) {
+        h.insert("x-alpacon-file-mode", v);
+    }
+    Ok(resp)
+}
+
+/// Feeds a download's response body from its stream, and records the
+/// transfer when the stream ends (before the body ends, so a client that saw
+/// the whole body finds the sha256 already stored).
+struct DownloadFeed {
+    db: Db,
+    id: String,
+    audit: Option<AuditEvent>,
+    path: String,
+    username: String,
+    rx: alpacon_mux::StreamReceiver,
+    _tx: alpacon_mux::StreamSender,
+}
+
+impl DownloadFeed {
+    async fn next(&mut self) -> Option<Result<Bytes, std::io::Error>> {
+        let ev = self.audit.take()?;
+        loop {
+            let outcome = match self.rx.recv().await {
+                Some(Event::Data(d)) => {
+                    self.audit = Some(ev);
+                    return Some(Ok(d));
+                }
+                Some(Event::Closed(Close::Ok(StreamResult::Read { bytes, sha256 }))) => {
+                    Ok((bytes, sha256))
+                }
+                Some(Event::Closed(Close::Ok(other))) => Err(ApiError::internal(format!(
+                    "unexpected download result {other:?}"
+                ))),
+                Some(Event::Closed(Close::Err(e))) => Err(agent_error(e)),
+                Some(Event::Accepted(_) | Event::Eof) => continue,
+                None => Err(ApiError::unavailable("server_offline", "agent link lost")),
+            };
+            let failed = outcome.as_ref().err().map(|e| e.detail.clone());
+            if let Err(e) =
+                end_transfer(&self.db, &self.id, ev, &self.path, &self.username, &outcome).await
+            {
+                tracing::error!(transfer = %self.id, "could not record download: {}", e.detail);
+                return Some(Err(std::io::Error::other("could not record the transfer")));
+            }
+            // A failed download must not look complete: break the body.
+            return failed.map(|d| Err(std::io::Error::other(d)));
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct MkdirBody {
+    server: String,
+    path: String,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    groupname: Option<String>,
+}
+
+async fn mkdir(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(b): Json<MkdirBody>,
+) -> Result<Response, ApiError> {
+    let target = Target {
+        server: b.server,
+        path: b.path,
+        username: b.username,
+        groupname: b.groupname,
+    };
+    let c = check(&state, &caller, &target).await?;
+    let res = async {
+        let mut s = c
+            .link
+            .mux
+            .open(Open::Mkdir {
+                path: c.path.clone(),
+                account: c.account.clone(),
+            })
+            .await
+            .map_err(|e| ApiError::unavailable("server_offline", e.to_string()))?;
+        finish(&mut s.rx).await
+    }
+    .await;
+    let ev = AuditEvent::new("file.mkdir")
+        .by(&caller)
+        .server(&c.server.id, &c.server.name)
+        .result(res.is_ok())
+        .detail(json!({"path": c.path, "username": c.account.username,
+                       "error": res.as_ref().err().map(|e| e.detail.clone())}));
+    audit::record(&state.db, ev).await?;
+    res?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"server": c.server.id, "path": c.path})),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct StatQuery {
+    #[serde(flatten)]
+    target: Target,
+    #[serde(default)]
+    recursive: Option<String>,
+}
+
+async fn stat(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<StatQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let recursive = parse_bool(&q.recursive)?;
+    let c = check(&state, &caller, &q.target).await?;
+    let mut s = c
+        .link
+        .mux
+        .open(Open::Stat {
+            path: c.path.clone(),
+            account: c.account.clone(),
+            recursive,
+        })
+        .await
+        .map_err(|e| ApiError::unavailable("server_offline", e.to_string()))?;
+    match finish(&mut s.rx).await? {
+        StreamResult::Listing { entries } => {
+            let entries: Vec<Value> = entries
+                .into_iter()
+                .map(|e| {
+                    json!({"path": e.path, "kind": kind_str(e.kind), "size": e.size, "mode": e.mode})
+                })
+                .collect();
+            Ok(Json(json!({"path": c.path, "entries": entries})))
+        }
+        other => Err(ApiError::internal(format!("unexpected stat result {other:?}"))),
+    }
+}
+
+fn kind_str(k: EntryKind) -> &'static str {
+    match k {
+        EntryKind::File => "file",
+        EntryKind::Dir => "dir",
+        EntryKind::Symlink => "symlink",
+        EntryKind::Other => "other",
+    }
+}
+
+async fn transfer(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let row = sqlx::query(
+        "SELECT id, server_id, direction, path, username, requested_by, status, bytes, sha256,
+                error, created_at, finished_at FROM transfers WHERE id = $1",
+    )
+    .bind(&id)
+    .fetch_optional(&state.db.pool)
+    .await?;
+    let Some(r) = row else {
+        return Err(ApiError::not_found("not_found", "no such transfer"));
+    };
+    let owner: Option<String> = r.try_get("requested_by")?;
+    if !caller.is_admin() && owner.as_deref() != Some(&caller.user_id) {
+        return Err(ApiError::not_found("not_found", "no such transfer"));
+    }
+    let mut v: HashMap<&str, Value> = HashMap::new();
+    for k in ["id", "server_id", "direction", "path", "username", "status"] {
+        v.insert(k, json!(r.try_get::<String, _>(k)?));
+    }
+    v.insert("bytes", json!(r.try_get::<i64, _>("bytes")?));
+    v.insert("sha256", json!(r.try_get::<Option<String>, _>("sha256")?));
+    v.insert("error", json!(r.try_get::<Option<String>, _>("error")?));
+    v.insert("created_at", json!(rfc3339(r.try_get("created_at")?)));
+    v.insert("finished_at", json!(rfc3339_opt(r.try_get("finished_at")?)));
+    Ok(Json(json!(v)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_and_bools() {
+        assert_eq!(parse_mode(&Some("644".into())).unwrap(), Some(0o644));
+        assert_eq!(parse_mode(&Some("0o600".into())).unwrap(), Some(0o600));
+        assert_eq!(parse_mode(&None).unwrap(), None);
+        assert!(parse_mode(&Some("999".into())).is_err());
+        assert!(parse_mode(&Some("77777".into())).is_err());
+        assert!(parse_bool(&Some("true".into())).unwrap());
+        assert!(!parse_bool(&None).unwrap());
+        assert!(parse_bool(&Some("maybe".into())).is_err());
+    }
+
+    #[test]
+    fn agent_errors_map_to_statuses() {
+        let e = agent_error(StreamError::new(ErrorCode::NotFound, "no such directory: /x"));
+        assert_eq!(e.status, StatusCode::NOT_FOUND);
+        let e = agent_error(StreamError::new(ErrorCode::PermissionDenied, "permission denied"));
+        assert_eq!(e.status, StatusCode::FORBIDDEN);
+        assert_eq!(e.code, "permission_denied");
+        let e = agent_error(StreamError::new(ErrorCode::Io, "agent link lost"));
+        assert_eq!(e.code, "server_offline");
+    }
+}
