@@ -151,12 +151,10 @@ impl Gateway {
                     bail!("alpacon-server exited with {status}:\n{}", self.log());
                 }
             }
-            if self.ca().exists() {
-                if self.http_client().is_ok() {
-                    if let Ok(r) = self.http.get(self.api("/api/status/")).send() {
-                        if r.status().is_success() {
-                            return Ok(());
-                        }
+            if self.ca().exists() && self.http_client().is_ok() {
+                if let Ok(r) = self.http.get(self.api("/api/status/")).send() {
+                    if r.status().is_success() {
+                        return Ok(());
                     }
                 }
             }
@@ -258,7 +256,10 @@ impl Gateway {
         if s != 201 {
             bail!("token create failed: {s} {v}");
         }
-        Ok(v["key"].as_str().ok_or_else(|| anyhow!("no key"))?.to_string())
+        Ok(v["key"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no key"))?
+            .to_string())
     }
 
     pub fn registration_token(&mut self, name: &str) -> Result<String> {
@@ -270,7 +271,10 @@ impl Gateway {
         if s != 201 {
             bail!("registration token create failed: {s} {v}");
         }
-        Ok(v["key"].as_str().ok_or_else(|| anyhow!("no key"))?.to_string())
+        Ok(v["key"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no key"))?
+            .to_string())
     }
 
     pub fn server(&mut self, name: &str) -> Result<Value> {
@@ -351,7 +355,9 @@ pub struct Agent {
 
 impl Agent {
     pub fn register(gw: &mut Gateway, name: &str, opts: AgentOpts) -> Result<Agent> {
-        let dir = tempfile::Builder::new().prefix("alpacon-agent-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("alpacon-agent-")
+            .tempdir()?;
         let token = gw.registration_token(&format!("reg-{name}"))?;
         let config = dir.path().join("agent/alpamon.toml");
         let url = opts.url.clone().unwrap_or_else(|| gw.url.clone());
@@ -465,10 +471,7 @@ impl Cli {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        self.command()
-            .args(args)
-            .output()
-            .expect("running alpacon")
+        self.command().args(args).output().expect("running alpacon")
     }
 
     pub fn login_token(&self, gw: &Gateway, token: &str) -> Result<()> {

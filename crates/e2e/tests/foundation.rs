@@ -3,16 +3,17 @@
 use std::process::Command;
 use std::time::Duration;
 
-use alpacon_e2e::{
-    is_root, sha256_file, text, write_big_file, Agent, AgentOpts, Cli, Gateway,
-};
+use alpacon_e2e::{is_root, sha256_file, text, write_big_file, Agent, AgentOpts, Cli, Gateway};
 use serde_json::{json, Value};
 
 /// An agent in a private namespace where the accounts the product docs use
 /// exist (`admin` for the admin's own commands, `docker` from the REST
 /// example) and `/opt/my-app` belongs to admin.
 fn docs_agent(gw: &mut Gateway, name: &str) -> Agent {
-    assert!(is_root(), "these tests need root (private mount namespace, useradd)");
+    assert!(
+        is_root(),
+        "these tests need root (private mount namespace, useradd)"
+    );
     let opts = AgentOpts {
         private_namespace: true,
         setup: vec![
@@ -97,12 +98,17 @@ fn cicd_flow_from_the_docs() {
     ]);
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("APP_ENV=production\nAPP_PORT=8080\n"), "{stdout}");
+    assert!(
+        stdout.contains("APP_ENV=production\nAPP_PORT=8080\n"),
+        "{stdout}"
+    );
     assert!(stdout.contains("admin docker-compose.yml"), "{stdout}");
     assert!(stdout.contains("admin .env"), "{stdout}");
 
     // Everything above is in the audit log, attributed to the token.
-    let (s, v) = gw.call("GET", "/api/audit/events/?page_size=100", None).unwrap();
+    let (s, v) = gw
+        .call("GET", "/api/audit/events/?page_size=100", None)
+        .unwrap();
     assert_eq!(s, 200, "{v}");
     let events = v["results"].as_array().unwrap();
     let actions: Vec<&str> = events.iter().filter_map(|e| e["action"].as_str()).collect();
@@ -150,12 +156,14 @@ fn rest_example_verbatim_with_curl() {
     let server = gw.server("prod-docker").unwrap();
     let uuid = server["id"].as_str().unwrap();
     let ca = gw.ca();
+    let commands_url = gw.api("/api/events/commands/");
+    let whoami_url = gw.api("/api/auth/whoami/");
 
     let run = |line: &str| -> Value {
         let body = format!(r#"{{"server": "{uuid}", "line": "{line}", "username": "docker"}}"#);
         let out = Command::new("curl")
             .args(["-sS", "--cacert", ca.to_str().unwrap()])
-            .args(["-X", "POST", &gw.api("/api/events/commands/")])
+            .args(["-X", "POST", &commands_url])
             .args(["-H", "Content-Type: application/json"])
             .args(["-H", &format!("Authorization: Token {token}")])
             .args(["-d", &body])
@@ -193,7 +201,7 @@ fn rest_example_verbatim_with_curl() {
             .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
             .args(["--cacert", ca.to_str().unwrap()])
             .args(["-H", &format!("Authorization: {header}")])
-            .arg(gw.api("/api/auth/whoami/"))
+            .arg(&whoami_url)
             .output()
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{header}");
@@ -208,7 +216,14 @@ fn exit_codes_propagate_and_errors_are_clear() {
     let token = gw.admin_api_token("cli").unwrap();
     cli.login_token(&gw, &token).unwrap();
 
-    let out = cli.run(&["exec", "box", "--", "sh", "-c", "echo out; echo err >&2; exit 42"]);
+    let out = cli.run(&[
+        "exec",
+        "box",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 42",
+    ]);
     assert_eq!(out.status.code(), Some(42), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\nerr\n");
     let out = cli.run(&["websh", "box", "false"]);
@@ -217,7 +232,11 @@ fn exit_codes_propagate_and_errors_are_clear() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "docker\n");
     // Output streams while the command runs.
-    let out = cli.run(&["websh", "box", "for i in 1 2 3; do echo $i; sleep 0.2; done"]);
+    let out = cli.run(&[
+        "websh",
+        "box",
+        "for i in 1 2 3; do echo $i; sleep 0.2; done",
+    ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n2\n3\n");
 
     // Unknown server: a clear error that says what to do.
@@ -247,15 +266,33 @@ fn exit_codes_propagate_and_errors_are_clear() {
     assert_eq!(s, 401, "{v}");
     let other = Cli::new().unwrap();
     let ca = gw.ca();
-    let out = other.run(&["login", &gw.url, "-t", "alpat-bogus", "--ca-cert", ca.to_str().unwrap()]);
+    let out = other.run(&[
+        "login",
+        &gw.url,
+        "-t",
+        "alpat-bogus",
+        "--ca-cert",
+        ca.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(!other.config().exists(), "a failed login must not store anything");
+    assert!(
+        !other.config().exists(),
+        "a failed login must not store anything"
+    );
 
     // Bad registration token: refused, nothing written.
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("alpamon.toml");
     let out = Command::new(alpacon_e2e::bin("alpamon"))
-        .args(["register", "--url", &gw.url, "--token", "alprt-bogus", "--name", "evil"])
+        .args([
+            "register",
+            "--url",
+            &gw.url,
+            "--token",
+            "alprt-bogus",
+            "--name",
+            "evil",
+        ])
         .arg("--ca-cert")
         .arg(&ca)
         .arg("--config")
@@ -276,7 +313,9 @@ fn exit_codes_propagate_and_errors_are_clear() {
     let reg = |name: &str| {
         let d = tempfile::tempdir().unwrap();
         Command::new(alpacon_e2e::bin("alpamon"))
-            .args(["register", "--url", &gw.url, "--token", &key, "--name", name])
+            .args([
+                "register", "--url", &gw.url, "--token", &key, "--name", name,
+            ])
             .arg("--ca-cert")
             .arg(&ca)
             .arg("--config")
@@ -290,7 +329,12 @@ fn exit_codes_propagate_and_errors_are_clear() {
     // The server list shows the agent's state live.
     let out = cli.run(&["server", "ls", "--output", "json"]);
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let b = list.as_array().unwrap().iter().find(|s| s["name"] == "box").unwrap();
+    let b = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "box")
+        .unwrap();
     assert_eq!(b["is_connected"], true);
     agent.stop();
     gw.wait_connected("box", false).unwrap();
@@ -348,7 +392,12 @@ fn result_survives_a_gateway_restart_mid_command() {
     gw.restart().unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(7), "{}\n{}", text(&out), gw.log());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "start\ndone\n", "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "start\ndone\n",
+        "{}",
+        text(&out)
+    );
 
     // And the stored result is complete.
     let (_, v) = gw
@@ -408,15 +457,25 @@ fn cp_errors_are_clear_and_change_nothing() {
     std::fs::write(work.join("tree/sub/b.txt"), "bb").unwrap();
     let out = cli.run(&["cp", "tree", "files:/opt/my-app/"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("-r"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("-r"),
+        "{}",
+        text(&out)
+    );
 
     // With -r the tree arrives, and comes back.
     let out = cli.run(&["cp", "-r", "tree", "files:/opt/my-app/"]);
     assert!(out.status.success(), "{}", text(&out));
     let out = cli.run(&["cp", "-r", "files:/opt/my-app/tree", "copy"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(std::fs::read_to_string(work.join("copy/sub/b.txt")).unwrap(), "bb");
-    assert_eq!(std::fs::read_to_string(work.join("copy/a.txt")).unwrap(), "a");
+    assert_eq!(
+        std::fs::read_to_string(work.join("copy/sub/b.txt")).unwrap(),
+        "bb"
+    );
+    assert_eq!(
+        std::fs::read_to_string(work.join("copy/a.txt")).unwrap(),
+        "a"
+    );
 
     // Missing remote path.
     let out = cli.run(&["cp", "files:/opt/my-app/nope.txt", "x.txt"]);
@@ -480,7 +539,9 @@ fn bad_command_input_is_refused() {
         .unwrap();
     assert_eq!(s, 400, "{v}");
     assert_eq!(v["code"], "invalid");
-    let (s, v) = gw.call("GET", "/api/events/commands/?page_size=100", None).unwrap();
+    let (s, v) = gw
+        .call("GET", "/api/events/commands/?page_size=100", None)
+        .unwrap();
     assert_eq!(s, 200);
     assert_eq!(v["count"], 0, "refused commands are not stored: {v}");
 }
