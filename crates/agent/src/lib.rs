@@ -1,1 +1,28 @@
+//! `alpamon`, the Alpacon agent.
+//!
+//! One agent runs on every managed server. It dials out to the gateway over
+//! WSS (`link`), proves its identity with the Ed25519 key made at
+//! `alpamon register` (`register`), runs commands as the requested account
+//! (`exec`) with a durable result spool (`spool`), and performs file
+//! operations in helper processes that have dropped to the requested account
+//! (`files` in the agent, `helper` in the child).
+//!
+//! See `ARCHITECTURE.md` ("The agent link", "Commands", "File transfers").
 
+pub mod account;
+pub mod agent;
+pub mod config;
+pub mod exec;
+pub mod files;
+pub mod helper;
+pub mod link;
+pub mod register;
+pub mod spool;
+pub mod sysinfo;
+pub mod tls;
+
+pub use agent::Agent;
+pub use config::Config;
+
+/// The agent's version, reported to the gateway at every connection.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -28,7 +28,7 @@ use crate::msg::{Close, Control, Open, StreamInfo};
 pub const MAX_DATA: usize = 64 * 1024;
 /// Largest encoded frame a peer must accept (JSON control messages carry
 /// command output chunks and listings, so they get more room than data).
-pub const MAX_FRAME: usize = 4 * 1024 * 1024;
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 
 const HEADER: usize = 5;
 
