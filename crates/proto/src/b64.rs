@@ -11,7 +11,9 @@ pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
 
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
     let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-    STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom)
+    STANDARD
+        .decode(s.as_bytes())
+        .map_err(serde::de::Error::custom)
 }
 
 #[cfg(test)]

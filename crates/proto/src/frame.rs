@@ -150,9 +150,7 @@ impl Frame {
                 }
             }
             4 => {
-                let p: [u8; 4] = payload[..]
-                    .try_into()
-                    .map_err(|_| FrameError::BadWindow)?;
+                let p: [u8; 4] = payload[..].try_into().map_err(|_| FrameError::BadWindow)?;
                 Frame::Window {
                     stream,
                     increment: u32::from_be_bytes(p),

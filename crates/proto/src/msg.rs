@@ -35,11 +35,18 @@ pub enum Control {
         heartbeat_secs: u32,
     },
     /// Gateway → agent: refused; the connection closes after this.
-    Reject { code: String, detail: String },
+    Reject {
+        code: String,
+        detail: String,
+    },
 
     // ---- liveness --------------------------------------------------------
-    Ping { seq: u64 },
-    Pong { seq: u64 },
+    Ping {
+        seq: u64,
+    },
+    Pong {
+        seq: u64,
+    },
 
     // ---- commands --------------------------------------------------------
     /// Gateway → agent: run a command. Delivered at least once; the agent
@@ -57,9 +64,14 @@ pub enum Control {
     /// and resends it on every (re)connection until it is acknowledged.
     CommandResult(CommandResult),
     /// Gateway → agent: the result is stored; the agent may forget it.
-    CommandAck { id: String },
+    CommandAck {
+        id: String,
+    },
     /// Gateway → agent: stop a running command (revocation, user cancel).
-    CancelCommand { id: String, reason: String },
+    CancelCommand {
+        id: String,
+        reason: String,
+    },
 }
 
 /// What the agent reports about its machine at every connection.

@@ -116,7 +116,9 @@ async fn create(
             .failed()
             .by(&caller)
             .server(&server.id, &server.name)
-            .detail(json!({"line": body.line, "username": username, "reason": "account_not_allowed"}));
+            .detail(
+                json!({"line": body.line, "username": username, "reason": "account_not_allowed"}),
+            );
         audit::record(&state.db, ev).await?;
         return Err(ApiError::forbidden(
             "account_not_allowed",
@@ -149,8 +151,10 @@ async fn create(
     let ev = Event::new("command.run")
         .by(&caller)
         .server(&server.id, &server.name)
-        .detail(json!({"command_id": id, "line": body.line, "username": username,
-                       "groupname": body.groupname}));
+        .detail(
+            json!({"command_id": id, "line": body.line, "username": username,
+                       "groupname": body.groupname}),
+        );
     audit::record(&state.db, ev).await?;
     state.relay.live.start(&id);
     let spec = CommandSpec {
@@ -235,7 +239,11 @@ pub async fn store_result(
     server_id: &str,
     r: CommandResult,
 ) -> Result<(), ApiError> {
-    let status = if r.error.is_some() { "error" } else { "finished" };
+    let status = if r.error.is_some() {
+        "error"
+    } else {
+        "finished"
+    };
     let (ecode, edetail) = match &r.error {
         Some(e) => (Some(e.code.as_str().to_string()), Some(e.detail.clone())),
         None => (None, None),
@@ -328,7 +336,9 @@ fn from_row(r: &AnyRow) -> Result<CommandRow, sqlx::Error> {
     let env: String = r.try_get("env")?;
     let error_code: Option<String> = r.try_get("error_code")?;
     let error = match error_code {
-        Some(code) => json!({"code": code, "detail": r.try_get::<Option<String>, _>("error_detail")?}),
+        Some(code) => {
+            json!({"code": code, "detail": r.try_get::<Option<String>, _>("error_detail")?})
+        }
         None => Value::Null,
     };
     let done = status == "finished" || status == "error";
@@ -381,9 +391,7 @@ fn not_found() -> ApiError {
 /// Loads a command the caller may see (admins: all; others: their own).
 async fn visible(state: &AppState, caller: &Caller, id: &str) -> Result<CommandRow, ApiError> {
     match fetch(state, id).await? {
-        Some(c) if caller.is_admin() || c.requested_by.as_deref() == Some(&caller.user_id) => {
-            Ok(c)
-        }
+        Some(c) if caller.is_admin() || c.requested_by.as_deref() == Some(&caller.user_id) => Ok(c),
         _ => Err(not_found()),
     }
 }
@@ -470,11 +478,11 @@ async fn stream(
         let item = f.next_line().await;
         Some((item, f))
     });
-    Ok(Response::builder()
+    Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .header(header::CACHE_CONTROL, "no-store")
         .body(Body::from_stream(body))
-        .map_err(ApiError::internal)?)
+        .map_err(ApiError::internal)
 }
 
 struct Follow {
@@ -485,8 +493,8 @@ struct Follow {
 }
 
 fn output_line(offset: u64, data: &[u8]) -> Bytes {
-    let mut s = json!({"type": "output", "offset": offset, "data": STANDARD.encode(data)})
-        .to_string();
+    let mut s =
+        json!({"type": "output", "offset": offset, "data": STANDARD.encode(data)}).to_string();
     s.push('\n');
     Bytes::from(s)
 }
@@ -541,12 +549,16 @@ impl Follow {
     }
 
     async fn finished_in_db(&self) -> Result<bool, std::io::Error> {
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM commands WHERE id = $1")
-            .bind(&self.id)
-            .fetch_optional(&self.state.db.pool)
-            .await
-            .map_err(std::io::Error::other)?;
-        Ok(matches!(status.as_deref(), Some("finished" | "error") | None))
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM commands WHERE id = $1")
+                .bind(&self.id)
+                .fetch_optional(&self.state.db.pool)
+                .await
+                .map_err(std::io::Error::other)?;
+        Ok(matches!(
+            status.as_deref(),
+            Some("finished" | "error") | None
+        ))
     }
 }
 

@@ -434,7 +434,9 @@ async fn handle_control(state: &AppState, mux: &Mux, server_id: &str, c: Control
                 }
                 // Not acknowledged: the agent keeps the result and resends it
                 // on its next connection.
-                Err(e) => tracing::error!(command = %id, "could not store command result: {}", e.detail),
+                Err(e) => {
+                    tracing::error!(command = %id, "could not store command result: {}", e.detail)
+                }
             }
         }
         other => {

@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 
-use alpacon_mux::{Event, Stream};
 use crate::relay::Link;
+use alpacon_mux::{Event, Stream};
 use alpacon_proto::{
     Account, Close, EntryKind, ErrorCode, Open, StreamError, StreamInfo, StreamResult,
 };
@@ -92,7 +92,9 @@ async fn check(state: &AppState, caller: &Caller, t: &Target) -> Result<Checked,
         .filter(|u| !u.is_empty())
         .unwrap_or_else(|| caller.username.clone());
     if !valid_account_name(&username) {
-        return Err(ApiError::bad_request(format!("invalid username {username:?}")));
+        return Err(ApiError::bad_request(format!(
+            "invalid username {username:?}"
+        )));
     }
     if let Some(g) = &t.groupname {
         if !valid_account_name(g) {
@@ -238,7 +240,9 @@ fn parse_bool(v: &Option<String>) -> Result<bool, ApiError> {
     match v.as_deref() {
         None | Some("") | Some("false") | Some("0") | Some("no") => Ok(false),
         Some("true") | Some("1") | Some("yes") => Ok(true),
-        Some(o) => Err(ApiError::bad_request(format!("expected true or false, got {o:?}"))),
+        Some(o) => Err(ApiError::bad_request(format!(
+            "expected true or false, got {o:?}"
+        ))),
     }
 }
 
@@ -338,7 +342,9 @@ async fn pump_upload(s: Stream, body: Body) -> Result<(u64, String), ApiError> {
     }
     match finish(&mut rx).await? {
         StreamResult::Written { bytes, sha256 } => Ok((bytes, sha256)),
-        other => Err(ApiError::internal(format!("unexpected upload result {other:?}"))),
+        other => Err(ApiError::internal(format!(
+            "unexpected upload result {other:?}"
+        ))),
     }
 }
 
@@ -367,9 +373,18 @@ async fn download(
         Ok(o) => o,
         Err(e) => {
             let outcome = Err(e);
-            end_transfer(&state.db, &t.id, t.audit(), &c.path, &c.account.username, &outcome)
-                .await?;
-            return Err(outcome.err().unwrap_or_else(|| ApiError::internal("unreachable")));
+            end_transfer(
+                &state.db,
+                &t.id,
+                t.audit(),
+                &c.path,
+                &c.account.username,
+                &outcome,
+            )
+            .await?;
+            return Err(outcome
+                .err()
+                .unwrap_or_else(|| ApiError::internal("unreachable")));
         }
     };
     let (size, mode) = match info {
@@ -386,12 +401,17 @@ async fn download(
         rx,
         _tx,
     };
-    let body = futures_util::stream::unfold(feed, |mut f| async move {
-        f.next().await.map(|item| (item, f))
-    });
+    let body =
+        futures_util::stream::unfold(
+            feed,
+            |mut f| async move { f.next().await.map(|item| (item, f)) },
+        );
     let mut resp = Response::new(Body::from_stream(body));
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
     if let Ok(v) = HeaderValue::from_str(&t.id) {
         h.insert("x-alpacon-transfer-id", v);
@@ -532,7 +552,9 @@ async fn stat(
                 .collect();
             Ok(Json(json!({"path": c.path, "entries": entries})))
         }
-        other => Err(ApiError::internal(format!("unexpected stat result {other:?}"))),
+        other => Err(ApiError::internal(format!(
+            "unexpected stat result {other:?}"
+        ))),
     }
 }
 
@@ -594,9 +616,15 @@ mod tests {
 
     #[test]
     fn agent_errors_map_to_statuses() {
-        let e = agent_error(StreamError::new(ErrorCode::NotFound, "no such directory: /x"));
+        let e = agent_error(StreamError::new(
+            ErrorCode::NotFound,
+            "no such directory: /x",
+        ));
         assert_eq!(e.status, StatusCode::NOT_FOUND);
-        let e = agent_error(StreamError::new(ErrorCode::PermissionDenied, "permission denied"));
+        let e = agent_error(StreamError::new(
+            ErrorCode::PermissionDenied,
+            "permission denied",
+        ));
         assert_eq!(e.status, StatusCode::FORBIDDEN);
         assert_eq!(e.code, "permission_denied");
         let e = agent_error(StreamError::new(ErrorCode::Io, "agent link lost"));

@@ -1,0 +1,96 @@
+//! Shared state and the one router that serves everything.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::{api, audit, auth, commands, db, iam, relay, servers, tokens, webftp};
+
+/// Bodies of JSON endpoints are small; this keeps a client from making the
+/// gateway buffer an arbitrary amount. `/api/webftp/` is exempt: uploads
+/// stream (gigabytes) through `Body` without buffering.
+pub const BODY_LIMIT: usize = 1 << 20;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: db::Db,
+    pub relay: Arc<relay::Relay>,
+    pub config: Arc<Config>,
+}
+
+impl AppState {
+    pub fn new(db: db::Db, config: Config) -> AppState {
+        AppState {
+            relay: relay::Relay::new(db.clone()),
+            db,
+            config: Arc::new(config),
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let limited = Router::new()
+        .merge(api::router())
+        .merge(auth::router())
+        .merge(tokens::router())
+        .merge(iam::router())
+        .merge(servers::router())
+        .merge(audit::router())
+        .merge(relay::router())
+        .merge(commands::router())
+        .layer(DefaultBodyLimit::max(BODY_LIMIT));
+    Router::new()
+        .merge(limited)
+        .merge(webftp::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(log_requests))
+        .with_state(state)
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    let path = uri.path();
+    let hint = if path.starts_with("/api/") && !path.ends_with('/') {
+        " (API paths end with '/')"
+    } else {
+        ""
+    };
+    ApiError::not_found(
+        "not_found",
+        format!("no such endpoint: {method} {path}{hint}"),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// One log line per request. The query string is left out on purpose: it
+/// can carry a registration token (`/install.sh?token=`).
+async fn log_requests(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let ms = started.elapsed().as_millis();
+    if path == "/api/status/" {
+        tracing::debug!(%method, %path, status = status.as_u16(), ms, "request");
+    } else if status.is_server_error() {
+        tracing::warn!(%method, %path, status = status.as_u16(), ms, "request");
+    } else {
+        tracing::info!(%method, %path, status = status.as_u16(), ms, "request");
+    }
+    resp
+}

@@ -1,0 +1,252 @@
+//! The audit trail: every login, token change, registration, command and
+//! file transfer is written here *before* the API answers (a request whose
+//! event cannot be stored fails), and listed by `GET /api/audit/events/`.
+
+use axum::extract::State;
+use axum::http::Uri;
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sqlx::Row;
+
+use crate::api::{page_response, Json, PageParams, Query};
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::db::{new_id, now_ms, rfc3339, Db};
+use crate::error::ApiError;
+
+/// One audit event, built fluently:
+/// `Event::new("command.run").by(&caller).server(&id, &name).detail(json!({..}))`.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub action: String,
+    pub result_ok: bool,
+    pub actor_user_id: Option<String>,
+    pub actor_username: Option<String>,
+    pub token_id: Option<String>,
+    pub token_name: Option<String>,
+    pub server_id: Option<String>,
+    pub server_name: Option<String>,
+    pub client_ip: Option<String>,
+    pub detail: Value,
+}
+
+impl Event {
+    /// A successful event; call `.failed()` for an error outcome.
+    pub fn new(action: impl Into<String>) -> Self {
+        Event {
+            action: action.into(),
+            result_ok: true,
+            actor_user_id: None,
+            actor_username: None,
+            token_id: None,
+            token_name: None,
+            server_id: None,
+            server_name: None,
+            client_ip: None,
+            detail: json!({}),
+        }
+    }
+
+    /// Who did it (user, token) and from where.
+    pub fn by(mut self, c: &Caller) -> Self {
+        self.actor_user_id = Some(c.user_id.clone());
+        self.actor_username = Some(c.username.clone());
+        self.token_id = c.token_id.clone();
+        self.token_name = c.token_name.clone();
+        self.client_ip = Some(c.client_ip.clone());
+        self
+    }
+
+    /// An actor known by name (and maybe id) only, e.g. a failed login.
+    pub fn actor(mut self, user_id: Option<&str>, username: &str) -> Self {
+        self.actor_user_id = user_id.map(str::to_string);
+        self.actor_username = Some(username.to_string());
+        self
+    }
+
+    pub fn actor_name(self, username: &str) -> Self {
+        self.actor(None, username)
+    }
+
+    pub fn result(mut self, ok: bool) -> Self {
+        self.result_ok = ok;
+        self
+    }
+
+    pub fn failed(self) -> Self {
+        self.result(false)
+    }
+
+    pub fn server(mut self, id: &str, name: &str) -> Self {
+        self.server_id = Some(id.to_string());
+        self.server_name = Some(name.to_string());
+        self
+    }
+
+    pub fn ip(mut self, ip: &str) -> Self {
+        self.client_ip = Some(ip.to_string());
+        self
+    }
+
+    pub fn detail(mut self, detail: Value) -> Self {
+        self.detail = detail;
+        self
+    }
+}
+
+/// Stores `ev`. Callers propagate the error: an action that cannot be
+/// audited must not be reported as done.
+pub async fn record(db: &Db, ev: Event) -> Result<(), ApiError> {
+    let level_ok = ev.result_ok;
+    sqlx::query(
+        "INSERT INTO audit_events (id, ts, action, result, actor_user_id, actor_username,
+             token_id, token_name, server_id, server_name, client_ip, detail)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(new_id())
+    .bind(now_ms())
+    .bind(&ev.action)
+    .bind(if ev.result_ok { "ok" } else { "error" })
+    .bind(&ev.actor_user_id)
+    .bind(&ev.actor_username)
+    .bind(&ev.token_id)
+    .bind(&ev.token_name)
+    .bind(&ev.server_id)
+    .bind(&ev.server_name)
+    .bind(&ev.client_ip)
+    .bind(ev.detail.to_string())
+    .execute(&db.pool)
+    .await?;
+    tracing::info!(
+        target: "alpacon::audit",
+        action = %ev.action,
+        ok = level_ok,
+        user = ev.actor_username.as_deref().unwrap_or("-"),
+        server = ev.server_name.as_deref().unwrap_or("-"),
+        ip = ev.client_ip.as_deref().unwrap_or("-"),
+        "audit"
+    );
+    Ok(())
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/audit/events/", get(list_events))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Filters {
+    /// Exact action, or a prefix ending in `*` (`command.*`).
+    action: Option<String>,
+    /// Server id or name (matches events of since-deleted servers too).
+    server: Option<String>,
+    username: Option<String>,
+}
+
+async fn list_events(
+    State(st): State<AppState>,
+    caller: Caller,
+    Query(pp): Query<PageParams>,
+    Query(f): Query<Filters>,
+    uri: Uri,
+) -> Result<Json<Value>, ApiError> {
+    let page = pp.page()?;
+    let mut conds: Vec<String> = Vec::new();
+    let mut args: Vec<String> = Vec::new();
+    // Pushes a bind value and returns its placeholder.
+    fn arg(v: String, args: &mut Vec<String>) -> String {
+        args.push(v);
+        format!("${}", args.len())
+    }
+    if !caller.is_admin() {
+        // Everyone sees their own trail; admins see everyone's.
+        let p = arg(caller.user_id.clone(), &mut args);
+        conds.push(format!("actor_user_id = {p}"));
+    }
+    if let Some(a) = f.action.filter(|s| !s.is_empty()) {
+        if let Some(prefix) = a.strip_suffix('*') {
+            let p = arg(format!("{}%", escape_like(prefix)), &mut args);
+            conds.push(format!("action LIKE {p} ESCAPE '\\'"));
+        } else {
+            let p = arg(a, &mut args);
+            conds.push(format!("action = {p}"));
+        }
+    }
+    if let Some(s) = f.server.filter(|s| !s.is_empty()) {
+        let p = arg(s, &mut args);
+        conds.push(format!("(server_id = {p} OR server_name = {p})"));
+    }
+    if let Some(u) = f.username.filter(|s| !s.is_empty()) {
+        let p = arg(u, &mut args);
+        conds.push(format!("actor_username = {p}"));
+    }
+    let where_ = if conds.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conds.join(" AND "))
+    };
+
+    let count_sql = format!("SELECT COUNT(*) FROM audit_events {where_}");
+    let mut q = sqlx::query_scalar::<_, i64>(&count_sql);
+    for a in &args {
+        q = q.bind(a);
+    }
+    let count = q.fetch_one(&st.db.pool).await?;
+
+    let n = args.len();
+    let list_sql = format!(
+        "SELECT id, ts, action, result, actor_username, token_name, server_id, server_name,
+                client_ip, detail
+         FROM audit_events {where_} ORDER BY seq DESC LIMIT ${} OFFSET ${}",
+        n + 1,
+        n + 2
+    );
+    let mut q = sqlx::query(&list_sql);
+    for a in &args {
+        q = q.bind(a);
+    }
+    let rows = q
+        .bind(page.limit())
+        .bind(page.offset())
+        .fetch_all(&st.db.pool)
+        .await?;
+    let mut results = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let detail: String = r.try_get("detail")?;
+        results.push(json!({
+            "id": r.try_get::<String, _>("id")?,
+            "timestamp": rfc3339(r.try_get("ts")?),
+            "action": r.try_get::<String, _>("action")?,
+            "result": r.try_get::<String, _>("result")?,
+            "user": r.try_get::<Option<String>, _>("actor_username")?,
+            "token": r.try_get::<Option<String>, _>("token_name")?,
+            "server": r.try_get::<Option<String>, _>("server_id")?,
+            "server_name": r.try_get::<Option<String>, _>("server_name")?,
+            "client_ip": r.try_get::<Option<String>, _>("client_ip")?,
+            "detail": serde_json::from_str::<Value>(&detail).unwrap_or(Value::String(detail)),
+        }));
+    }
+    Ok(page_response(count, results, page, &uri))
+}
+
+fn escape_like(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_are_escaped() {
+        assert_eq!(escape_like("a_b%c\\"), "a\\_b\\%c\\\\");
+    }
+}

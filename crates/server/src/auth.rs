@@ -1,0 +1,453 @@
+//! Who is calling: the `Caller` extractor, key generation/hashing, and the
+//! login/logout/whoami endpoints.
+//!
+//! Keys the gateway issues are high-entropy random strings with a type
+//! prefix (`alpat-` API token, `alpses-` session, `alprt-` registration
+//! token). Only their SHA-256 is stored; a request's key is hashed and looked
+//! up by that hash, so there is no secret comparison to time.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use axum::routing::{get, post};
+use axum::Router;
+use rand::distributions::{Alphanumeric, DistString};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+use crate::api::Json;
+use crate::app::AppState;
+use crate::audit::{self, Event};
+use crate::db::{new_id, now_ms, rfc3339, Db};
+use crate::error::ApiError;
+use crate::iam;
+
+pub const API_TOKEN_PREFIX: &str = "alpat-";
+pub const SESSION_PREFIX: &str = "alpses-";
+pub const REGISTRATION_TOKEN_PREFIX: &str = "alprt-";
+
+/// Random part of every issued key: 40 alphanumerics ≈ 238 bits.
+const KEY_RANDOM_CHARS: usize = 40;
+
+/// Don't write `last_used_at` on every request: once a minute is plenty and
+/// spares SQLite a write lock per call.
+const LAST_USED_GRANULARITY_MS: i64 = 60_000;
+
+/// A new random key with the given prefix, e.g. `alpat-Xy3…`.
+pub fn generate_key(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        Alphanumeric.sample_string(&mut rand::rngs::OsRng, KEY_RANDOM_CHARS)
+    )
+}
+
+/// What is stored for a key: lowercase hex SHA-256 of the whole key.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// True if `s` could be a key we issued with this prefix (used before
+/// embedding a key in a shell script).
+pub fn looks_like_key(s: &str, prefix: &str) -> bool {
+    s.strip_prefix(prefix)
+        .map(|r| !r.is_empty() && r.len() <= 128 && r.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .unwrap_or(false)
+}
+
+/// The authenticated caller of a request.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub user_id: String,
+    pub username: String,
+    pub is_superuser: bool,
+    pub is_staff: bool,
+    pub token_id: Option<String>,
+    pub token_name: Option<String>,
+    pub session_id: Option<String>,
+    pub client_ip: String,
+}
+
+impl Caller {
+    /// Superusers and staff.
+    pub fn is_admin(&self) -> bool {
+        self.is_superuser || self.is_staff
+    }
+
+    /// Whether the caller may act as the system account `username` on a
+    /// server: admins may use any account, others only their own name.
+    pub fn may_use_account(&self, username: &str) -> bool {
+        self.is_admin() || self.username == username
+    }
+
+    /// `"token"` or `"session"`.
+    pub fn auth_kind(&self) -> &'static str {
+        if self.token_id.is_some() {
+            "token"
+        } else {
+            "session"
+        }
+    }
+
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::admin_only())
+        }
+    }
+}
+
+/// The peer address of the connection, as text. Served with
+/// `into_make_service_with_connect_info`, every request carries it; requests
+/// built in tests may not, hence the fallback.
+pub fn client_ip(parts: &Parts) -> String {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(a)| a.ip().to_canonical().to_string())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// Extractor for handlers that need the client address but no caller
+/// (login, registration).
+#[derive(Debug, Clone)]
+pub struct ClientIp(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(client_ip(parts)))
+    }
+}
+
+/// Pulls the key out of an `Authorization` header value. Accepts
+/// `Token <k>`, `token="<k>"` (Alpacon's own clients) and `Bearer <k>`;
+/// scheme names are case-insensitive.
+pub fn parse_authorization(value: &str) -> Option<&str> {
+    let value = value.trim();
+    let (scheme, rest) = match value.find([' ', '=']) {
+        Some(i) => (&value[..i], &value[i..]),
+        None => return None,
+    };
+    let rest = rest.trim_start();
+    let key = if scheme.eq_ignore_ascii_case("token") {
+        if let Some(r) = rest.strip_prefix('=') {
+            let r = r.trim();
+            r.strip_prefix('"')
+                .and_then(|r| r.strip_suffix('"'))
+                .unwrap_or(r)
+        } else {
+            rest.trim()
+        }
+    } else if scheme.eq_ignore_ascii_case("bearer") {
+        rest.trim()
+    } else {
+        return None;
+    };
+    (!key.is_empty() && !key.contains(char::is_whitespace)).then_some(key)
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // Handlers that extract the caller twice (or middleware) reuse it.
+        if let Some(c) = parts.extensions.get::<Caller>() {
+            return Ok(c.clone());
+        }
+        let key = key_from_headers(&parts.headers)?;
+        let caller = authenticate(&state.db, key, client_ip(parts)).await?;
+        parts.extensions.insert(caller.clone());
+        Ok(caller)
+    }
+}
+
+fn key_from_headers(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::unauthorized(
+            "not_authenticated",
+            "authentication required: pass Authorization: Token <key>",
+        ));
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(parse_authorization)
+        .ok_or_else(|| {
+            ApiError::unauthorized(
+                "invalid_token",
+                "malformed Authorization header: use Authorization: Token <key>",
+            )
+        })
+}
+
+fn invalid_token(detail: &str) -> ApiError {
+    ApiError::unauthorized("invalid_token", detail.to_string())
+}
+
+/// Resolves a key to its caller, or 401 `invalid_token`.
+pub async fn authenticate(db: &Db, key: &str, client_ip: String) -> Result<Caller, ApiError> {
+    let now = now_ms();
+    let hash = hash_key(key);
+    if key.starts_with(API_TOKEN_PREFIX) {
+        let row = sqlx::query(
+            "SELECT t.id, t.name, t.enabled, t.expires_at, t.last_used_at,
+                    u.id AS user_id, u.username, u.is_superuser, u.is_staff, u.is_active
+             FROM api_tokens t JOIN users u ON u.id = t.user_id
+             WHERE t.key_hash = $1",
+        )
+        .bind(&hash)
+        .fetch_optional(&db.pool)
+        .await?
+        .ok_or_else(|| {
+            invalid_token("unknown or deleted API token; create one with `alpacon token create`")
+        })?;
+        let token_id: String = row.try_get("id")?;
+        if row.try_get::<i64, _>("enabled")? == 0 {
+            return Err(invalid_token("this API token is disabled"));
+        }
+        if let Some(exp) = row.try_get::<Option<i64>, _>("expires_at")? {
+            if exp <= now {
+                return Err(invalid_token(&format!(
+                    "this API token expired at {}; create a new one with `alpacon token create`",
+                    rfc3339(exp)
+                )));
+            }
+        }
+        if row.try_get::<i64, _>("is_active")? == 0 {
+            return Err(invalid_token(
+                "the account that owns this token is disabled",
+            ));
+        }
+        let last: Option<i64> = row.try_get("last_used_at")?;
+        if !matches!(last, Some(l) if now - l < LAST_USED_GRANULARITY_MS) {
+            sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(&token_id)
+                .execute(&db.pool)
+                .await?;
+        }
+        Ok(Caller {
+            user_id: row.try_get("user_id")?,
+            username: row.try_get("username")?,
+            is_superuser: row.try_get::<i64, _>("is_superuser")? != 0,
+            is_staff: row.try_get::<i64, _>("is_staff")? != 0,
+            token_name: Some(row.try_get("name")?),
+            token_id: Some(token_id),
+            session_id: None,
+            client_ip,
+        })
+    } else if key.starts_with(SESSION_PREFIX) {
+        let row = sqlx::query(
+            "SELECT s.id, s.expires_at, s.last_used_at,
+                    u.id AS user_id, u.username, u.is_superuser, u.is_staff, u.is_active
+             FROM sessions s JOIN users u ON u.id = s.user_id
+             WHERE s.key_hash = $1",
+        )
+        .bind(&hash)
+        .fetch_optional(&db.pool)
+        .await?
+        .ok_or_else(|| {
+            invalid_token("unknown or ended session; log in again with `alpacon login`")
+        })?;
+        let session_id: String = row.try_get("id")?;
+        if row.try_get::<i64, _>("expires_at")? <= now {
+            return Err(invalid_token(
+                "your session expired; log in again with `alpacon login`",
+            ));
+        }
+        if row.try_get::<i64, _>("is_active")? == 0 {
+            return Err(invalid_token("this account is disabled"));
+        }
+        if now - row.try_get::<i64, _>("last_used_at")? >= LAST_USED_GRANULARITY_MS {
+            sqlx::query("UPDATE sessions SET last_used_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(&session_id)
+                .execute(&db.pool)
+                .await?;
+        }
+        Ok(Caller {
+            user_id: row.try_get("user_id")?,
+            username: row.try_get("username")?,
+            is_superuser: row.try_get::<i64, _>("is_superuser")? != 0,
+            is_staff: row.try_get::<i64, _>("is_staff")? != 0,
+            token_id: None,
+            token_name: None,
+            session_id: Some(session_id),
+            client_ip,
+        })
+    } else {
+        Err(invalid_token(
+            "not an Alpacon key: API tokens start with alpat-, session keys with alpses-",
+        ))
+    }
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/auth/login/", post(login))
+        .route("/api/auth/logout/", post(logout))
+        .route("/api/auth/whoami/", get(whoami))
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    username: String,
+    password: String,
+}
+
+async fn login(
+    State(st): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Json(body): Json<LoginBody>,
+) -> Result<Json<Value>, ApiError> {
+    let user = iam::verify_password(&st.db, &body.username, &body.password).await?;
+    let Some(user) = user else {
+        // Record the attempted name (bounded: it is attacker-chosen).
+        let attempted: String = body.username.chars().take(150).collect();
+        audit::record(
+            &st.db,
+            Event::new("auth.login_failed")
+                .failed()
+                .actor_name(&attempted)
+                .ip(&ip)
+                .detail(json!({ "reason": "wrong username or password, or account disabled" })),
+        )
+        .await?;
+        return Err(ApiError::unauthorized(
+            "invalid_credentials",
+            "wrong username or password",
+        ));
+    };
+    let key = generate_key(SESSION_PREFIX);
+    let now = now_ms();
+    let expires_at = now + st.config.session_ttl_secs * 1000;
+    let session_id = new_id();
+    sqlx::query(
+        "INSERT INTO sessions (id, user_id, key_hash, created_at, expires_at, last_used_at)
+         VALUES ($1, $2, $3, $4, $5, $4)",
+    )
+    .bind(&session_id)
+    .bind(&user.id)
+    .bind(hash_key(&key))
+    .bind(now)
+    .bind(expires_at)
+    .execute(&st.db.pool)
+    .await?;
+    audit::record(
+        &st.db,
+        Event::new("auth.login")
+            .actor(Some(&user.id), &user.username)
+            .ip(&ip)
+            .detail(json!({ "session": session_id })),
+    )
+    .await?;
+    Ok(Json(json!({
+        "key": key,
+        "expires_at": rfc3339(expires_at),
+        "user": user.to_json(),
+    })))
+}
+
+async fn logout(State(st): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    let Some(session_id) = &caller.session_id else {
+        // Logging out must not silently "succeed" while the key stays valid.
+        return Ok(Json(json!({
+            "revoked": false,
+            "detail": "API tokens stay valid until deleted: `alpacon token delete NAME`",
+        })));
+    };
+    sqlx::query("DELETE FROM sessions WHERE id = $1")
+        .bind(session_id)
+        .execute(&st.db.pool)
+        .await?;
+    audit::record(&st.db, Event::new("auth.logout").by(&caller)).await?;
+    Ok(Json(json!({ "revoked": true })))
+}
+
+async fn whoami(caller: Caller) -> Json<Value> {
+    let token = match (&caller.token_id, &caller.token_name) {
+        (Some(id), Some(name)) => json!({ "id": id, "name": name }),
+        _ => Value::Null,
+    };
+    Json(json!({
+        "id": caller.user_id,
+        "username": caller.username,
+        "is_superuser": caller.is_superuser,
+        "is_staff": caller.is_staff,
+        "auth": caller.auth_kind(),
+        "token": token,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_all_three_header_styles() {
+        assert_eq!(parse_authorization("Token alpat-abc"), Some("alpat-abc"));
+        assert_eq!(parse_authorization("token alpat-abc"), Some("alpat-abc"));
+        assert_eq!(
+            parse_authorization("token=\"alpat-abc\""),
+            Some("alpat-abc")
+        );
+        assert_eq!(
+            parse_authorization("token = \"alpat-abc\""),
+            Some("alpat-abc")
+        );
+        assert_eq!(parse_authorization("token=alpat-abc"), Some("alpat-abc"));
+        assert_eq!(parse_authorization("Bearer alpses-x"), Some("alpses-x"));
+        assert_eq!(
+            parse_authorization("  BEARER   alpses-x  "),
+            Some("alpses-x")
+        );
+        assert_eq!(parse_authorization("Basic dXNlcjpwYXNz"), None);
+        assert_eq!(parse_authorization("Token"), None);
+        assert_eq!(parse_authorization("Token "), None);
+        assert_eq!(parse_authorization("Token a b"), None);
+        assert_eq!(parse_authorization("token=\"\""), None);
+        assert_eq!(parse_authorization(""), None);
+    }
+
+    #[test]
+    fn keys_are_prefixed_random_and_hashed_as_hex_sha256() {
+        let a = generate_key(API_TOKEN_PREFIX);
+        let b = generate_key(API_TOKEN_PREFIX);
+        assert!(a.starts_with("alpat-") && a.len() == 6 + KEY_RANDOM_CHARS);
+        assert_ne!(a, b);
+        assert!(looks_like_key(&a, API_TOKEN_PREFIX));
+        assert!(!looks_like_key("alpat-'; rm -rf /", API_TOKEN_PREFIX));
+        assert!(!looks_like_key("alpat-", API_TOKEN_PREFIX));
+        assert_eq!(
+            hash_key("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    fn caller(admin: bool) -> Caller {
+        Caller {
+            user_id: "u".into(),
+            username: "alice".into(),
+            is_superuser: false,
+            is_staff: admin,
+            token_id: None,
+            token_name: None,
+            session_id: Some("s".into()),
+            client_ip: "127.0.0.1".into(),
+        }
+    }
+
+    #[test]
+    fn account_rules() {
+        assert!(caller(false).may_use_account("alice"));
+        assert!(!caller(false).may_use_account("root"));
+        assert!(caller(true).may_use_account("root"));
+        assert_eq!(caller(false).auth_kind(), "session");
+    }
+}

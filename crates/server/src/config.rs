@@ -1,0 +1,386 @@
+//! Settings: command-line flags, `ALPACON_*` environment variables and an
+//! optional TOML file, in that order of precedence, then defaults.
+//!
+//! [`Settings`] is what the operator asked for; [`Config`] is what the
+//! running gateway uses (paths made absolute, the real listen address, the
+//! public URL and TLS files resolved).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+pub const DEFAULT_DATA_DIR: &str = "./alpacon-data";
+pub const DEFAULT_SESSION_TTL_HOURS: i64 = 24;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "alpacon-server",
+    version,
+    about = "The Alpacon gateway: REST API, agent relay, identity and audit.",
+    long_about = "The Alpacon gateway: REST API, agent relay, identity and audit.\n\n\
+        Every flag can also be set with an ALPACON_* environment variable or in the TOML \
+        file given with --config (keys are the flag names with '_' for '-', e.g. \
+        data_dir = \"/var/lib/alpacon\"). Flags win over the environment, which wins over \
+        the file. Relative paths in the file are relative to the file's directory."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub opts: Options,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the gateway and a local agent registered against it, then print
+    /// the console URL, the CA certificate, the admin password and the
+    /// `alpacon login` line to paste. Takes the same flags.
+    Quickstart,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct Options {
+    /// TOML file with any of the settings below.
+    #[arg(long, value_name = "FILE", env = "ALPACON_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Directory for the database, TLS certificates and the initial admin
+    /// password [default: ./alpacon-data].
+    #[arg(long, value_name = "DIR", env = "ALPACON_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+
+    /// Address and port to serve HTTPS on [default: 127.0.0.1:8443]. Use
+    /// 0.0.0.0:8443 to accept agents and users from other machines.
+    #[arg(long, value_name = "ADDR:PORT", env = "ALPACON_LISTEN", global = true)]
+    pub listen: Option<SocketAddr>,
+
+    /// sqlite://PATH or postgres://USER:PASS@HOST/DB [default:
+    /// sqlite://DATA/alpacon.db]. PostgreSQL lets several gateways share state.
+    #[arg(long, value_name = "URL", env = "ALPACON_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+
+    /// PEM certificate chain to serve instead of the self-made one (needs
+    /// --tls-key). Without it, the gateway makes its own CA (DATA/tls/ca.crt)
+    /// and a certificate for localhost, this host and the --public-url host.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ALPACON_TLS_CERT",
+        global = true,
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ALPACON_TLS_KEY",
+        global = true,
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// The https:// URL agents and users reach this gateway at; used in the
+    /// install script and in the certificate [default: https://localhost:PORT].
+    #[arg(long, value_name = "URL", env = "ALPACON_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+
+    /// The alpamon binary served at /downloads/alpamon and run by quickstart
+    /// [default: alpamon next to this executable].
+    #[arg(long, value_name = "PATH", env = "ALPACON_AGENT_BINARY", global = true)]
+    pub agent_binary: Option<PathBuf>,
+
+    /// How long a login session lasts [default: 24].
+    #[arg(
+        long,
+        value_name = "HOURS",
+        env = "ALPACON_SESSION_TTL_HOURS",
+        global = true
+    )]
+    pub session_ttl_hours: Option<i64>,
+}
+
+/// The TOML file: the same keys as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    database_url: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    public_url: Option<String>,
+    agent_binary: Option<PathBuf>,
+    session_ttl_hours: Option<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What the operator asked for, merged from flags, env and file.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// None: SQLite in the data dir.
+    pub database_url: Option<String>,
+    /// Both or neither.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// None: https://localhost:PORT once the port is known.
+    pub public_url: Option<String>,
+    pub agent_binary: PathBuf,
+    pub session_ttl_hours: i64,
+}
+
+impl Settings {
+    pub fn load(opts: &Options) -> Result<Settings, ConfigError> {
+        let (file, base) = match &opts.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let file: FileConfig =
+                    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                        path: path.clone(),
+                        source,
+                    })?;
+                let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                (file, base)
+            }
+            None => (FileConfig::default(), PathBuf::new()),
+        };
+        let from_file = |p: Option<PathBuf>| p.map(|p| base.join(p));
+
+        let data_dir = opts
+            .data_dir
+            .clone()
+            .or_else(|| from_file(file.data_dir))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let listen = match (opts.listen, file.listen) {
+            (Some(l), _) => l,
+            (None, Some(s)) => s
+                .parse()
+                .map_err(|_| ConfigError::Invalid(format!("listen = {s:?} is not ADDR:PORT")))?,
+            (None, None) => DEFAULT_LISTEN
+                .parse()
+                .expect("valid default listen address"),
+        };
+        let database_url = opts.database_url.clone().or(file.database_url);
+        let tls_cert = opts.tls_cert.clone().or_else(|| from_file(file.tls_cert));
+        let tls_key = opts.tls_key.clone().or_else(|| from_file(file.tls_key));
+        let tls = match (tls_cert, tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "--tls-cert and --tls-key go together: give both or neither".into(),
+                ))
+            }
+        };
+        let public_url = opts
+            .public_url
+            .clone()
+            .or(file.public_url)
+            .map(|u| normalize_public_url(&u))
+            .transpose()?;
+        let agent_binary = opts
+            .agent_binary
+            .clone()
+            .or_else(|| from_file(file.agent_binary))
+            .unwrap_or_else(default_agent_binary);
+        let session_ttl_hours = opts
+            .session_ttl_hours
+            .or(file.session_ttl_hours)
+            .unwrap_or(DEFAULT_SESSION_TTL_HOURS);
+        if !(1..=24 * 366).contains(&session_ttl_hours) {
+            return Err(ConfigError::Invalid(format!(
+                "session_ttl_hours must be between 1 and {}, not {session_ttl_hours}",
+                24 * 366
+            )));
+        }
+        Ok(Settings {
+            data_dir,
+            listen,
+            database_url,
+            tls,
+            public_url,
+            agent_binary,
+            session_ttl_hours,
+        })
+    }
+}
+
+/// `alpamon` in the directory of the running executable.
+pub fn default_agent_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("alpamon")))
+        .unwrap_or_else(|| PathBuf::from("alpamon"))
+}
+
+/// Checks an https URL and drops a trailing slash. Quotes and whitespace are
+/// refused: the URL is pasted into shell lines.
+pub fn normalize_public_url(u: &str) -> Result<String, ConfigError> {
+    let u = u.trim().trim_end_matches('/');
+    let bad = || {
+        ConfigError::Invalid(format!(
+            "public URL {u:?} must look like https://HOST[:PORT][/PATH]"
+        ))
+    };
+    if !u.starts_with("https://")
+        || u.contains(|c: char| c.is_whitespace() || "'\"`\\$;&|<>".contains(c))
+    {
+        return Err(bad());
+    }
+    let uri: axum::http::Uri = u.parse().map_err(|_| bad())?;
+    if uri.host().unwrap_or("").is_empty() || uri.query().is_some() {
+        return Err(bad());
+    }
+    Ok(u.to_string())
+}
+
+/// The host part of a public URL, without IPv6 brackets.
+pub fn public_url_host(u: &str) -> Option<String> {
+    let uri: axum::http::Uri = u.parse().ok()?;
+    let h = uri.host()?;
+    Some(h.trim_start_matches('[').trim_end_matches(']').to_string())
+}
+
+/// The configuration of the running gateway.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Absolute.
+    pub data_dir: PathBuf,
+    /// The address actually bound (the real port when 0 was asked for).
+    pub listen: SocketAddr,
+    pub database_url: String,
+    /// No trailing slash.
+    pub public_url: String,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// The gateway's own CA certificate; None with operator-provided TLS.
+    pub ca_cert: Option<PathBuf>,
+    pub agent_binary: PathBuf,
+    pub session_ttl_secs: i64,
+}
+
+impl Config {
+    /// A config rooted in `data_dir` with defaults, for tests.
+    pub fn for_tests(data_dir: &Path) -> Config {
+        Config {
+            data_dir: data_dir.to_path_buf(),
+            listen: "127.0.0.1:0".parse().expect("valid address"),
+            database_url: crate::db::sqlite_url(&data_dir.join("alpacon.db")),
+            public_url: "https://localhost:8443".into(),
+            tls_cert: data_dir.join("tls/server.crt"),
+            tls_key: data_dir.join("tls/server.key"),
+            ca_cert: None,
+            agent_binary: data_dir.join("alpamon"),
+            session_ttl_secs: DEFAULT_SESSION_TTL_HOURS * 3600,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_urls() {
+        assert_eq!(
+            normalize_public_url("https://gw.example.com/").unwrap(),
+            "https://gw.example.com"
+        );
+        assert_eq!(
+            normalize_public_url("https://[::1]:8443/ws").unwrap(),
+            "https://[::1]:8443/ws"
+        );
+        for bad in [
+            "http://x",
+            "https://",
+            "https://a b",
+            "https://x/'",
+            "gw:8443",
+            "https://x/?a=1",
+        ] {
+            assert!(normalize_public_url(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            public_url_host("https://[::1]:8443").as_deref(),
+            Some("::1")
+        );
+        assert_eq!(
+            public_url_host("https://gw.example.com:1/x").as_deref(),
+            Some("gw.example.com")
+        );
+    }
+
+    #[test]
+    fn flags_win_over_file_and_file_paths_are_relative_to_it() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "data_dir = \"data\"\nlisten = \"0.0.0.0:9000\"\npublic_url = \"https://gw.example.com\"\nsession_ttl_hours = 2\n",
+        )
+        .unwrap();
+        let opts = Options {
+            config: Some(f.clone()),
+            listen: Some("127.0.0.1:1234".parse().unwrap()),
+            ..Default::default()
+        };
+        let s = Settings::load(&opts).unwrap();
+        assert_eq!(s.data_dir, d.path().join("data"));
+        assert_eq!(s.listen.port(), 1234);
+        assert_eq!(s.public_url.as_deref(), Some("https://gw.example.com"));
+        assert_eq!(s.session_ttl_hours, 2);
+
+        std::fs::write(&f, "datadir = \"x\"\n").unwrap();
+        let e = Settings::load(&opts).unwrap_err().to_string();
+        assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn defaults_and_help() {
+        let s = Settings::load(&Options::default()).unwrap();
+        assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(s.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert!(s.tls.is_none() && s.public_url.is_none() && s.database_url.is_none());
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let help = Cli::command().render_long_help().to_string();
+        for flag in [
+            "--data-dir",
+            "--listen",
+            "--database-url",
+            "--public-url",
+            "--tls-cert",
+            "--config",
+        ] {
+            assert!(help.contains(flag), "{flag}");
+        }
+        let cli =
+            Cli::try_parse_from(["alpacon-server", "quickstart", "--data-dir", "/x"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Quickstart)));
+        assert_eq!(cli.opts.data_dir, Some(PathBuf::from("/x")));
+        assert!(Cli::try_parse_from(["alpacon-server", "--tls-cert", "a"]).is_err());
+    }
+}

@@ -1,0 +1,217 @@
+//! Personal API tokens (`alpat-…`): `GET/POST /api/auth/tokens/`,
+//! `DELETE /api/auth/tokens/{id}/`. A token acts as its owner; the key is
+//! shown once, at creation, and only its SHA-256 is stored.
+
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use axum::routing::{delete, get};
+use axum::Router;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::api::{page_response, Json, PageParams, Path, Query};
+use crate::app::AppState;
+use crate::audit::{self, Event};
+use crate::auth::{generate_key, hash_key, Caller, API_TOKEN_PREFIX};
+use crate::db::{new_id, now_ms, rfc3339, rfc3339_opt};
+use crate::error::{is_unique_violation, ApiError};
+
+pub const MAX_EXPIRES_IN_DAYS: i64 = 3650;
+const DAY_MS: i64 = 86_400_000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/auth/tokens/", get(list).post(create))
+        .route("/api/auth/tokens/{id}/", delete(remove))
+}
+
+/// Checks a token/registration-token name: 1–100 printable characters.
+pub fn validate_token_name(name: &str) -> Result<(), ApiError> {
+    if name.trim().is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "name must be 1 to 100 printable characters",
+        ));
+    }
+    Ok(())
+}
+
+/// `expires_in_days` → absolute expiry in unix ms (None: never).
+pub fn expiry_from_days(days: Option<i64>, now: i64) -> Result<Option<i64>, ApiError> {
+    match days {
+        None => Ok(None),
+        Some(d) if (1..=MAX_EXPIRES_IN_DAYS).contains(&d) => Ok(Some(now + d * DAY_MS)),
+        Some(d) => Err(ApiError::bad_request(format!(
+            "expires_in_days must be between 1 and {MAX_EXPIRES_IN_DAYS}, not {d}"
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    name: String,
+    expires_in_days: Option<i64>,
+    scopes: Option<Vec<String>>,
+}
+
+fn token_json(r: &AnyRow) -> Result<Value, ApiError> {
+    let scopes: String = r.try_get("scopes")?;
+    Ok(json!({
+        "id": r.try_get::<String, _>("id")?,
+        "name": r.try_get::<String, _>("name")?,
+        "scopes": serde_json::from_str::<Value>(&scopes).unwrap_or_else(|_| json!([])),
+        "enabled": r.try_get::<i64, _>("enabled")? != 0,
+        "created_at": rfc3339(r.try_get("created_at")?),
+        "expires_at": rfc3339_opt(r.try_get("expires_at")?),
+        "last_used_at": rfc3339_opt(r.try_get("last_used_at")?),
+    }))
+}
+
+const COLUMNS: &str = "id, name, scopes, enabled, created_at, expires_at, last_used_at";
+
+async fn list(
+    State(st): State<AppState>,
+    caller: Caller,
+    Query(pp): Query<PageParams>,
+    uri: Uri,
+) -> Result<Json<Value>, ApiError> {
+    let page = pp.page()?;
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens WHERE user_id = $1")
+        .bind(&caller.user_id)
+        .fetch_one(&st.db.pool)
+        .await?;
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM api_tokens WHERE user_id = $1
+         ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
+    ))
+    .bind(&caller.user_id)
+    .bind(page.limit())
+    .bind(page.offset())
+    .fetch_all(&st.db.pool)
+    .await?;
+    let results = rows.iter().map(token_json).collect::<Result<Vec<_>, _>>()?;
+    Ok(page_response(count, results, page, &uri))
+}
+
+async fn create(
+    State(st): State<AppState>,
+    caller: Caller,
+    Json(body): Json<CreateBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    // A token that could mint tokens would outlive its own revocation.
+    if caller.token_id.is_some() {
+        return Err(ApiError::forbidden(
+            "token_not_allowed",
+            "API tokens cannot create tokens; log in with a password (`alpacon login -u USER`)",
+        ));
+    }
+    let name = body.name.trim().to_string();
+    validate_token_name(&name)?;
+    let now = now_ms();
+    let expires_at = expiry_from_days(body.expires_in_days, now)?;
+    let scopes = body.scopes.unwrap_or_default();
+    if scopes.iter().any(|s| s.trim().is_empty() || s.len() > 100) {
+        return Err(ApiError::bad_request("scopes must be non-empty strings"));
+    }
+    let key = generate_key(API_TOKEN_PREFIX);
+    let id = new_id();
+    let res = sqlx::query(
+        "INSERT INTO api_tokens (id, user_id, name, key_hash, scopes, enabled, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, 1, $6, $7)",
+    )
+    .bind(&id)
+    .bind(&caller.user_id)
+    .bind(&name)
+    .bind(hash_key(&key))
+    .bind(serde_json::to_string(&scopes).map_err(ApiError::internal)?)
+    .bind(now)
+    .bind(expires_at)
+    .execute(&st.db.pool)
+    .await;
+    match res {
+        Ok(_) => {}
+        Err(e) if is_unique_violation(&e) => {
+            return Err(ApiError::conflict(
+                "token_name_taken",
+                format!("you already have a token named {name:?}; pick another name or delete it with `alpacon token delete {name}`"),
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    audit::record(
+        &st.db,
+        Event::new("token.create").by(&caller).detail(json!({
+            "token_id": id, "name": name, "scopes": scopes, "expires_at": rfc3339_opt(expires_at),
+        })),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": id,
+            "name": name,
+            "key": key,
+            "scopes": scopes,
+            "enabled": true,
+            "created_at": rfc3339(now),
+            "expires_at": rfc3339_opt(expires_at),
+            "last_used_at": null,
+        })),
+    ))
+}
+
+/// Deletes one of the caller's tokens, by id or by name. Revocation is
+/// immediate: the next request with that key fails.
+async fn remove(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(ident): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let row = sqlx::query(
+        "SELECT id, name FROM api_tokens WHERE user_id = $1 AND (id = $2 OR name = $2)",
+    )
+    .bind(&caller.user_id)
+    .bind(&ident)
+    .fetch_optional(&st.db.pool)
+    .await?
+    .ok_or_else(|| {
+        ApiError::not_found(
+            "token_not_found",
+            format!("you have no token {ident:?}; see `alpacon token ls`"),
+        )
+    })?;
+    let id: String = row.try_get("id")?;
+    let name: String = row.try_get("name")?;
+    sqlx::query("DELETE FROM api_tokens WHERE id = $1")
+        .bind(&id)
+        .execute(&st.db.pool)
+        .await?;
+    audit::record(
+        &st.db,
+        Event::new("token.delete")
+            .by(&caller)
+            .detail(json!({ "token_id": id, "name": name })),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_expiry_are_validated() {
+        assert!(validate_token_name("ci deploy").is_ok());
+        assert!(validate_token_name("").is_err());
+        assert!(validate_token_name("  ").is_err());
+        assert!(validate_token_name("a\nb").is_err());
+        assert!(validate_token_name(&"x".repeat(101)).is_err());
+        assert_eq!(expiry_from_days(None, 5).unwrap(), None);
+        assert_eq!(expiry_from_days(Some(1), 5).unwrap(), Some(5 + DAY_MS));
+        assert!(expiry_from_days(Some(0), 5).is_err());
+        assert!(expiry_from_days(Some(-3), 5).is_err());
+        assert!(expiry_from_days(Some(MAX_EXPIRES_IN_DAYS + 1), 5).is_err());
+    }
+}
