@@ -6,14 +6,29 @@ use std::time::Duration;
 use alpacon_e2e::{is_root, sha256_file, text, write_big_file, Agent, AgentOpts, Cli, Gateway};
 use serde_json::{json, Value};
 
+/// A stand-in for the docker CLI on the test server: it records how it was
+/// called (arguments, working directory, account) and answers like
+/// `docker compose up -d` or `docker ps` would.
+const FAKE_DOCKER: &str = r#"#!/bin/sh
+{ echo "argv: $*"; echo "cwd: $(pwd)"; echo "user: $(id -un)"; } >> /opt/docker-calls
+if [ "$1" = compose ]; then
+  echo " Container my-app-web-1  Started"
+else
+  echo "CONTAINER ID   IMAGE     COMMAND   CREATED   STATUS    PORTS     NAMES"
+fi
+"#;
+
 /// An agent in a private namespace where the accounts the product docs use
 /// exist (`admin` for the admin's own commands, `docker` from the REST
-/// example) and `/opt/my-app` belongs to admin.
+/// example), `/opt/my-app` belongs to admin and `docker` is the stand-in
+/// above (on a tmpfs over /usr/local/bin, so the host is untouched).
 fn docs_agent(gw: &mut Gateway, name: &str) -> Agent {
     assert!(
         is_root(),
         "these tests need root (private mount namespace, useradd)"
     );
+    let stub = gw.dir.path().join(format!("docker-{name}"));
+    std::fs::write(&stub, FAKE_DOCKER).unwrap();
     let opts = AgentOpts {
         private_namespace: true,
         setup: vec![
@@ -21,6 +36,9 @@ fn docs_agent(gw: &mut Gateway, name: &str) -> Agent {
             "useradd -m -s /bin/sh docker".into(),
             "mkdir -p /opt/my-app".into(),
             "chown admin:admin /opt/my-app".into(),
+            "mount -t tmpfs tmpfs /usr/local/bin".into(),
+            format!("install -m 755 '{}' /usr/local/bin/docker", stub.display()),
+            "touch /opt/docker-calls && chmod 666 /opt/docker-calls".into(),
         ],
         url: None,
     };
@@ -69,8 +87,7 @@ fn cicd_flow_from_the_docs() {
     let out = cli.run(&["cp", ".env", "prod-docker:/opt/my-app/"]);
     assert!(out.status.success(), "{}", text(&out));
 
-    // The documented deploy line runs (docker is not installed here, so the
-    // shell's "not found" and its exit code 127 come back through).
+    // The documented deploy line runs, with its words as given.
     let out = cli.run(&[
         "websh",
         "prod-docker",
@@ -83,11 +100,10 @@ fn cicd_flow_from_the_docs() {
         "up",
         "-d",
     ]);
-    assert_eq!(out.status.code(), Some(127), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("not found"),
-        "{}",
-        text(&out)
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        " Container my-app-web-1  Started\n"
     );
 
     // The files arrived intact, owned by the person who sent them.
@@ -104,6 +120,14 @@ fn cicd_flow_from_the_docs() {
     );
     assert!(stdout.contains("admin docker-compose.yml"), "{stdout}");
     assert!(stdout.contains("admin .env"), "{stdout}");
+    // docker got exactly the documented arguments, as the admin's account.
+    let out = cli.run(&["websh", "prod-docker", "cat", "/opt/docker-calls"]);
+    let calls = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        calls.contains("argv: compose -p my-app --env-file .env up -d\n"),
+        "{calls}"
+    );
+    assert!(calls.contains("user: admin\n"), "{calls}");
 
     // Everything above is in the audit log, attributed to the token.
     let (s, v) = gw
@@ -127,14 +151,19 @@ fn cicd_flow_from_the_docs() {
         .find(|e| e["action"] == "file.upload" && e["detail"]["path"] == "/opt/my-app/.env")
         .expect("upload event for .env");
     assert_eq!(upload["token"], "ci");
-    assert_eq!(upload["detail"]["bytes"], 31);
+    assert_eq!(upload["detail"]["bytes"], 33);
     assert_eq!(
         upload["detail"]["sha256"].as_str().unwrap(),
         sha256_file(&work.join(".env")).unwrap()
     );
     let finish = events
         .iter()
-        .find(|e| e["action"] == "command.finish" && e["detail"]["exit_code"] == 127)
+        .find(|e| {
+            e["action"] == "command.finish"
+                && e["detail"]["line"]
+                    .as_str()
+                    .is_some_and(|l| l.starts_with("docker compose"))
+        })
         .expect("command.finish event with exit code");
     assert!(finish["detail"]["line"]
         .as_str()
@@ -180,7 +209,11 @@ fn rest_example_verbatim_with_curl() {
     let id = created["id"].as_str().unwrap().to_string();
     let done = gw.wait_command(&id, Duration::from_secs(30)).unwrap();
     assert_eq!(done["status"], "finished", "{done}");
-    assert_eq!(done["exit_code"], 127, "docker is not installed: {done}");
+    assert_eq!(done["exit_code"], 0, "{done}");
+    assert!(
+        done["output"].as_str().unwrap().starts_with("CONTAINER ID"),
+        "{done}"
+    );
 
     // A command that exists shows it really ran as `docker`.
     let created = run("id -un; echo $HOME; pwd");
