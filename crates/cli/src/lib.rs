@@ -1,1 +1,139 @@
+//! `alpacon`, the command-line client of the Alpacon gateway.
+//!
+//! One module per command family; `client` speaks the REST API described in
+//! ARCHITECTURE.md, `output` renders what comes back.
 
+pub mod audit;
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod cp;
+pub mod error;
+pub mod exec;
+pub mod output;
+pub mod server;
+pub mod token;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::client::Client;
+use crate::config::Config;
+use crate::output::Format;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "alpacon",
+    version,
+    about = "Command-line client of the Alpacon access gateway",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// How results are printed.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+
+    /// Config file with the login state [default: ~/.config/alpacon/config.json].
+    #[arg(long, global = true, env = "ALPACON_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Log in to a gateway and remember the credential.
+    Login(auth::LoginArgs),
+    /// Forget the credential (and revoke it if it is a session key).
+    Logout,
+    /// Show who the stored credential belongs to.
+    Whoami,
+    /// Show the client's (and the gateway's) version.
+    Version,
+    /// Servers and their registration tokens.
+    #[command(subcommand)]
+    Server(server::ServerCommand),
+    /// Personal API tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Run a command on a server (interactive terminals come later).
+    Websh(exec::WebshArgs),
+    /// Run a command on a server: `alpacon exec SERVER -- COMMAND...`.
+    Exec(exec::ExecArgs),
+    /// Copy files to or from a server; the remote side is [USER@]SERVER:PATH.
+    Cp(cp::CpArgs),
+    /// The audit trail.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+}
+
+/// What every command needs: where the login state lives and how to print.
+pub struct Ctx {
+    pub output: Format,
+    pub config_path: PathBuf,
+}
+
+impl Ctx {
+    pub fn json(&self) -> bool {
+        self.output == Format::Json
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        config::load(&self.config_path)
+    }
+
+    /// An authenticated client for the gateway we are logged in to.
+    pub fn client(&self) -> Result<Client> {
+        let config = self.config()?;
+        Self::client_for(&config)
+    }
+
+    pub fn client_for(config: &Config) -> Result<Client> {
+        if config.insecure {
+            warn_insecure();
+        }
+        Client::from_config(config)
+    }
+}
+
+pub fn warn_insecure() {
+    eprintln!("alpacon: warning: TLS certificate verification is disabled (--insecure)");
+}
+
+/// Run a parsed command line; the result is the process exit code.
+pub async fn run(cli: Cli) -> Result<u8> {
+    let config_path = match cli.config {
+        Some(p) => p,
+        None => config::default_path()?,
+    };
+    let ctx = Ctx {
+        output: cli.output,
+        config_path,
+    };
+    match cli.command {
+        Command::Login(args) => auth::login(&ctx, args).await,
+        Command::Logout => auth::logout(&ctx).await,
+        Command::Whoami => auth::whoami(&ctx).await,
+        Command::Version => auth::version(&ctx).await,
+        Command::Server(cmd) => server::run(&ctx, cmd).await,
+        Command::Token(cmd) => token::run(&ctx, cmd).await,
+        Command::Websh(args) => exec::websh(&ctx, args).await,
+        Command::Exec(args) => exec::exec(&ctx, args).await,
+        Command::Cp(args) => cp::run(&ctx, args).await,
+        Command::Audit(cmd) => audit::run(&ctx, cmd).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -392,15 +392,28 @@ async fn download(
         StreamInfo::Ready => (0, 0),
     };
     let (_tx, rx) = s.split();
-    let feed = DownloadFeed {
+    let mut feed = DownloadFeed {
         db: state.db.clone(),
         id: t.id.clone(),
         audit: Some(t.audit()),
         path: c.path.clone(),
         username: c.account.username.clone(),
+        size,
+        sent: 0,
         rx,
         _tx,
     };
+    if size == 0 {
+        // Nothing to stream: an HTTP/1.1 server may never poll an empty
+        // body, so settle the transfer before answering.
+        if let Some(Err(e)) = feed.next().await {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "agent_error",
+                e.to_string(),
+            ));
+        }
+    }
     let body =
         futures_util::stream::unfold(
             feed,
@@ -423,14 +436,18 @@ async fn download(
 }
 
 /// Feeds a download's response body from its stream, and records the
-/// transfer when the stream ends (before the body ends, so a client that saw
-/// the whole body finds the sha256 already stored).
+/// transfer before the client gets the last byte: the final chunk is held
+/// until the agent's result (sha256) is stored, so a client that has the
+/// whole body always finds the checksum. (With a Content-Length, an HTTP/1.1
+/// server never polls the body again after its last byte.)
 struct DownloadFeed {
     db: Db,
     id: String,
     audit: Option<AuditEvent>,
     path: String,
     username: String,
+    size: u64,
+    sent: u64,
     rx: alpacon_mux::StreamReceiver,
     _tx: alpacon_mux::StreamSender,
 }
@@ -438,12 +455,24 @@ struct DownloadFeed {
 impl DownloadFeed {
     async fn next(&mut self) -> Option<Result<Bytes, std::io::Error>> {
         let ev = self.audit.take()?;
+        let mut last: Option<Bytes> = None;
         loop {
             let outcome = match self.rx.recv().await {
-                Some(Event::Data(d)) => {
-                    self.audit = Some(ev);
-                    return Some(Ok(d));
+                Some(Event::Data(d)) if last.is_none() => {
+                    self.sent += d.len() as u64;
+                    if self.sent < self.size {
+                        self.audit = Some(ev);
+                        return Some(Ok(d));
+                    }
+                    // The last chunk: hold it until the result is stored.
+                    last = Some(d);
+                    continue;
                 }
+                Some(Event::Data(_)) => Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "agent_error",
+                    "the file grew while it was being read",
+                )),
                 Some(Event::Closed(Close::Ok(StreamResult::Read { bytes, sha256 }))) => {
                     Ok((bytes, sha256))
                 }
@@ -462,7 +491,10 @@ impl DownloadFeed {
                 return Some(Err(std::io::Error::other("could not record the transfer")));
             }
             // A failed download must not look complete: break the body.
-            return failed.map(|d| Err(std::io::Error::other(d)));
+            return match (failed, last) {
+                (Some(d), _) => Some(Err(std::io::Error::other(d))),
+                (None, last) => last.map(Ok),
+            };
         }
     }
 }
