@@ -182,6 +182,10 @@ impl Gateway {
         }
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn restart(&mut self) -> Result<()> {
         self.stop();
         self.spawn()
@@ -436,6 +440,11 @@ impl Agent {
             kill(&mut c);
         }
     }
+
+    /// The agent's pid (`unshare` and `sh` exec into it, so it is the same).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }
 
 impl Drop for Agent {
@@ -489,6 +498,54 @@ impl Cli {
         }
         Ok(())
     }
+}
+
+/// Peak resident memory of a live process, in bytes (`VmHWM`).
+pub fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Runs a command to completion while sampling its peak RSS; returns its
+/// output and the last peak seen (the peak is monotonic, so the last sample
+/// before exit is the best we can read).
+pub fn run_measured(mut cmd: Command) -> Result<(Output, u64)> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let pid = child.id();
+    let mut peak = 0;
+    let mut out = child.stdout.take();
+    let mut err = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut o = Vec::new();
+        let mut e = Vec::new();
+        if let Some(s) = out.as_mut() {
+            let _ = s.read_to_end(&mut o);
+        }
+        if let Some(s) = err.as_mut() {
+            let _ = s.read_to_end(&mut e);
+        }
+        (o, e)
+    });
+    let status = loop {
+        if let Some(p) = peak_rss(pid) {
+            peak = peak.max(p);
+        }
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = reader.join().map_err(|_| anyhow!("reader panicked"))?;
+    Ok((
+        Output {
+            status,
+            stdout,
+            stderr,
+        },
+        peak,
+    ))
 }
 
 /// stdout + stderr of a finished process, for messages.

@@ -3,7 +3,10 @@
 use std::process::Command;
 use std::time::Duration;
 
-use alpacon_e2e::{is_root, sha256_file, text, write_big_file, Agent, AgentOpts, Cli, Gateway};
+use alpacon_e2e::{
+    bin, is_root, peak_rss, run_measured, sha256_file, text, write_big_file, Agent, AgentOpts, Cli,
+    Gateway,
+};
 use serde_json::{json, Value};
 
 /// A stand-in for the docker CLI on the test server: it records how it was
@@ -445,7 +448,7 @@ fn result_survives_a_gateway_restart_mid_command() {
 #[test]
 fn copy_one_gib_both_ways() {
     let mut gw = Gateway::start().unwrap();
-    let _agent = docs_agent(&mut gw, "bulk");
+    let agent = docs_agent(&mut gw, "bulk");
     let cli = Cli::new().unwrap();
     let token = gw.admin_api_token("cli").unwrap();
     cli.login_token(&gw, &token).unwrap();
@@ -454,11 +457,29 @@ fn copy_one_gib_both_ways() {
     write_big_file(&src, 1 << 30).unwrap();
     let want = sha256_file(&src).unwrap();
 
-    let out = cli.run(&["cp", "big.bin", "bulk:/opt/my-app/big.bin"]);
+    // Memory stays bounded whatever the file size: each process holds a few
+    // windows of data, never the file. The bound stated here (64 MiB of peak
+    // RSS per process for a 1 GiB file) leaves room for the allocator.
+    const BOUND: u64 = 64 << 20;
+    let mut up = cli.command();
+    up.args(["cp", "big.bin", "bulk:/opt/my-app/big.bin"]);
+    let (out, cli_up) = run_measured(up).unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let back = cli.dir.path().join("back.bin");
-    let out = cli.run(&["cp", "bulk:/opt/my-app/big.bin", back.to_str().unwrap()]);
+    let mut down = cli.command();
+    down.args(["cp", "bulk:/opt/my-app/big.bin", back.to_str().unwrap()]);
+    let (out, cli_down) = run_measured(down).unwrap();
     assert!(out.status.success(), "{}", text(&out));
+    let gw_peak = peak_rss(gw.pid().unwrap()).unwrap();
+    let agent_peak = peak_rss(agent.pid().unwrap()).unwrap();
+    for (who, peak) in [
+        ("cli upload", cli_up),
+        ("cli download", cli_down),
+        ("gateway", gw_peak),
+        ("agent", agent_peak),
+    ] {
+        assert!(peak > 0 && peak < BOUND, "{who} peaked at {peak} bytes");
+    }
     std::fs::remove_file(&src).unwrap();
     assert_eq!(sha256_file(&back).unwrap(), want);
     assert_eq!(std::fs::metadata(&back).unwrap().len(), 1 << 30);
@@ -468,6 +489,153 @@ fn copy_one_gib_both_ways() {
         .call("GET", "/api/audit/events/?action=file.download", None)
         .unwrap();
     assert_eq!(v["results"][0]["detail"]["sha256"], want.as_str(), "{v}");
+}
+
+#[test]
+fn plain_http1_download_is_verifiable() {
+    let mut gw = Gateway::start().unwrap();
+    let _agent = docs_agent(&mut gw, "h1");
+    let token = gw.admin_api_token("h1").unwrap();
+    let ca = gw.ca();
+    for (name, content) in [("empty", ""), ("small", "hello\n")] {
+        let (s, v) = gw
+            .call(
+                "POST",
+                "/api/events/commands/",
+                Some(json!({"server": "h1", "username": "root",
+                            "line": format!("printf '{content}' > /opt/{name}")})),
+            )
+            .unwrap();
+        assert_eq!(s, 201, "{v}");
+        gw.wait_command(v["id"].as_str().unwrap(), Duration::from_secs(30))
+            .unwrap();
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--http1.1",
+                "-D",
+                "-",
+                "--cacert",
+                ca.to_str().unwrap(),
+            ])
+            .args(["-H", &format!("Authorization: Token {token}")])
+            .arg(gw.api(&format!(
+                "/api/webftp/download/?server=h1&username=root&path=/opt/{name}"
+            )))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let resp = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            resp.ends_with(&format!("\r\n\r\n{}", content.replace("\\n", "\n"))),
+            "{resp}"
+        );
+        let id = resp
+            .lines()
+            .find_map(|l| l.strip_prefix("x-alpacon-transfer-id: "))
+            .unwrap()
+            .trim();
+        let (s, t) = gw
+            .call("GET", &format!("/api/webftp/transfers/{id}/"), None)
+            .unwrap();
+        assert_eq!(s, 200, "{t}");
+        assert_eq!(t["status"], "completed", "{t}");
+        assert_eq!(t["sha256"].as_str().unwrap().len(), 64, "{t}");
+    }
+}
+
+#[test]
+fn quickstart_prints_a_working_login_line() {
+    assert!(is_root(), "the quickstart agent runs commands as root here");
+    let dir = tempfile::tempdir().unwrap();
+    let port = alpacon_e2e::free_port();
+    let mut child = Command::new(bin("alpacon-server"))
+        .arg("quickstart")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut printed = Vec::new();
+    let login = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no login line in {printed:#?}"));
+        if line.trim_start().starts_with("alpacon login ") {
+            break line.trim().to_string();
+        }
+        printed.push(line);
+    };
+    let all = printed.join("\n");
+    assert!(all.contains("https://"), "{all}");
+    assert!(all.contains("ca.crt"), "{all}");
+    let password = std::fs::read_to_string(dir.path().join("data/initial-admin-password")).unwrap();
+    assert!(
+        all.contains(password.trim()),
+        "the one-time password is printed: {all}"
+    );
+
+    // Paste the line as printed (through a shell, as a person would).
+    let cli = Cli::new().unwrap();
+    let mut sh = Command::new("sh");
+    sh.env("ALPACON_CONFIG", cli.config())
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                alpacon_e2e::bin_dir().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .args(["-c", &login]);
+    let out = sh.output().unwrap();
+    assert!(out.status.success(), "{login}: {}", text(&out));
+
+    // The local agent is there and answers.
+    let out = cli.run(&["server", "ls", "--output", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let servers: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let name = servers[0]["name"].as_str().unwrap().to_string();
+    let mut connected = false;
+    for _ in 0..100 {
+        let out = cli.run(&["server", "ls", "--output", "json"]);
+        let servers: Value = serde_json::from_slice(&out.stdout).unwrap();
+        if servers[0]["is_connected"] == true {
+            connected = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(connected, "the quickstart agent did not connect");
+    let out = cli.run(&[
+        "websh",
+        "-u",
+        "root",
+        &name,
+        "echo",
+        "hello from quickstart",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from quickstart\n",
+        "{}",
+        text(&out)
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[test]
