@@ -774,3 +774,87 @@ fn works_on_postgresql_too() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["count"], 1);
 }
+
+#[test]
+fn install_one_liner_registers_and_starts_the_agent() {
+    assert!(is_root(), "needs a private mount namespace");
+    let mut gw = Gateway::start().unwrap();
+    let (s, v) = gw
+        .call(
+            "POST",
+            "/api/servers/registration-tokens/",
+            Some(json!({"name": "fleet"})),
+        )
+        .unwrap();
+    assert_eq!(s, 201, "{v}");
+    let install = v["install_command"].as_str().unwrap().to_string();
+
+    // A throwaway "machine": private /etc, /usr/local/bin and /var/lib, with
+    // stand-ins for sudo and systemctl (the latter starts the unit's
+    // ExecStart in the background and records its pid).
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().display().to_string();
+    let script = format!(
+        r#"set -e
+cp -a /etc '{r}/etc' && mount --bind '{r}/etc' /etc
+mount -t tmpfs tmpfs /usr/local/bin && mount -t tmpfs tmpfs /var/lib
+printf '#!/bin/sh\nexec "$@"\n' > /usr/local/bin/sudo
+cat > /usr/local/bin/systemctl <<'STUB'
+#!/bin/sh
+if [ "$1" = enable ]; then
+  cmd=$(sed -n 's/^ExecStart=//p' /etc/systemd/system/alpamon.service)
+  setsid $cmd > '{r}/agent.log' 2>&1 < /dev/null &
+  echo $! > '{r}/agent.pid'
+fi
+STUB
+chmod 755 /usr/local/bin/sudo /usr/local/bin/systemctl
+export PATH=/usr/local/bin:$PATH
+{install}
+"#
+    );
+    // The installer names the server after `hostname`: a private UTS
+    // namespace gives it a stable one.
+    let out = Command::new("unshare")
+        .args(["--mount", "--uts", "--propagation", "private", "sh", "-c"])
+        .arg(format!("hostname installed-box && {script}"))
+        .output()
+        .unwrap();
+    let pid: Option<i32> = std::fs::read_to_string(root.path().join("agent.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse().ok());
+    let kill_agent = || {
+        if let Some(p) = pid {
+            // SAFETY: plain kill(2) on a pid we started.
+            unsafe { libc::kill(p, libc::SIGTERM) };
+        }
+    };
+    if !out.status.success() {
+        kill_agent();
+        panic!("install failed: {}", text(&out));
+    }
+    let stdout =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let connected = gw.wait_connected("installed-box", true);
+    if let Err(e) = connected {
+        kill_agent();
+        let log = std::fs::read_to_string(root.path().join("agent.log")).unwrap_or_default();
+        panic!("{e}\ninstaller said: {stdout}\nagent log: {log}");
+    }
+    let (s, v) = gw
+        .call(
+            "POST",
+            "/api/events/commands/",
+            Some(json!({"server": "installed-box", "line": "cat /etc/alpamon/alpamon.toml | grep -c server_id", "username": "root"})),
+        )
+        .unwrap();
+    assert_eq!(s, 201, "{v}");
+    let done = gw
+        .wait_command(v["id"].as_str().unwrap(), Duration::from_secs(30))
+        .unwrap();
+    kill_agent();
+    assert_eq!(done["output"], "1\n", "{done}");
+    assert!(
+        stdout.contains("alpamon is installed and running"),
+        "{stdout}"
+    );
+}
