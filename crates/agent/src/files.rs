@@ -199,6 +199,13 @@ pub async fn serve(stream: Stream, open: Open, helper: Arc<PathBuf>) {
         Open::FileRead { path, account } => ("download", path.clone(), account.username.clone()),
         Open::Mkdir { path, account } => ("mkdir", path.clone(), account.username.clone()),
         Open::Stat { path, account, .. } => ("stat", path.clone(), account.username.clone()),
+        Open::Pty { .. } | Open::PtyAttach { .. } => {
+            tx.close(Close::Err(err(
+                ErrorCode::Invalid,
+                "this agent does not serve terminals yet",
+            )));
+            return;
+        }
     };
     let result = match open {
         Open::FileWrite {
@@ -219,6 +226,8 @@ pub async fn serve(stream: Stream, open: Open, helper: Arc<PathBuf>) {
                 .await
                 .and_then(fits_in_a_frame)
         }
+        // Routed away above.
+        Open::Pty { .. } | Open::PtyAttach { .. } => return,
     };
     match &result {
         Ok(StreamResult::Written { bytes, sha256 }) | Ok(StreamResult::Read { bytes, sha256 }) => {

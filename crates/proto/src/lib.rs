@@ -12,7 +12,9 @@ pub mod b64;
 pub mod flow;
 pub mod frame;
 pub mod msg;
+pub mod pty;
 pub mod version;
+pub mod websh;
 
 pub use flow::{FlowError, RecvWindow, SendCredit, INITIAL_WINDOW};
 pub use frame::{Frame, FrameError, MAX_DATA, MAX_FRAME};

@@ -149,6 +149,24 @@ pub enum Open {
         #[serde(flatten)]
         account: Account,
     },
+    /// Start an interactive terminal: a login shell on a new PTY, as the
+    /// account. The agent answers `Accept(StreamInfo::Pty)`, then streams the
+    /// PTY's output as `Data` (bytes from offset 0); the gateway sends
+    /// [`crate::pty::PtyIn`] messages, one per `Data` frame. The terminal
+    /// outlives the stream: if the link drops, it keeps running on the agent
+    /// until the gateway re-attaches (`PtyAttach`) or terminates it.
+    Pty {
+        /// The gateway's session id.
+        session: String,
+        #[serde(flatten)]
+        account: Account,
+        rows: u16,
+        cols: u16,
+    },
+    /// Re-attach to a running terminal after a link loss. The agent answers
+    /// `Accept(StreamInfo::Pty)` and resumes output at `output_offset` (bytes
+    /// the gateway already has), or `Close(Err(NotFound))` if it is gone.
+    PtyAttach { session: String, output_offset: u64 },
     /// Describe a path (recursively for directories); answered by `Close`
     /// with `StreamResult::Listing`.
     Stat {
@@ -173,7 +191,17 @@ pub struct Account {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum StreamInfo {
     Ready,
-    File { size: u64, mode: u32 },
+    File {
+        size: u64,
+        mode: u32,
+    },
+    /// A terminal: output resumes at `output_offset`; the agent has written
+    /// `input_offset` bytes of input to the PTY so far, so the gateway resends
+    /// anything after that.
+    Pty {
+        output_offset: u64,
+        input_offset: u64,
+    },
 }
 
 /// `Frame::Close` payload: how a stream ended.
@@ -188,9 +216,21 @@ pub enum Close {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum StreamResult {
     Done,
-    Written { bytes: u64, sha256: String },
-    Read { bytes: u64, sha256: String },
-    Listing { entries: Vec<Entry> },
+    Written {
+        bytes: u64,
+        sha256: String,
+    },
+    Read {
+        bytes: u64,
+        sha256: String,
+    },
+    Listing {
+        entries: Vec<Entry>,
+    },
+    /// A terminal's shell ended (exit status, or 128 + signal).
+    Exited {
+        code: i32,
+    },
 }
 
 /// One filesystem entry; `path` is relative to the requested path ("" for
@@ -352,6 +392,34 @@ mod tests {
     }
 
     #[test]
+    fn pty_messages_roundtrip() {
+        for o in [
+            Open::Pty {
+                session: "s".into(),
+                account: Account {
+                    username: "alice".into(),
+                    groupname: None,
+                },
+                rows: 24,
+                cols: 80,
+            },
+            Open::PtyAttach {
+                session: "s".into(),
+                output_offset: 1 << 40,
+            },
+        ] {
+            let v = serde_json::to_vec(&o).unwrap();
+            assert_eq!(serde_json::from_slice::<Open>(&v).unwrap(), o);
+        }
+        let i = StreamInfo::Pty {
+            output_offset: 5,
+            input_offset: 7,
+        };
+        let v = serde_json::to_vec(&i).unwrap();
+        assert_eq!(serde_json::from_slice::<StreamInfo>(&v).unwrap(), i);
+    }
+
+    #[test]
     fn open_flattens_account() {
         let o = Open::FileWrite {
             path: "/tmp/x".into(),
@@ -383,6 +451,7 @@ mod tests {
                 }],
             }),
             Close::Err(StreamError::new(ErrorCode::NotFound, "no such file: /x")),
+            Close::Ok(StreamResult::Exited { code: 130 }),
         ] {
             let s = serde_json::to_vec(&c).unwrap();
             assert_eq!(serde_json::from_slice::<Close>(&s).unwrap(), c);

@@ -389,7 +389,7 @@ async fn download(
     };
     let (size, mode) = match info {
         StreamInfo::File { size, mode } => (size, mode),
-        StreamInfo::Ready => (0, 0),
+        StreamInfo::Ready | StreamInfo::Pty { .. } => (0, 0),
     };
     let (_tx, rx) = s.split();
     let mut feed = DownloadFeed {
