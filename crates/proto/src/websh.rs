@@ -284,7 +284,7 @@ mod tests {
                     fed += n;
                 }
             }
-            if step % 17 == 0 {
+            if step.is_multiple_of(17) {
                 // The link drops: everything in flight is lost; reconnect and
                 // resend from the receiver's cursor.
                 in_flight.clear();
@@ -292,10 +292,10 @@ mod tests {
                 in_flight.push((rx.offset, resend));
             }
             // Deliver some of what is in flight, in order.
-            if !in_flight.is_empty() && step % 3 != 0 {
+            if !in_flight.is_empty() && !step.is_multiple_of(3) {
                 let (at, chunk) = in_flight.remove(0);
                 got.extend_from_slice(rx.accept(at, &chunk).expect("in order"));
-                if step % 5 == 0 {
+                if step.is_multiple_of(5) {
                     tx.ack(rx.offset);
                 }
             }
