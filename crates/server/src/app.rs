@@ -11,7 +11,7 @@ use axum::Router;
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::{api, audit, auth, commands, db, iam, relay, servers, tokens, webftp};
+use crate::{api, audit, auth, commands, db, iam, relay, servers, tokens, webftp, websh};
 
 /// Bodies of JSON endpoints are small; this keeps a client from making the
 /// gateway buffer an arbitrary amount. `/api/webftp/` is exempt: uploads
@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::router())
         .merge(relay::router())
         .merge(commands::router())
+        .merge(websh::router())
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
     Router::new()
         .merge(limited)

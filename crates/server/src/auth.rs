@@ -160,11 +160,29 @@ impl FromRequestParts<AppState> for Caller {
         if let Some(c) = parts.extensions.get::<Caller>() {
             return Ok(c.clone());
         }
-        let key = key_from_headers(&parts.headers)?;
-        let caller = authenticate(&state.db, key, client_ip(parts)).await?;
+        let key = match key_from_query(parts) {
+            Some(k) => k,
+            None => key_from_headers(&parts.headers)?.to_string(),
+        };
+        let caller = authenticate(&state.db, &key, client_ip(parts)).await?;
         parts.extensions.insert(caller.clone());
         Ok(caller)
     }
+}
+
+/// Browsers cannot set headers on a WebSocket, so WebSocket endpoints (and
+/// only those: a key in a URL ends up in histories and logs) also take
+/// `?access_token=<key>` when no Authorization header is present.
+fn key_from_query(parts: &Parts) -> Option<String> {
+    if parts.headers.contains_key(header::AUTHORIZATION) || !parts.uri.path().ends_with("/ws/") {
+        return None;
+    }
+    let q = parts.uri.query()?;
+    q.split('&').find_map(|kv| {
+        let v = kv.strip_prefix("access_token=")?;
+        (!v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+            .then(|| v.to_string())
+    })
 }
 
 fn key_from_headers(headers: &HeaderMap) -> Result<&str, ApiError> {

@@ -92,6 +92,7 @@ impl Gateway {
             session_ttl_secs: settings.session_ttl_hours * 3600,
         };
         let state = AppState::new(db, config);
+        tokio::spawn(crate::websh::reaper(state.clone()));
         let app = router(state.clone());
         let handle = Handle::new();
         let server =

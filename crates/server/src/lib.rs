@@ -17,6 +17,7 @@ pub mod servers;
 pub mod tls;
 pub mod tokens;
 pub mod webftp;
+pub mod websh;
 
 #[cfg(test)]
 mod api_tests;

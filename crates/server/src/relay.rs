@@ -50,6 +50,9 @@ pub struct Relay {
     links: Mutex<HashMap<String, Link>>,
     next_conn: AtomicU64,
     pub(crate) live: commands::LiveOutputs,
+    pub(crate) websh: crate::websh::Sessions,
+    /// Woken whenever an agent link comes up.
+    pub(crate) link_changed: tokio::sync::Notify,
 }
 
 impl Relay {
@@ -58,6 +61,8 @@ impl Relay {
             links: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             live: commands::LiveOutputs::default(),
+            websh: Default::default(),
+            link_changed: tokio::sync::Notify::new(),
         });
         // Whatever the database says about links from a previous run is
         // stale: no agent is connected to a process that just started.
@@ -291,6 +296,7 @@ async fn serve_agent(state: AppState, mut ws: WebSocket, ip: String) {
     if let Some(old) = previous {
         old.mux.shutdown("replaced by a newer connection");
     }
+    relay.link_changed.notify_waiters();
     let sys = &a.system;
     let update = SystemUpdate {
         remote_ip: &ip,
@@ -328,7 +334,10 @@ async fn serve_agent(state: AppState, mut ws: WebSocket, ip: String) {
     {
         let state = state.clone();
         let server_id = server_id.clone();
-        tokio::spawn(async move { commands::dispatch_pending(&state, &server_id).await });
+        tokio::spawn(async move {
+            commands::dispatch_pending(&state, &server_id).await;
+            crate::websh::on_agent_connected(&state, &server_id).await;
+        });
     }
 
     let reason = read_loop(&state, &mux, &mut source, &server_id).await;
