@@ -183,7 +183,78 @@ pub fn write_secret_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/iam/users/", get(list_users))
+    Router::new().route("/api/iam/users/", get(list_users).post(create_user))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateUser {
+    username: String,
+    password: String,
+    #[serde(default)]
+    is_staff: bool,
+    #[serde(default)]
+    is_superuser: bool,
+}
+
+/// Usernames double as account names on servers, so they follow useradd's
+/// rules.
+pub fn valid_username(u: &str) -> bool {
+    let mut chars = u.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && u.len() <= 32
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.'))
+}
+
+async fn create_user(
+    State(st): State<AppState>,
+    caller: Caller,
+    Json(b): Json<CreateUser>,
+) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+    caller.require_admin()?;
+    if b.is_superuser && !caller.is_superuser {
+        return Err(ApiError::forbidden(
+            "permission_denied",
+            "only a superuser can create a superuser",
+        ));
+    }
+    if !valid_username(&b.username) {
+        return Err(ApiError::bad_request(
+            "username must start with a lowercase letter or '_' and contain only a-z, 0-9, '_', '-', '.' (at most 32)",
+        ));
+    }
+    if b.password.len() < 10 {
+        return Err(ApiError::bad_request(
+            "password must be at least 10 characters",
+        ));
+    }
+    let hash = hash_password(&b.password).map_err(ApiError::internal)?;
+    let id = new_id();
+    sqlx::query(
+        "INSERT INTO users (id, username, password_hash, is_superuser, is_staff, is_active, created_at)
+         VALUES ($1, $2, $3, $4, $5, 1, $6)",
+    )
+    .bind(&id)
+    .bind(&b.username)
+    .bind(&hash)
+    .bind(b.is_superuser as i64)
+    .bind(b.is_staff as i64)
+    .bind(now_ms())
+    .execute(&st.db.pool)
+    .await?;
+    let ev = crate::audit::Event::new("user.create").by(&caller).detail(
+        json!({"username": b.username, "is_staff": b.is_staff, "is_superuser": b.is_superuser}),
+    );
+    crate::audit::record(&st.db, ev).await?;
+    let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
+        .bind(&id)
+        .fetch_one(&st.db.pool)
+        .await?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(User::from_row(&row)?.to_json()),
+    ))
 }
 
 async fn list_users(
