@@ -599,3 +599,131 @@ pub fn write_big_file(p: &Path, size: u64) -> Result<()> {
 
 /// Shared handle so tests can pass the gateway to threads.
 pub type Shared<T> = Arc<std::sync::Mutex<T>>;
+
+/// A process whose stdin we write and whose stdout we collect as it comes.
+pub struct Interactive {
+    pub child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    pub out: Arc<std::sync::Mutex<Vec<u8>>>,
+    pub err: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Interactive {
+    pub fn spawn(mut cmd: Command) -> Result<Interactive> {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let out: Arc<std::sync::Mutex<Vec<u8>>> = Arc::default();
+        let err: Arc<std::sync::Mutex<Vec<u8>>> = Arc::default();
+        for (src, dst) in [
+            (
+                child
+                    .stdout
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
+                out.clone(),
+            ),
+            (
+                child
+                    .stderr
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
+                err.clone(),
+            ),
+        ] {
+            if let Some(mut s) = src {
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        dst.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .extend_from_slice(&buf[..n]);
+                    }
+                });
+            }
+        }
+        Ok(Interactive {
+            stdin: child.stdin.take(),
+            child,
+            out,
+            err,
+        })
+    }
+
+    pub fn write(&mut self, s: &[u8]) -> Result<()> {
+        use std::io::Write;
+        let w = self.stdin.as_mut().ok_or_else(|| anyhow!("stdin closed"))?;
+        w.write_all(s)?;
+        w.flush()?;
+        Ok(())
+    }
+
+    pub fn output(&self) -> Vec<u8> {
+        self.out.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn output_len(&self) -> usize {
+        self.out.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.err.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+
+    /// Waits until the output contains `needle`.
+    pub fn wait_for(&self, needle: &str, limit: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            {
+                let o = self.out.lock().unwrap_or_else(|e| e.into_inner());
+                if memfind(&o, needle.as_bytes()) {
+                    return Ok(());
+                }
+            }
+            if start.elapsed() > limit {
+                let o = self.output();
+                let tail = &o[o.len().saturating_sub(2000)..];
+                bail!(
+                    "timed out waiting for {needle:?}; output tail: {:?}\nstderr: {}",
+                    String::from_utf8_lossy(tail),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    pub fn wait(&mut self, limit: Duration) -> Result<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                bail!("process did not exit; stderr: {}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Interactive {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn memfind(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
