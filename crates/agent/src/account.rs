@@ -1,8 +1,8 @@
 //! Who an operation runs as, and how a child process becomes that account.
 //!
-//! Commands and file helpers are child processes that drop to the requested
-//! account between `fork` and `exec`, so the kernel's own permission checks
-//! and ownership apply. The supplementary groups are computed in the parent
+//! Commands, terminals and file helpers are child processes that drop to
+//! the requested account between `fork` and `exec`, so the kernel's own
+//! permission checks and ownership apply. The supplementary groups are computed in the parent
 //! (NSS look-ups allocate and take locks); the child only makes
 //! async-signal-safe system calls. `Command::uid/gid` are not used because
 //! std then clears the supplementary groups.
@@ -112,17 +112,32 @@ impl RunAs {
     /// signalled as a whole), as this account, in `cwd` (falling back to `/`
     /// when the account cannot enter it).
     pub fn configure(&self, cmd: &mut tokio::process::Command, cwd: Option<&Path>) {
+        self.setup(cmd, cwd, false)
+    }
+
+    /// Like [`RunAs::configure`], and the child's stdin (a PTY slave) becomes
+    /// the controlling terminal of its new session.
+    pub fn configure_terminal(&self, cmd: &mut tokio::process::Command, cwd: Option<&Path>) {
+        self.setup(cmd, cwd, true)
+    }
+
+    fn setup(&self, cmd: &mut tokio::process::Command, cwd: Option<&Path>, ctty: bool) {
         let ids = self
             .switch
             .as_ref()
             .map(|s| (s.groups.clone(), self.uid, self.gid));
         let cwd = cwd.and_then(|p| CString::new(p.as_os_str().as_bytes()).ok());
         // SAFETY: the closure runs between fork and exec and only makes
-        // async-signal-safe calls (setsid, setgroups, setgid, setuid, chdir)
-        // on data prepared beforehand; it allocates nothing.
+        // async-signal-safe calls (setsid, ioctl, setgroups, setgid, setuid,
+        // chdir) on data prepared beforehand; it allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::setsid() == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Still privileged here: take the terminal on fd 0 (already
+                // the PTY slave) as this session's controlling terminal.
+                if ctty && libc::ioctl(0, libc::TIOCSCTTY as _, 0) == -1 {
                     return Err(std::io::Error::last_os_error());
                 }
                 if let Some((groups, uid, gid)) = &ids {

@@ -1,4 +1,5 @@
-//! The running agent: configuration, identity, spool, commands and the link.
+//! The running agent: configuration, identity, spool, commands, terminals
+//! and the link.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::exec::Runner;
 use crate::link::Link;
+use crate::pty::Terminals;
 use crate::spool::Spool;
 
 pub struct Agent {
@@ -21,6 +23,8 @@ pub struct Agent {
     pub system: SystemInfo,
     pub link: Link,
     pub runner: Runner,
+    /// Live terminals; they outlive any one connection.
+    pub terminals: Terminals,
     /// This program, started as the requested account for file operations.
     pub helper: Arc<PathBuf>,
 }
@@ -42,6 +46,7 @@ impl Agent {
         Ok(Agent {
             runner: Runner::new(spool, link.clone()),
             link,
+            terminals: Terminals::default(),
             system: crate::sysinfo::collect(),
             cfg,
             key,

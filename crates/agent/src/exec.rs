@@ -50,7 +50,8 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 /// process may hold the pipe open; we do not wait for it forever.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
-const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// `PATH` for commands and terminals.
+pub(crate) const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Environment variable names we accept from a request: `[A-Za-z_][A-Za-z0-9_]*`.
 pub fn valid_env_key(k: &str) -> bool {

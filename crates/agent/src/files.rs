@@ -199,11 +199,9 @@ pub async fn serve(stream: Stream, open: Open, helper: Arc<PathBuf>) {
         Open::FileRead { path, account } => ("download", path.clone(), account.username.clone()),
         Open::Mkdir { path, account } => ("mkdir", path.clone(), account.username.clone()),
         Open::Stat { path, account, .. } => ("stat", path.clone(), account.username.clone()),
+        // Terminals are served by `pty` (see `link`); not a file operation.
         Open::Pty { .. } | Open::PtyAttach { .. } => {
-            tx.close(Close::Err(err(
-                ErrorCode::Invalid,
-                "this agent does not serve terminals yet",
-            )));
+            tx.close(Close::Err(err(ErrorCode::Protocol, "not a file operation")));
             return;
         }
     };

@@ -5,9 +5,11 @@
 //! `alpamon register` (`register`), runs commands as the requested account
 //! (`exec`) with a durable result spool (`spool`), and performs file
 //! operations in helper processes that have dropped to the requested account
-//! (`files` in the agent, `helper` in the child).
+//! (`files` in the agent, `helper` in the child), and keeps interactive
+//! terminals that outlive the link (`pty`).
 //!
-//! See `ARCHITECTURE.md` ("The agent link", "Commands", "File transfers").
+//! See `ARCHITECTURE.md` ("The agent link", "Commands", "File transfers",
+//! "Terminals (websh)").
 
 pub mod account;
 pub mod agent;
@@ -16,6 +18,7 @@ pub mod exec;
 pub mod files;
 pub mod helper;
 pub mod link;
+pub mod pty;
 pub mod register;
 pub mod spool;
 pub mod sysinfo;

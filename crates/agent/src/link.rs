@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use alpacon_mux::{Incoming, Mux, Side};
-use alpacon_proto::{auth, negotiate, Control, Frame, MAX_FRAME, SUPPORTED};
+use alpacon_proto::{auth, negotiate, Control, Frame, Open, MAX_FRAME, SUPPORTED};
 use bytes::Bytes;
 use ed25519_dalek::Signer;
 use futures_util::{SinkExt, StreamExt};
@@ -368,10 +368,16 @@ where
         match mux.handle_incoming(frame) {
             Ok(None) => {}
             Ok(Some(Incoming::Control(c))) => dispatch(agent, &mux, c),
-            Ok(Some(Incoming::Open(stream, open))) => {
-                let helper = agent.helper.clone();
-                tokio::spawn(crate::files::serve(stream, open, helper));
-            }
+            Ok(Some(Incoming::Open(stream, open))) => match open {
+                Open::Pty { .. } | Open::PtyAttach { .. } => {
+                    let terminals = agent.terminals.clone();
+                    tokio::spawn(async move { terminals.serve(stream, open).await });
+                }
+                _ => {
+                    let helper = agent.helper.clone();
+                    tokio::spawn(crate::files::serve(stream, open, helper));
+                }
+            },
             Err(e) => break LinkError::Lost(e.to_string()),
         }
     };

@@ -2,185 +2,21 @@
 //! WebSocket: handshake, heartbeat, commands with spool and ack, and file
 //! streams served by the real `alpamon` helper binary.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
-use alpacon_mux::{Event, Incoming, Mux, Side};
+use std::path::Path;
+
+use alpacon_mux::{Event, Mux};
 use alpacon_proto::{
-    auth, Account, Close, CommandResult, CommandSpec, Control, EntryKind, ErrorCode, Frame, Open,
-    StreamInfo, StreamResult, SUPPORTED,
+    Close, CommandResult, CommandSpec, Control, EntryKind, ErrorCode, Open, StreamInfo,
+    StreamResult, SUPPORTED,
 };
-use alpamon::config::{Config, LinkConfig};
-use alpamon::link::{self, LinkError};
-use alpamon::Agent;
+use alpamon::link::LinkError;
 use bytes::Bytes;
-use ed25519_dalek::{Signature, SigningKey, Verifier};
-use futures_util::{SinkExt, StreamExt};
+use common::*;
 use sha2::{Digest, Sha256};
-use tokio::io::DuplexStream;
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
-
-const T: Duration = Duration::from_secs(20);
-
-fn me() -> String {
-    nix::unistd::User::from_uid(nix::unistd::geteuid())
-        .unwrap()
-        .unwrap()
-        .name
-}
-
-fn account(user: &str) -> Account {
-    Account {
-        username: user.into(),
-        groupname: None,
-    }
-}
-
-struct Setup {
-    _dir: tempfile::TempDir,
-    data: PathBuf,
-    agent: Arc<Agent>,
-    key: SigningKey,
-}
-
-fn setup(heartbeat_timeout_secs: u64) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let cfg = Config {
-        url: "https://gateway.test".into(),
-        server_id: "srv-1".into(),
-        name: "box".into(),
-        key_file: dir.path().join("agent.key"),
-        ca_cert: None,
-        data_dir: data.clone(),
-        link: LinkConfig {
-            heartbeat_timeout_secs,
-            ..LinkConfig::default()
-        },
-    };
-    let helper = PathBuf::from(env!("CARGO_BIN_EXE_alpamon"));
-    let agent = Arc::new(Agent::new(cfg, key.clone(), helper).unwrap());
-    Setup {
-        _dir: dir,
-        data,
-        agent,
-        key,
-    }
-}
-
-type Ws = WebSocketStream<DuplexStream>;
-
-/// Connect the agent to a fresh in-memory gateway socket.
-async fn connect(agent: &Arc<Agent>) -> (Ws, JoinHandle<LinkError>, watch::Sender<bool>) {
-    let (a, g) = tokio::io::duplex(256 * 1024);
-    let agent_ws = WebSocketStream::from_raw_socket(a, Role::Client, None).await;
-    let gw_ws = WebSocketStream::from_raw_socket(g, Role::Server, None).await;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let agent = agent.clone();
-    let h = tokio::spawn(async move { link::serve(&agent, agent_ws, stop_rx).await });
-    (gw_ws, h, stop_tx)
-}
-
-async fn send(ws: &mut Ws, c: Control) {
-    ws.send(Message::Binary(Frame::Control(c).encode()))
-        .await
-        .unwrap();
-}
-
-async fn recv(ws: &mut Ws) -> Control {
-    loop {
-        match timeout(T, ws.next())
-            .await
-            .expect("timed out")
-            .unwrap()
-            .unwrap()
-        {
-            Message::Binary(b) => match Frame::decode(b).unwrap() {
-                Frame::Control(c) => return c,
-                f => panic!("unexpected frame {f:?}"),
-            },
-            _ => continue,
-        }
-    }
-}
-
-/// Challenge, check the agent's signature, welcome it.
-async fn handshake(ws: &mut Ws, key: &SigningKey) {
-    let nonce = vec![7u8; auth::NONCE_LEN];
-    send(
-        ws,
-        Control::Challenge {
-            nonce: nonce.clone(),
-            versions: SUPPORTED,
-        },
-    )
-    .await;
-    match recv(ws).await {
-        Control::Auth {
-            server_id,
-            signature,
-            versions,
-            agent_version,
-            system,
-        } => {
-            assert_eq!(server_id, "srv-1");
-            assert_eq!(versions, SUPPORTED);
-            assert_eq!(agent_version, alpamon::VERSION);
-            assert!(!system.hostname.is_empty());
-            let sig = Signature::from_slice(&signature).unwrap();
-            key.verifying_key()
-                .verify(&auth::transcript(&nonce, &server_id), &sig)
-                .expect("valid signature");
-        }
-        other => panic!("expected auth, got {other:?}"),
-    }
-    send(
-        ws,
-        Control::Welcome {
-            version: 1,
-            heartbeat_secs: 15,
-        },
-    )
-    .await;
-}
-
-/// After the handshake: the gateway's multiplexer over the socket.
-fn gateway_mux(ws: Ws) -> (Mux, mpsc::UnboundedReceiver<Control>) {
-    let (mux, mut io) = Mux::new(Side::Gateway);
-    let (mut sink, mut stream) = ws.split();
-    tokio::spawn(async move {
-        while let Some(f) = io.next_frame().await {
-            if sink.send(Message::Binary(f.encode())).await.is_err() {
-                break;
-            }
-        }
-    });
-    let (tx, rx) = mpsc::unbounded_channel();
-    let m = mux.clone();
-    tokio::spawn(async move {
-        while let Some(Ok(msg)) = stream.next().await {
-            if let Message::Binary(b) = msg {
-                match m.handle_incoming(Frame::decode(b).unwrap()) {
-                    Ok(Some(Incoming::Control(c))) => {
-                        let _ = tx.send(c);
-                    }
-                    Ok(Some(Incoming::Open(..))) => panic!("agent opened a stream"),
-                    Ok(None) => {}
-                    Err(e) => panic!("protocol error: {e}"),
-                }
-            }
-        }
-        m.shutdown("closed");
-    });
-    (mux, rx)
-}
 
 async fn next_result(rx: &mut mpsc::UnboundedReceiver<Control>) -> (CommandResult, Vec<u8>) {
     let mut live = Vec::new();
@@ -204,14 +40,6 @@ fn spec(id: &str, line: &str) -> CommandSpec {
         groupname: None,
         env: Default::default(),
         timeout_secs: None,
-    }
-}
-
-async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let start = std::time::Instant::now();
-    while !f() {
-        assert!(start.elapsed() < T, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -363,15 +191,6 @@ async fn commands_are_deduplicated_spooled_resent_and_acked() {
     }
     ids.sort();
     assert_eq!(ids, vec!["c2", "c3"]);
-}
-
-async fn open(
-    mux: &Mux,
-    o: Open,
-) -> Result<(alpacon_mux::Stream, StreamInfo), alpacon_proto::StreamError> {
-    let mut st = mux.open(o).await.unwrap();
-    let info = timeout(T, st.wait_accept()).await.unwrap()?;
-    Ok((st, info))
 }
 
 async fn closed(st: &mut alpacon_mux::Stream) -> (Vec<u8>, Close) {

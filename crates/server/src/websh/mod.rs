@@ -283,6 +283,12 @@ async fn drive(
                 // The link dropped while opening: try again.
                 continue;
             }
+            Ok(Err(e)) if e.code == ErrorCode::AlreadyExists && !opened => {
+                // Our first Open did start it but its Accept was lost with
+                // the link: attach to it instead.
+                opened = true;
+                continue;
+            }
             Ok(Err(e)) => {
                 if let Some(tx) = first_open.take() {
                     let _ = tx.send(Err(crate::webftp::agent_error(e.clone())));
