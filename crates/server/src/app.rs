@@ -11,7 +11,7 @@ use axum::Router;
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::{api, audit, auth, commands, db, iam, relay, servers, tokens, webftp, websh};
+use crate::{api, audit, auth, commands, console, db, iam, relay, servers, tokens, webftp, websh};
 
 /// Bodies of JSON endpoints are small; this keeps a client from making the
 /// gateway buffer an arbitrary amount. `/api/webftp/` is exempt: uploads
@@ -50,6 +50,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(limited)
         .merge(webftp::router())
+        .merge(console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(log_requests))
