@@ -161,6 +161,7 @@ pub struct Client {
     http: reqwest::Client,
     base: Url,
     token: Option<String>,
+    tls: TlsOptions,
 }
 
 impl Client {
@@ -179,7 +180,12 @@ impl Client {
             .http2_keep_alive_while_idle(true)
             .build()
             .context("setting up the HTTP client")?;
-        Ok(Client { http, base, token })
+        Ok(Client {
+            http,
+            base,
+            token,
+            tls: tls.clone(),
+        })
     }
 
     pub fn from_config(config: &Config) -> Result<Self> {
@@ -188,6 +194,19 @@ impl Client {
             Some(config.token.clone()),
             &TlsOptions::from_config(config),
         )
+    }
+
+    /// The credential sent as `Authorization: Token <key>`.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// TLS for WebSocket connections: the same trust as the REST client,
+    /// but HTTP/1.1 only (the upgrade does not exist in HTTP/2).
+    pub fn websocket_tls(&self) -> Result<rustls::ClientConfig> {
+        let mut config = tls_config(&self.tls)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
     }
 
     /// The gateway's address as shown in messages.
@@ -341,7 +360,7 @@ pub async fn check_status(resp: Response) -> Result<Response> {
     Err(api_error(status, &body).into())
 }
 
-fn api_error(status: reqwest::StatusCode, body: &[u8]) -> CliError {
+pub(crate) fn api_error(status: reqwest::StatusCode, body: &[u8]) -> CliError {
     let parsed: Option<ApiErrorBody> = serde_json::from_slice(body).ok();
     let code = parsed
         .as_ref()
@@ -372,7 +391,9 @@ fn io_error_kind(err: &(dyn StdError + 'static)) -> Option<ErrorKind> {
 
 /// rustls errors hide under hyper and io::Error layers; `io::Error::source`
 /// skips its own payload, so look inside with `get_ref` as well.
-fn find_rustls_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
+pub(crate) fn find_rustls_error<'a>(
+    err: &'a (dyn StdError + 'static),
+) -> Option<&'a rustls::Error> {
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
@@ -392,7 +413,7 @@ fn find_rustls_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a rustls
 
 /// The innermost message, e.g. "Connection refused (os error 111)" rather
 /// than reqwest's "error sending request"; a dropped connection in plain words.
-fn root_cause(err: &(dyn StdError + 'static)) -> String {
+pub(crate) fn root_cause(err: &(dyn StdError + 'static)) -> String {
     match io_error_kind(err) {
         Some(ErrorKind::UnexpectedEof) => return "the connection was closed unexpectedly".into(),
         Some(ErrorKind::ConnectionReset) => return "the connection was reset".into(),

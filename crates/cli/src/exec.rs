@@ -18,7 +18,6 @@ use serde_json::{json, Map, Value};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::client::{append_query, check_status, Client};
-use crate::error::EXIT_USAGE;
 use crate::Ctx;
 
 const COMMANDS: &[&str] = &["api", "events", "commands"];
@@ -44,17 +43,6 @@ pub struct RunOptions {
 }
 
 #[derive(Debug, Args)]
-pub struct WebshArgs {
-    #[command(flatten)]
-    pub opts: RunOptions,
-    /// Server name or ID.
-    pub server: String,
-    /// The command to run; its words are joined with spaces, as ssh does.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub command: Vec<String>,
-}
-
-#[derive(Debug, Args)]
 pub struct ExecArgs {
     #[command(flatten)]
     pub opts: RunOptions,
@@ -73,14 +61,16 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     }
 }
 
-pub async fn websh(ctx: &Ctx, args: WebshArgs) -> Result<u8> {
-    if args.command.is_empty() {
-        eprintln!("alpacon: interactive terminals are not available yet; give a command");
-        return Ok(EXIT_USAGE);
-    }
-    // As ssh does: the words form one shell line, so `websh host 'a | b'`
-    // and `websh host a '|' b` both pipe on the server.
-    run_command(ctx, &args.opts, &args.server, &args.command.join(" ")).await
+/// `websh SERVER COMMAND...`: run one command. As ssh does, the words form
+/// one shell line, so `websh host 'a | b'` and `websh host a '|' b` both
+/// pipe on the server.
+pub async fn websh_command(
+    ctx: &Ctx,
+    opts: &RunOptions,
+    server: &str,
+    words: &[String],
+) -> Result<u8> {
+    run_command(ctx, opts, server, &words.join(" ")).await
 }
 
 pub async fn exec(ctx: &Ctx, args: ExecArgs) -> Result<u8> {
@@ -579,21 +569,16 @@ mod tests {
     }
 
     #[test]
-    fn websh_takes_the_rest_as_command() {
+    fn websh_command_body() {
         let crate::Command::Websh(a) =
             parse(&["websh", "-g", "adm", "web", "echo", "-n", "hi there"])
         else {
             panic!()
         };
-        assert_eq!(a.command, ["echo", "-n", "hi there"]);
         assert_eq!(
-            command_body(&a.opts, &a.server, &a.command.join(" ")),
+            command_body(&a.opts, "web", &a.command.join(" ")),
             json!({"server": "web", "line": "echo -n hi there", "groupname": "adm"})
         );
-        let crate::Command::Websh(a) = parse(&["websh", "web"]) else {
-            panic!()
-        };
-        assert!(a.command.is_empty());
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod exec;
 pub mod output;
 pub mod server;
 pub mod token;
+pub mod websh;
 
 use std::path::PathBuf;
 
@@ -59,8 +60,9 @@ pub enum Command {
     /// Personal API tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
-    /// Run a command on a server (interactive terminals come later).
-    Websh(exec::WebshArgs),
+    /// Open a terminal on a server, run a command there, or manage
+    /// terminal sessions (ls, describe, close, records, share, join, attach).
+    Websh(websh::WebshArgs),
     /// Run a command on a server: `alpacon exec SERVER -- COMMAND...`.
     Exec(exec::ExecArgs),
     /// Copy files to or from a server; the remote side is [USER@]SERVER:PATH.
@@ -120,7 +122,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Version => auth::version(&ctx).await,
         Command::Server(cmd) => server::run(&ctx, cmd).await,
         Command::Token(cmd) => token::run(&ctx, cmd).await,
-        Command::Websh(args) => exec::websh(&ctx, args).await,
+        Command::Websh(args) => websh::run(&ctx, args).await,
         Command::Exec(args) => exec::exec(&ctx, args).await,
         Command::Cp(args) => cp::run(&ctx, args).await,
         Command::Audit(cmd) => audit::run(&ctx, cmd).await,

@@ -102,7 +102,17 @@ pub struct Live {
     /// Output appended, agent state changed, a client acked, session ended.
     changed: Notify,
     cast: Mutex<Option<CastWriter>>,
+    /// Brought back after a gateway restart: per-client input counts were
+    /// lost with the old process.
+    restored: bool,
 }
+
+/// Where input counting starts for a client the gateway does not know on a
+/// restored session. Far above anything a client has sent, so the client
+/// takes it as "everything you sent was received" and resends nothing (a
+/// keystroke lost in the restart is better than a command run twice), and
+/// later counts stay consistent with the client's own.
+const RESTORED_INPUT_BASE: u64 = 1 << 40;
 
 struct LiveState {
     /// Output bytes in the raw log.
@@ -495,22 +505,32 @@ pub async fn on_agent_connected(state: &AppState, server_id: &str) {
     .await;
     let Ok(rows) = rows else { return };
     for r in rows {
-        let Ok(row) = SessionRow::from_row(&r) else {
-            continue;
-        };
-        if state.relay.websh.get(&row.id).is_some() {
-            continue;
+        if let Ok(row) = SessionRow::from_row(&r) {
+            restore(state, &row);
         }
-        let recorded = tokio::fs::metadata(raw_path(state, &row.id))
-            .await
-            .map(|m| m.len())
-            .unwrap_or(0);
-        let cast = CastWriter::resume(&cast_path(state, &row.id)).ok();
-        let live = new_live(state, &row, recorded, cast);
-        state.relay.websh.map().insert(row.id.clone(), live.clone());
-        tracing::info!(session = %row.id, "re-attaching terminal after restart");
-        spawn_driver(state, live, None, row.rows, row.cols);
     }
+}
+
+/// The live state of an open session, restoring it (after a gateway
+/// restart) if this process has none yet. The driver waits for the agent.
+fn restore(state: &AppState, row: &SessionRow) -> Arc<Live> {
+    let mut map = state.relay.websh.map();
+    if let Some(l) = map.get(&row.id) {
+        return l.clone();
+    }
+    let recorded = std::fs::metadata(raw_path(state, &row.id))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let cast = CastWriter::resume(&cast_path(state, &row.id)).ok();
+    let mut live = new_live(state, row, recorded, cast);
+    if let Some(l) = Arc::get_mut(&mut live) {
+        l.restored = true;
+    }
+    map.insert(row.id.clone(), live.clone());
+    drop(map);
+    tracing::info!(session = %row.id, "restoring terminal session after a restart");
+    spawn_driver(state, live.clone(), None, row.rows, row.cols);
+    live
 }
 
 fn new_live(
@@ -540,6 +560,7 @@ fn new_live(
         }),
         changed: Notify::new(),
         cast: Mutex::new(cast),
+        restored: false,
     })
 }
 
@@ -969,7 +990,11 @@ async fn attach(
             .detail(json!({"session": id, "owner": row.json["user"]}));
         audit::record(&state.db, ev).await?;
     }
-    let live = state.relay.websh.get(&id);
+    let live = match state.relay.websh.get(&id) {
+        Some(l) => Some(l),
+        None if row.status == "open" => Some(restore(&state, &row)),
+        None => None,
+    };
     let client = q
         .client
         .filter(|c| !c.is_empty() && c.len() <= 64)
@@ -1003,13 +1028,10 @@ async fn serve_client(
     let raw = raw_path(&state, &row.id);
     let (recorded, input_offset, rows, cols) = match &live {
         Some(l) => {
-            let st = l.st();
-            (
-                st.recorded,
-                st.client_input.get(&client).copied().unwrap_or(0),
-                st.rows,
-                st.cols,
-            )
+            let mut st = l.st();
+            let base = if l.restored { RESTORED_INPUT_BASE } else { 0 };
+            let input = *st.client_input.entry(client.clone()).or_insert(base);
+            (st.recorded, input, st.rows, st.cols)
         }
         None => (
             tokio::fs::metadata(&raw)
