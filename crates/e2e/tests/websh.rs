@@ -422,6 +422,12 @@ fn sessions_survive_a_gateway_restart_and_can_be_reattached() {
     term.write(b"echo still-here-$MARK\n").unwrap();
     term.wait_for("still-here-kept-42", Duration::from_secs(90))
         .unwrap_or_else(|e| panic!("{e}\n{}", gw.log()));
+    term.write(b"echo sync-$((1+1))\n").unwrap();
+    term.wait_for("sync-2", Duration::from_secs(30)).unwrap();
+    // Nothing typed before the restart ran again, nothing after it was lost.
+    let seen = String::from_utf8_lossy(&term.output()).into_owned();
+    assert_eq!(seen.matches("echo READY").count(), 1, "{seen}");
+    assert_eq!(seen.matches("still-here-kept-42").count(), 1, "{seen}");
 
     // Close this client; the shell keeps running; attach from another one.
     drop(term);

@@ -90,6 +90,16 @@ impl ReplayBuffer {
         }
     }
 
+    /// An empty buffer whose next byte is at `offset` (a stream resumed by
+    /// a process that did not see its beginning).
+    pub fn starting_at(offset: u64, cap: usize) -> Self {
+        Self {
+            start: offset,
+            data: VecDeque::new(),
+            cap,
+        }
+    }
+
     /// Offset just past the last byte pushed.
     pub fn end(&self) -> u64 {
         self.start + self.data.len() as u64
@@ -241,6 +251,15 @@ mod tests {
         b.ack(99); // ack past the end clamps
         assert_eq!(b.start(), 10);
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn a_buffer_can_start_mid_stream() {
+        let mut b = ReplayBuffer::starting_at(100, 8);
+        assert_eq!(b.end(), 100);
+        b.push(b"abc");
+        assert_eq!(b.since(101).unwrap(), b"bc");
+        assert!(b.since(99).is_err());
     }
 
     #[test]

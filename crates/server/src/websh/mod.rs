@@ -107,11 +107,8 @@ pub struct Live {
     restored: bool,
 }
 
-/// Where input counting starts for a client the gateway does not know on a
-/// restored session. Far above anything a client has sent, so the client
-/// takes it as "everything you sent was received" and resends nothing (a
-/// keystroke lost in the restart is better than a command run twice), and
-/// later counts stay consistent with the client's own.
+/// Where input counting starts for a client the gateway cannot place on a
+/// restored session (see `restored_input_base`).
 const RESTORED_INPUT_BASE: u64 = 1 << 40;
 
 struct LiveState {
@@ -124,6 +121,9 @@ struct LiveState {
     client_input: HashMap<String, u64>,
     /// Input for the agent that it may not have written yet.
     input: ReplayBuffer,
+    /// Set once the driver has attached to the agent (for a restored
+    /// session, from then on `input.end()` is the agent's own count).
+    attached_once: bool,
     agent: Option<StreamSender>,
     rows: u16,
     cols: u16,
@@ -330,6 +330,11 @@ async fn drive(
         // Resend input the agent did not get before the link dropped.
         let resend = {
             let mut st = live.st();
+            if st.input.end() < agent_input && st.input.is_empty() {
+                // Restored after a restart: the agent's count is the truth.
+                st.input = ReplayBuffer::starting_at(agent_input, INPUT_REPLAY);
+            }
+            st.attached_once = true;
             st.input.ack(agent_input);
             let pending = st.input.since(agent_input).unwrap_or_default();
             st.agent = Some(tx.clone());
@@ -552,6 +557,7 @@ fn new_live(
             fastest_ack: recorded,
             client_input: HashMap::new(),
             input: ReplayBuffer::new(INPUT_REPLAY),
+            attached_once: false,
             agent: None,
             rows: row.rows,
             cols: row.cols,
@@ -1028,8 +1034,12 @@ async fn serve_client(
     let raw = raw_path(&state, &row.id);
     let (recorded, input_offset, rows, cols) = match &live {
         Some(l) => {
+            let base = if l.restored {
+                restored_input_base(l, &client).await
+            } else {
+                0
+            };
             let mut st = l.st();
-            let base = if l.restored { RESTORED_INPUT_BASE } else { 0 };
             let input = *st.client_input.entry(client.clone()).or_insert(base);
             (st.recorded, input, st.rows, st.cols)
         }
@@ -1086,6 +1096,36 @@ async fn serve_client(
     let _ = stream_output(&raw, live.as_ref(), offset, &mut sink, &state, &row.id).await;
     reader.abort();
     let _ = sink.close().await;
+}
+
+/// Where to start counting a client's input on a session restored after a
+/// gateway restart (the per-client counts died with the old process). Once
+/// the agent is re-attached, its count of input written to the terminal is
+/// exact for a session with one writer: the client then resends precisely
+/// what never arrived. Without the agent, a base far above anything sent:
+/// the client resends nothing (a keystroke lost beats a command run twice).
+async fn restored_input_base(l: &Arc<Live>, client: &str) -> u64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let notified = l.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let st = l.st();
+            if let Some(n) = st.client_input.get(client) {
+                return *n;
+            }
+            if st.attached_once {
+                return st.input.end();
+            }
+            if st.ended.is_some() {
+                return RESTORED_INPUT_BASE;
+            }
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return RESTORED_INPUT_BASE;
+        }
+    }
 }
 
 /// Sends output from the raw log from `pos` on, following the live session,
