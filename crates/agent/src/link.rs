@@ -116,7 +116,11 @@ pub async fn run(agent: Arc<Agent>, mut shutdown: watch::Receiver<bool>) {
         if matches!(end, LinkError::Shutdown) || *shutdown.borrow() {
             return;
         }
-        if began.elapsed() > STABLE {
+        // A link that was up (authenticated) and then lost is a network
+        // problem, not a refusal: come back quickly (a pulled cable should
+        // cost a terminal half a second, not the backoff of earlier
+        // failures). Repeated refusals still back off exponentially.
+        if began.elapsed() > STABLE || matches!(end, LinkError::Lost(_)) {
             failures = 0;
         }
         let delay = backoff_delay(failures, initial, max, rand::thread_rng().gen::<f64>());

@@ -37,9 +37,11 @@ impl CutRelay {
         })
     }
 
-    /// Aborts every live connection (both directions die at once).
+    /// Aborts every live connection (both directions die at once); returns
+    /// how many were live.
     pub fn cut(&self) -> usize {
         let mut c = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        c.retain(|h| !h.is_finished());
         let n = c.len();
         for h in c.drain(..) {
             h.abort();

@@ -372,12 +372,24 @@ fn recordings_replay_exactly_what_the_client_saw() {
     );
     assert!(kinds.contains("i"), "input is recorded: {kinds:?}");
 
-    // An independent player reads it.
     let path = cli.dir.path().join("s.cast");
     std::fs::write(&path, &cast).unwrap();
-    if let Ok(o) = Command::new("asciinema").arg("cat").arg(&path).output() {
-        assert!(o.status.success(), "asciinema cat: {}", text(&o));
-    }
+    // An independent player reads it (`asciinema cat` wants a tty: give it
+    // one with script(1)).
+    let o = Command::new("script")
+        .args([
+            "-qec",
+            &format!("asciinema cat '{}'", path.display()),
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "asciinema cat: {}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("w\u{f6}rld"),
+        "asciinema cat: {}",
+        text(&o)
+    );
 
     // The typed command lines, with the backspace applied.
     let out = cli.run(&["websh", "records", &id, "--output", "json"]);
