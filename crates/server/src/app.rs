@@ -11,7 +11,9 @@ use axum::Router;
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::{api, audit, auth, commands, console, db, iam, relay, servers, tokens, webftp, websh};
+use crate::{
+    acl, api, audit, auth, commands, console, db, iam, relay, servers, tokens, webftp, websh,
+};
 
 /// Bodies of JSON endpoints are small; this keeps a client from making the
 /// gateway buffer an arbitrary amount. `/api/webftp/` is exempt: uploads
@@ -46,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .merge(relay::router())
         .merge(commands::router())
         .merge(websh::router())
+        .merge(acl::router())
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
     Router::new()
         .merge(limited)
@@ -53,6 +56,11 @@ pub fn router(state: AppState) -> Router {
         .merge(console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Token scopes (acl.rs): refuses scoped tokens on routes they lack.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            acl::scope_layer,
+        ))
         .layer(middleware::from_fn(log_requests))
         .with_state(state)
 }

@@ -128,6 +128,16 @@ async fn create(
             ),
         ));
     }
+    // Token ACLs (acl.rs): refused lines are audited and never stored.
+    crate::acl::enforce_command(
+        &state,
+        &caller,
+        &server,
+        &body.line,
+        &username,
+        !body.env.is_empty(),
+    )
+    .await?;
     let id = new_id();
     let now = now_ms();
     let env_json = serde_json::to_string(&body.env).map_err(ApiError::internal)?;

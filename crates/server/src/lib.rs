@@ -1,6 +1,7 @@
 //! The Alpacon gateway (`alpacon-server`): REST API over rustls, agent
 //! relay, identity, audit and storage. See ARCHITECTURE.md.
 
+pub mod acl;
 pub mod api;
 pub mod app;
 pub mod audit;

@@ -1,5 +1,5 @@
 //! Personal API tokens (`alpat-…`): `GET/POST /api/auth/tokens/`,
-//! `DELETE /api/auth/tokens/{id}/`. A token acts as its owner; the key is
+//! `DELETE`/`PATCH {enabled}` `/api/auth/tokens/{id}/`. A token acts as its owner; the key is
 //! shown once, at creation, and only its SHA-256 is stored.
 
 use axum::extract::State;
@@ -24,7 +24,7 @@ const DAY_MS: i64 = 86_400_000;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/auth/tokens/", get(list).post(create))
-        .route("/api/auth/tokens/{id}/", delete(remove))
+        .route("/api/auth/tokens/{id}/", delete(remove).patch(update))
 }
 
 /// Checks a token/registration-token name: 1–100 printable characters.
@@ -114,6 +114,8 @@ async fn create(
     if scopes.iter().any(|s| s.trim().is_empty() || s.len() > 100) {
         return Err(ApiError::bad_request("scopes must be non-empty strings"));
     }
+    // Scopes come from a fixed set (acl.rs `SCOPES`).
+    crate::acl::validate_scopes(&scopes).map_err(ApiError::bad_request)?;
     let key = generate_key(API_TOKEN_PREFIX);
     let id = new_id();
     let res = sqlx::query(
@@ -187,6 +189,7 @@ async fn remove(
         .bind(&id)
         .execute(&st.db.pool)
         .await?;
+    end_open_terminals(&st, &id, "token deleted").await?;
     audit::record(
         &st.db,
         Event::new("token.delete")
@@ -195,6 +198,87 @@ async fn remove(
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- token enable/disable (acl issue) ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    enabled: bool,
+}
+
+/// `PATCH /api/auth/tokens/{id}/ {enabled}`: the owner (or an admin)
+/// enables or disables a token. A disabled token is refused at once (401
+/// `invalid_token`) and its open terminals end.
+async fn update(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(ident): Path<String>,
+    Json(body): Json<UpdateBody>,
+) -> Result<Json<Value>, ApiError> {
+    if caller.token_id.is_some() {
+        return Err(ApiError::forbidden(
+            "token_not_allowed",
+            "API tokens cannot change tokens; log in with a password (`alpacon login -u USER`)",
+        ));
+    }
+    let row = sqlx::query(
+        "SELECT id, user_id FROM api_tokens WHERE id = $1
+         UNION ALL
+         SELECT id, user_id FROM api_tokens WHERE user_id = $2 AND name = $1",
+    )
+    .bind(&ident)
+    .bind(&caller.user_id)
+    .fetch_all(&st.db.pool)
+    .await?
+    .into_iter()
+    .next()
+    .filter(|r| {
+        caller.is_admin()
+            || r.try_get::<String, _>("user_id").ok().as_deref() == Some(&caller.user_id)
+    })
+    .ok_or_else(|| {
+        ApiError::not_found(
+            "token_not_found",
+            format!("you have no token {ident:?}; see `alpacon token ls`"),
+        )
+    })?;
+    let id: String = row.try_get("id")?;
+    sqlx::query("UPDATE api_tokens SET enabled = $1 WHERE id = $2")
+        .bind(if body.enabled { 1i64 } else { 0 })
+        .bind(&id)
+        .execute(&st.db.pool)
+        .await?;
+    if !body.enabled {
+        end_open_terminals(&st, &id, "token disabled").await?;
+    }
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM api_tokens WHERE id = $1"))
+        .bind(&id)
+        .fetch_one(&st.db.pool)
+        .await?;
+    let v = token_json(&row)?;
+    audit::record(
+        &st.db,
+        Event::new("token.update")
+            .by(&caller)
+            .detail(json!({ "token_id": id, "name": v["name"], "enabled": body.enabled })),
+    )
+    .await?;
+    Ok(Json(v))
+}
+
+/// Ends the terminals a token opened (it was disabled or deleted).
+async fn end_open_terminals(st: &AppState, token_id: &str, reason: &str) -> Result<(), ApiError> {
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM websh_sessions WHERE token_id = $1 AND status = 'open'")
+            .bind(token_id)
+            .fetch_all(&st.db.pool)
+            .await?;
+    for sid in ids {
+        crate::websh::close_live(st, &sid, reason).await;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -79,7 +79,12 @@ struct Checked {
     path: String,
 }
 
-async fn check(state: &AppState, caller: &Caller, t: &Target) -> Result<Checked, ApiError> {
+async fn check(
+    state: &AppState,
+    caller: &Caller,
+    t: &Target,
+    op: crate::acl::FileOp,
+) -> Result<Checked, ApiError> {
     if !t.path.starts_with('/') || t.path.contains('\0') {
         return Err(ApiError::bad_request(format!(
             "`path` must be an absolute path, got {:?}",
@@ -111,6 +116,8 @@ async fn check(state: &AppState, caller: &Caller, t: &Target) -> Result<Checked,
             ),
         ));
     }
+    // Token ACLs (acl.rs): server and file ACLs, audited when refused.
+    crate::acl::enforce_file(state, caller, &server, &t.path, &username, op).await?;
     let link = state.relay.link(&server.id).ok_or_else(|| {
         ApiError::unavailable(
             "server_offline",
@@ -266,7 +273,7 @@ async fn upload(
 ) -> Result<Response, ApiError> {
     let overwrite = parse_bool(&q.overwrite)?;
     let mode = parse_mode(&q.mode)?;
-    let c = check(&state, &caller, &q.target).await?;
+    let c = check(&state, &caller, &q.target, crate::acl::FileOp::Upload).await?;
     let t = Transfer {
         id: new_id(),
         direction: "upload",
@@ -353,7 +360,7 @@ async fn download(
     caller: Caller,
     Query(target): Query<Target>,
 ) -> Result<Response, ApiError> {
-    let c = check(&state, &caller, &target).await?;
+    let c = check(&state, &caller, &target, crate::acl::FileOp::Download).await?;
     let t = Transfer {
         id: new_id(),
         direction: "download",
@@ -520,7 +527,7 @@ async fn mkdir(
         username: b.username,
         groupname: b.groupname,
     };
-    let c = check(&state, &caller, &target).await?;
+    let c = check(&state, &caller, &target, crate::acl::FileOp::Mkdir).await?;
     let res = async {
         let mut s = c
             .link
@@ -563,7 +570,7 @@ async fn stat(
     Query(q): Query<StatQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let recursive = parse_bool(&q.recursive)?;
-    let c = check(&state, &caller, &q.target).await?;
+    let c = check(&state, &caller, &q.target, crate::acl::FileOp::Stat).await?;
     let mut s = c
         .link
         .mux

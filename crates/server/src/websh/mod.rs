@@ -440,12 +440,13 @@ fn rx_idle(st: &LiveState) -> bool {
 }
 
 async fn finish_session(state: &AppState, live: &Arc<Live>, ending: Ending) {
+    // The recording is complete on disk before any client hears the end.
+    if let Some(w) = live.cast().as_mut() {
+        let _ = w.flush();
+    }
     {
         let mut st = live.st();
         st.ended = Some(ending.clone());
-    }
-    if let Some(w) = live.cast().as_mut() {
-        let _ = w.flush();
     }
     live.changed.notify_waiters();
     let (code, reason) = match &ending {
@@ -806,6 +807,16 @@ async fn create(
             ),
         ));
     }
+    // Token ACLs (acl.rs): server ACL; no terminal with a command ACL.
+    crate::acl::enforce_terminal(
+        &state,
+        &caller,
+        &server.id,
+        &server.name,
+        "websh.open",
+        json!({"username": username}),
+    )
+    .await?;
     if !state.relay.is_connected(&server.id) {
         return Err(ApiError::unavailable(
             "server_offline",
@@ -986,6 +997,16 @@ async fn attach(
 ) -> Result<Response, ApiError> {
     let row = fetch(&state, &id).await?;
     let access = access(&state, &caller, &row).await?;
+    // Token ACLs (acl.rs): server ACL; no terminal with a command ACL.
+    crate::acl::enforce_terminal(
+        &state,
+        &caller,
+        &row.server_id,
+        row.json["server_name"].as_str().unwrap_or(""),
+        "websh.attach",
+        json!({"session": id}),
+    )
+    .await?;
     if access == Access::Watcher {
         let ev = AuditEvent::new("websh.watch")
             .by(&caller)
