@@ -31,6 +31,163 @@ pub enum TokenCommand {
         /// Token ID or name.
         token: String,
     },
+    /// Let a disabled token work again.
+    Enable {
+        /// Token ID or name.
+        token: String,
+    },
+    /// Stop a token from working, without deleting it.
+    Disable {
+        /// Token ID or name.
+        token: String,
+    },
+    /// What a token may reach: once a token has an ACL of a kind, anything
+    /// of that kind not listed is refused.
+    Acl {
+        #[command(subcommand)]
+        kind: AclKind,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AclKind {
+    /// Command lines the token may run (`*` matches the rest of a word or
+    /// line; no shell syntax ever gets past a pattern).
+    Command {
+        #[command(subcommand)]
+        op: AclOp,
+    },
+    /// Servers the token may reach.
+    Server {
+        #[command(subcommand)]
+        op: AclOp,
+    },
+    /// Paths the token may upload to or download from.
+    File {
+        #[command(subcommand)]
+        op: AclOp,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AclOp {
+    /// Add an entry: `command add TOKEN "docker ps" [--username U]`,
+    /// `server add TOKEN SERVER`, `file add TOKEN /opt/app/* --action upload`.
+    Add {
+        /// Token ID or name.
+        token: String,
+        /// The command pattern, server name/ID, or path pattern.
+        value: String,
+        /// (command) the account the command must run as.
+        #[arg(long, short = 'u')]
+        username: Option<String>,
+        /// (file) upload, download or `*`.
+        #[arg(long, default_value = "*")]
+        action: String,
+    },
+    /// List entries (of one token, or all you may see).
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Token ID or name.
+        token: Option<String>,
+    },
+    /// Remove an entry by its ID.
+    #[command(visible_alias = "rm")]
+    Delete { id: String },
+}
+
+impl AclKind {
+    fn parts(&self) -> (&'static str, &AclOp) {
+        match self {
+            AclKind::Command { op } => ("command-acl", op),
+            AclKind::Server { op } => ("server-acl", op),
+            AclKind::File { op } => ("file-acl", op),
+        }
+    }
+}
+
+async fn set_enabled(
+    ctx: &Ctx,
+    client: &crate::client::Client,
+    token: &str,
+    enabled: bool,
+) -> Result<()> {
+    let id = resolve_by_name(client, TOKENS, token, "token").await?;
+    let url = client.endpoint(&[TOKENS, &[id.as_str()]].concat());
+    let updated: Value = client
+        .send_json(
+            client
+                .request(reqwest::Method::PATCH, url)
+                .json(&json!({ "enabled": enabled })),
+        )
+        .await?;
+    if ctx.json() {
+        print_json(&updated)?;
+    } else {
+        let state = if enabled { "enabled" } else { "disabled" };
+        println!("Token {id} {state}.");
+    }
+    Ok(())
+}
+
+async fn acl(ctx: &Ctx, client: &crate::client::Client, kind: AclKind) -> Result<u8> {
+    let (path, op) = kind.parts();
+    let base: &[&str] = &["api", "security", path];
+    match op {
+        AclOp::Add {
+            token,
+            value,
+            username,
+            action,
+        } => {
+            let id = resolve_by_name(client, TOKENS, token, "token").await?;
+            let body = match &kind {
+                AclKind::Command { .. } => {
+                    json!({"token": id, "line": value, "username": username})
+                }
+                AclKind::Server { .. } => json!({"token": id, "server": value}),
+                AclKind::File { .. } => json!({"token": id, "path": value, "action": action}),
+            };
+            let created: Value = client.post(base, &body).await?;
+            if ctx.json() {
+                print_json(&created)?;
+            } else {
+                println!("Added {} entry {}.", path, text(&created, &["id"]));
+            }
+        }
+        AclOp::Ls { token } => {
+            let id = match token {
+                Some(t) => Some(resolve_by_name(client, TOKENS, t, "token").await?),
+                None => None,
+            };
+            let q: Vec<(&str, &str)> = id.iter().map(|i| ("token", i.as_str())).collect();
+            let items = client.list(base, &q, None).await?;
+            if ctx.json() {
+                print_json(&items)?;
+                return Ok(0);
+            }
+            let mut t = Table::new(&["ID", "TOKEN", "ENTRY", "DETAIL", "CREATED"]);
+            for i in &items {
+                t.row(vec![
+                    text(i, &["id"]),
+                    text(i, &["token_name", "token"]),
+                    text(i, &["line", "pattern", "server_name", "server", "path"]),
+                    text(i, &["username", "action"]),
+                    output::time(i, &["created_at"]),
+                ]);
+            }
+            t.print()?;
+        }
+        AclOp::Delete { id } => {
+            client.delete(&[base, &[id.as_str()]].concat()).await?;
+            if ctx.json() {
+                print_json(&json!({ "id": id, "deleted": true }))?;
+            } else {
+                println!("Deleted {path} entry {id}.");
+            }
+        }
+    }
+    Ok(0)
 }
 
 pub async fn run(ctx: &Ctx, cmd: TokenCommand) -> Result<u8> {
@@ -88,6 +245,9 @@ pub async fn run(ctx: &Ctx, cmd: TokenCommand) -> Result<u8> {
             }
             t.print()?;
         }
+        TokenCommand::Enable { token } => set_enabled(ctx, &client, &token, true).await?,
+        TokenCommand::Disable { token } => set_enabled(ctx, &client, &token, false).await?,
+        TokenCommand::Acl { kind } => return acl(ctx, &client, kind).await,
         TokenCommand::Delete { token } => {
             let id = resolve_by_name(&client, TOKENS, &token, "token").await?;
             client.delete(&[TOKENS, &[id.as_str()]].concat()).await?;
