@@ -2,7 +2,6 @@
 //! can run exactly that, by every route.
 
 use alpacon_e2e::{is_root, text, Agent, AgentOpts, Cli, Gateway};
-use serde_json::json;
 
 #[test]
 fn a_command_acl_allows_exactly_what_it_lists() {
