@@ -25,6 +25,55 @@ fn timed(mut c: Command, what: &str) -> Result<Duration> {
     Ok(d)
 }
 
+/// CPU time used so far by: our waited-for children (the client: alpacon,
+/// or scp and its ssh), the server side (gateway / sshd with its finished
+/// sessions) and the agent (with its finished helpers).
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    client: f64,
+    server: f64,
+    agent: f64,
+}
+
+fn children_cpu() -> f64 {
+    // SAFETY: a zeroed rusage is a valid out-parameter.
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut r) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(r.ru_utime) + tv(r.ru_stime)
+}
+
+fn proc_cpu(pid: Option<u32>) -> f64 {
+    pid.and_then(crate::scale::cpu_ticks_with_children)
+        .map(|t| t as f64 / crate::scale::ticks_per_sec())
+        .unwrap_or(0.0)
+}
+
+impl Cpu {
+    fn now(server: Option<u32>, agent: Option<u32>) -> Cpu {
+        Cpu {
+            client: children_cpu(),
+            server: proc_cpu(server),
+            agent: proc_cpu(agent),
+        }
+    }
+
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            client: self.client - before.client,
+            server: self.server - before.server,
+            agent: self.agent - before.agent,
+        }
+    }
+
+    fn add(&mut self, o: Cpu) {
+        self.client += o.client;
+        self.server += o.server;
+        self.agent += o.agent;
+    }
+}
+
 fn check(p: &Path, size: u64, sha: Option<&str>) -> Result<()> {
     let got = std::fs::metadata(p)
         .with_context(|| format!("{} missing after the copy", p.display()))?
@@ -101,38 +150,60 @@ pub fn run(env: &Env, quick: bool, rep: &mut Report) -> Result<()> {
     };
     let remote = |p: &Path| format!("root@{SERVER}:{}", p.display());
     let (mut up, mut down, mut sup, mut sdown, mut raw) = (vec![], vec![], vec![], vec![], vec![]);
+    let gw = env.gw.pid();
+    let agent = env.agent.pid();
+    let sshd = env.sshd.as_ref().and_then(|s| s.pid());
+    // CPU per direction and side: [ours up, ours down, scp up, scp down].
+    let mut cpu = [Cpu::default(); 4];
+    let mut measured =
+        |slot: usize, server: Option<u32>, f: &mut dyn FnMut() -> Result<Duration>| {
+            let before = Cpu::now(server, agent);
+            let d = f()?;
+            // Let the server side reap what served the copy.
+            std::thread::sleep(Duration::from_millis(300));
+            cpu[slot].add(Cpu::now(server, agent).since(before));
+            Ok::<_, anyhow::Error>(d)
+        };
     for i in 0..reps {
         // Check content on the first round; sizes on every round.
         let sha = (i == 0).then_some(src_sha.as_str());
         let dst = w.join(format!("up-{i}.bin"));
-        up.push(timed(
-            cli(&[src.to_str().unwrap_or_default(), &remote(&dst)]),
-            "alpacon cp (up)",
-        )?);
+        up.push(measured(0, gw, &mut || {
+            timed(
+                cli(&[src.to_str().unwrap_or_default(), &remote(&dst)]),
+                "alpacon cp (up)",
+            )
+        })?);
         check(&dst, size, sha)?;
         std::fs::remove_file(&dst)?;
         if let Some(s) = &env.sshd {
             let dst = w.join(format!("scp-up-{i}.bin"));
-            sup.push(timed(
-                s.scp(src.to_str().unwrap_or_default(), &Sshd::remote(&dst)),
-                "scp (up)",
-            )?);
+            sup.push(measured(2, sshd, &mut || {
+                timed(
+                    s.scp(src.to_str().unwrap_or_default(), &Sshd::remote(&dst)),
+                    "scp (up)",
+                )
+            })?);
             check(&dst, size, sha)?;
             std::fs::remove_file(&dst)?;
         }
         let dst = w.join(format!("down-{i}.bin"));
-        down.push(timed(
-            cli(&[&remote(&src), dst.to_str().unwrap_or_default()]),
-            "alpacon cp (down)",
-        )?);
+        down.push(measured(1, gw, &mut || {
+            timed(
+                cli(&[&remote(&src), dst.to_str().unwrap_or_default()]),
+                "alpacon cp (down)",
+            )
+        })?);
         check(&dst, size, sha)?;
         std::fs::remove_file(&dst)?;
         if let Some(s) = &env.sshd {
             let dst = w.join(format!("scp-down-{i}.bin"));
-            sdown.push(timed(
-                s.scp(&Sshd::remote(&src), dst.to_str().unwrap_or_default()),
-                "scp (down)",
-            )?);
+            sdown.push(measured(3, sshd, &mut || {
+                timed(
+                    s.scp(&Sshd::remote(&src), dst.to_str().unwrap_or_default()),
+                    "scp (down)",
+                )
+            })?);
             check(&dst, size, sha)?;
             std::fs::remove_file(&dst)?;
         }
@@ -142,7 +213,11 @@ pub fn run(env: &Env, quick: bool, rep: &mut Report) -> Result<()> {
         std::fs::remove_file(&dst)?;
     }
     std::fs::remove_file(&src)?;
-    for (dir, ours, theirs) in [("up", up, sup), ("down", down, sdown)] {
+    let has_ssh = !sup.is_empty();
+    for (i, (dir, ours, theirs)) in [("up", up, sup), ("down", down, sdown)]
+        .into_iter()
+        .enumerate()
+    {
         let o = median(ours);
         let fig = format!("copy {label} {dir} (median of {reps})");
         let ours_s = format!("{:.0} MB/s ({})", mbps(size, o), secs(o));
@@ -155,6 +230,23 @@ pub fn run(env: &Env, quick: bool, rep: &mut Report) -> Result<()> {
                 .ratio(format!("{} time", ratio_d(o, t)))
                 .goal("time ≤ 1× scp", o <= t)
         };
+        rep.push(row);
+        let per = |c: Cpu| {
+            let k = reps as f64;
+            (c.client / k, c.server / k, c.agent / k)
+        };
+        let (c, g, a) = per(cpu[i]);
+        let mut row = Row::new(
+            "copy",
+            format!("… CPU per {label} {dir}: client + gateway + agent (scp: client + sshd)"),
+            format!("{c:.2} + {g:.2} + {a:.2} = {:.2} s", c + g + a),
+        );
+        if has_ssh {
+            let (c2, s2, _) = per(cpu[i + 2]);
+            row = row
+                .openssh(format!("{c2:.2} + {s2:.2} = {:.2} s", c2 + s2))
+                .ratio(crate::stats::ratio(c + g + a, c2 + s2));
+        }
         rep.push(row);
     }
     let r = median(raw);

@@ -89,7 +89,8 @@ fn ws_config() -> WebSocketConfig {
 }
 
 /// The agent's reconnect policy (alpamon's `link::backoff_delay` with its
-/// defaults): full jitter, 0.5 s doubling to 60 s.
+/// defaults): full jitter, 0.5 s doubling to 60 s; the count of failures
+/// starts again after a link that was up.
 fn backoff(failures: u32) -> Duration {
     let initial = Duration::from_millis(500);
     let max = Duration::from_secs(60);
@@ -122,7 +123,8 @@ where
 
 impl Sim {
     /// One connection: handshake, then answer until the link ends.
-    async fn session(&self, id: &Identity) -> Result<()> {
+    /// Sets `authenticated` once the gateway welcomed us.
+    async fn session(&self, id: &Identity, authenticated: &mut bool) -> Result<()> {
         let sock = tokio::net::TcpSocket::new_v4()?;
         sock.bind(SocketAddr::V4(SocketAddrV4::new(id.src, 0)))?;
         let tcp = sock.connect(self.addr).await?;
@@ -169,6 +171,7 @@ impl Sim {
         let mut ws = tokio::time::timeout(Duration::from_secs(30), handshake)
             .await
             .map_err(|_| anyhow!("handshake timed out"))??;
+        *authenticated = true;
         let c = &*self.counters;
         c.connected.fetch_add(1, Ordering::SeqCst);
         c.welcomes.fetch_add(1, Ordering::SeqCst);
@@ -211,8 +214,9 @@ impl Sim {
         let mut failures = 0u32;
         loop {
             let began = Instant::now();
+            let mut authenticated = false;
             let r = tokio::select! {
-                r = self.session(&id) => r,
+                r = self.session(&id, &mut authenticated) => r,
                 _ = stop.wait_for(|s| *s) => return,
             };
             if *stop.borrow() {
@@ -226,7 +230,9 @@ impl Sim {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()) = Some(format!("{}: {e:#}", id.name));
             }
-            if began.elapsed() > Duration::from_secs(30) {
+            // As alpamon: a link that was up and got lost comes back
+            // without the backoff of earlier failures; refusals back off.
+            if began.elapsed() > Duration::from_secs(30) || authenticated {
                 failures = 0;
             }
             let delay = backoff(failures);
@@ -446,6 +452,7 @@ async fn scale(gw: &mut Gateway, plan: &Plan, rep: &mut Report) -> Result<()> {
     let mut rows = Vec::new();
     let mut per_agent_top = 0.0f64;
     let mut idle_cpu = None;
+    let mut fan_row = None;
     for &level in &plan.levels {
         let t = Instant::now();
         while spawned < level {
@@ -507,6 +514,8 @@ async fn scale(gw: &mut Gateway, plan: &Plan, rep: &mut Report) -> Result<()> {
             tokio::time::sleep(plan.idle_window).await;
             let t1 = cpu_ticks(pid).unwrap_or(0);
             idle_cpu = Some((t1 - t0) as f64 / ticks_per_sec() / w.elapsed().as_secs_f64());
+            // Fan-out at this size too (1k of 10k in the full run).
+            fan_row = Some(fanout(&http, &base, &admin, &ids, c, plan.fanout, plan.limit).await?);
         }
         per_agent_top = per;
         rows.push((level, r, per, connect_time));
@@ -540,12 +549,91 @@ async fn scale(gw: &mut Gateway, plan: &Plan, rep: &mut Report) -> Result<()> {
         ));
     }
 
-    // Fan-out: one command to each of `fanout` agents at once.
+    if let Some(r) = fan_row {
+        rep.push(r);
+    }
+
+    // Restart: only `plan.restart` agents stay.
+    let _ = stop_extra.send(true);
+    wait_until("extra agents gone", plan.limit, || {
+        c.get(&c.connected) <= plan.restart
+    })
+    .await?;
+    let before = c.get(&c.connected);
+    eprintln!("bench: scale: restarting the gateway under {before} agents");
+    let welcomes0 = c.get(&c.welcomes);
+    let t = Instant::now();
+    // The e2e helpers use a blocking HTTP client: keep it off the runtime.
+    tokio::task::block_in_place(|| gw.restart()).context("restarting the gateway")?;
+    let ready = t.elapsed();
+    let back = wait_until(&format!("{before} agents back"), plan.limit, || {
+        c.get(&c.welcomes) - welcomes0 >= before && c.get(&c.connected) >= before
+    })
+    .await;
+    let back_time = t.elapsed();
+    let lost = before.saturating_sub(c.get(&c.connected));
+    // The gateway's own view: servers it lists as connected.
+    let gw_connected = count_connected(&http, &base, &format!("Token {admin}"))
+        .await
+        .unwrap_or(0);
+    let ok = back.is_ok() && lost == 0;
+    rep.push(
+        Row::new(
+            "scale",
+            format!(
+                "{before} agents back after a gateway restart (kill → all re-authenticated; gateway ready after {}; gateway lists {gw_connected} connected)",
+                secs(ready)
+            ),
+            format!(
+                "{}{}",
+                secs(back_time),
+                if lost > 0 { format!(", {lost} not back") } else { ", none lost".into() }
+            ),
+        )
+        .goal("≤ 20 s, none lost", ok && back_time <= Duration::from_secs(20)),
+    );
+    let _ = stop_keep.send(true);
+    rep.note(format!(
+        "scale: {n} agents registered through `POST /api/servers/register/` in {} ({:.0}/s); \
+         each simulated agent is a tokio task speaking the real protocol (WSS with rustls, \
+         Challenge → Auth signed with its Ed25519 key → Welcome, Pong to every Ping, a \
+         CommandResult for every RunCommand) from its own source address 127.b.c.d, reconnecting \
+         with alpamon's backoff (full jitter, 0.5 s doubling, 60 s cap, reset by a link that was up); at most 256 first \
+         handshakes in flight while filling; gateway RSS (VmRSS) read 5 s after each level \
+         minus its RSS before any agent connected, divided by the agents (KB = 1000 bytes); the load generator shares the machine's 2 \
+         cores with the gateway, which makes connect and reconnect times pessimistic",
+        secs(reg_time),
+        n as f64 / reg_time.as_secs_f64()
+    ));
+    let (soft, hard) = crate::nofile_limit();
+    let max = top;
+    if max < 50_000 && plan.limit.as_secs() > 60 {
+        rep.note(format!(
+            "scale: the most agents tried is {max}, not 50k: this machine's open-file limit is \
+             {soft} (hard {hard}) per process and it cannot be raised here (no CAP_SYS_RESOURCE); \
+             the gateway needs one descriptor per agent link"
+        ));
+    }
+    Ok(())
+}
+
+/// One command to each of the first `fan` agents at once; the time until
+/// every result is committed (the agents see the gateway's CommandAck).
+async fn fanout(
+    http: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    ids: &[Arc<Identity>],
+    c: &Counters,
+    fan: usize,
+    limit: Duration,
+) -> Result<Row> {
+    let connected = c.get(&c.connected);
     let api = |path: &str| format!("{base}{path}");
     let auth = format!("Token {admin}");
     let acks0 = c.get(&c.acks);
     let t = Instant::now();
-    let posts = ids[..plan.fanout].iter().map(|id| {
+    let posts = ids[..fan].iter().map(|id| {
         let http = http.clone();
         let url = api("/api/events/commands/");
         let auth = auth.clone();
@@ -573,23 +661,16 @@ async fn scale(gw: &mut Gateway, plan: &Plan, rep: &mut Report) -> Result<()> {
         .await;
     results.into_iter().collect::<Result<()>>()?;
     let posted = t.elapsed();
-    eprintln!(
-        "bench: scale: {} commands posted in {}",
-        plan.fanout,
-        secs(posted)
-    );
-    let fan = plan.fanout;
-    wait_until(
-        &format!("results of {fan} commands stored"),
-        plan.limit,
-        || c.get(&c.acks) - acks0 >= fan,
-    )
+    eprintln!("bench: scale: {} commands posted in {}", fan, secs(posted));
+    wait_until(&format!("results of {fan} commands stored"), limit, || {
+        c.get(&c.acks) - acks0 >= fan
+    })
     .await?;
     let fan_time = t.elapsed();
-    rep.push(Row::new(
+    Ok(Row::new(
         "scale",
         format!(
-            "command fan-out to {fan} agents: all POSTed → all results committed (POSTs took {})",
+            "command fan-out to {fan} of {connected} connected agents: all POSTed → all results committed (POSTs took {})",
             secs(posted)
         ),
         format!(
@@ -597,68 +678,7 @@ async fn scale(gw: &mut Gateway, plan: &Plan, rep: &mut Report) -> Result<()> {
             secs(fan_time),
             fan as f64 / fan_time.as_secs_f64()
         ),
-    ));
-
-    // Restart: only `plan.restart` agents stay.
-    let _ = stop_extra.send(true);
-    wait_until("extra agents gone", plan.limit, || {
-        c.get(&c.connected) <= plan.restart
-    })
-    .await?;
-    let before = c.get(&c.connected);
-    eprintln!("bench: scale: restarting the gateway under {before} agents");
-    let welcomes0 = c.get(&c.welcomes);
-    let t = Instant::now();
-    // The e2e helpers use a blocking HTTP client: keep it off the runtime.
-    tokio::task::block_in_place(|| gw.restart()).context("restarting the gateway")?;
-    let ready = t.elapsed();
-    let back = wait_until(&format!("{before} agents back"), plan.limit, || {
-        c.get(&c.welcomes) - welcomes0 >= before && c.get(&c.connected) >= before
-    })
-    .await;
-    let back_time = t.elapsed();
-    let lost = before.saturating_sub(c.get(&c.connected));
-    // The gateway's own view: servers it lists as connected.
-    let gw_connected = count_connected(&http, &base, &auth).await.unwrap_or(0);
-    let ok = back.is_ok() && lost == 0;
-    rep.push(
-        Row::new(
-            "scale",
-            format!(
-                "{before} agents back after a gateway restart (kill → all re-authenticated; gateway ready after {}; gateway lists {gw_connected} connected)",
-                secs(ready)
-            ),
-            format!(
-                "{}{}",
-                secs(back_time),
-                if lost > 0 { format!(", {lost} not back") } else { ", none lost".into() }
-            ),
-        )
-        .goal("≤ 20 s, none lost", ok && back_time <= Duration::from_secs(20)),
-    );
-    let _ = stop_keep.send(true);
-    rep.note(format!(
-        "scale: {n} agents registered through `POST /api/servers/register/` in {} ({:.0}/s); \
-         each simulated agent is a tokio task speaking the real protocol (WSS with rustls, \
-         Challenge → Auth signed with its Ed25519 key → Welcome, Pong to every Ping, a \
-         CommandResult for every RunCommand) from its own source address 127.b.c.d, reconnecting \
-         with alpamon's backoff (full jitter, 0.5 s doubling, 60 s cap); at most 256 first \
-         handshakes in flight while filling; gateway RSS (VmRSS) read 5 s after each level \
-         minus its RSS before any agent connected, divided by the agents (KB = 1000 bytes); the load generator shares the machine's 2 \
-         cores with the gateway, which makes connect and reconnect times pessimistic",
-        secs(reg_time),
-        n as f64 / reg_time.as_secs_f64()
-    ));
-    let (soft, hard) = crate::nofile_limit();
-    let max = top;
-    if max < 50_000 && plan.limit.as_secs() > 60 {
-        rep.note(format!(
-            "scale: the most agents tried is {max}, not 50k: this machine's open-file limit is \
-             {soft} (hard {hard}) per process and it cannot be raised here (no CAP_SYS_RESOURCE); \
-             the gateway needs one descriptor per agent link"
-        ));
-    }
-    Ok(())
+    ))
 }
 
 /// Pages through the server list and counts `is_connected`.

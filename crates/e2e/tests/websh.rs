@@ -534,32 +534,3 @@ fn share_links_and_watching_are_audited_and_read_only_means_read_only() {
     owner.wait(Duration::from_secs(30)).unwrap();
     let _ = bin_dir();
 }
-
-#[test]
-fn browser_console_in_headless_chromium() {
-    let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web");
-    assert!(
-        web.join("node_modules").exists() && web.join("dist/index.html").exists(),
-        "build the console first: (cd web && npm ci && npm run build); scripts/test does"
-    );
-    let mut gw = Gateway::start().unwrap();
-    let _agent = agent(&mut gw, "web-box", None);
-    let artifacts = tempfile::tempdir().unwrap();
-    let out = Command::new("node")
-        .arg(web.join("tests/run.mjs"))
-        .current_dir(&web)
-        .env("ALPACON_URL", &gw.url)
-        .env("ALPACON_PASSWORD", &gw.admin_password)
-        .env("ALPACON_SERVER", "web-box")
-        .env("ALPACON_CA", gw.ca())
-        .env("ALPACON_RUN_AS", "docker")
-        .env("ALPACON_ARTIFACTS", artifacts.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n--- gateway ---\n{}",
-        text(&out),
-        gw.log()
-    );
-}

@@ -95,10 +95,15 @@ impl Gateway {
         tokio::spawn(crate::websh::reaper(state.clone()));
         let app = router(state.clone());
         let handle = Handle::new();
-        let server =
-            axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(Arc::new(rustls_cfg)))
-                .handle(handle.clone())
-                .serve(app.into_make_service_with_connect_info::<SocketAddr>());
+        // TCP_NODELAY: terminal keystrokes and API answers are small writes
+        // that must not wait for the peer's delayed ACK (~40 ms).
+        let tls = RustlsConfig::from_config(Arc::new(rustls_cfg));
+        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+            .acceptor(axum_server::accept::NoDelayAcceptor::new());
+        let server = axum_server::from_tcp(listener)
+            .acceptor(acceptor)
+            .handle(handle.clone())
+            .serve(app.into_make_service_with_connect_info::<SocketAddr>());
         let task = tokio::spawn(server);
         tracing::info!(
             "alpacon-server {} listening on {listen}, public URL {}",

@@ -119,8 +119,12 @@ async fn upgrade(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    // Small buffers: one link per server, tens of thousands of them, and
+    // tungstenite's default read buffer (128 KiB) would stay resident.
     ws.max_message_size(MAX_FRAME + 1024)
         .max_frame_size(MAX_FRAME + 1024)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
             serve_agent(state, socket, peer.ip().to_string()).await;
         })

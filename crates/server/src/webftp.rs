@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use crate::relay::Link;
 use alpacon_mux::{Event, Stream};
 use alpacon_proto::{
-    Account, Close, EntryKind, ErrorCode, Open, StreamError, StreamInfo, StreamResult,
+    Account, Close, EntryKind, ErrorCode, Open, StreamError, StreamInfo, StreamResult, MAX_DATA,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -319,17 +319,16 @@ async fn pump_upload(s: Stream, body: Body) -> Result<(u64, String), ApiError> {
     let (tx, mut rx) = s.split();
     let mut data = body.into_data_stream();
     let mut sent = 0u64;
-    let agent_gone;
-    loop {
-        match data.next().await {
+    // HTTP/2 delivers the body in pieces of 16 KiB at most; gathering them
+    // into full frames quarters the frames and wake-ups per byte.
+    let mut pending = bytes::BytesMut::with_capacity(MAX_DATA);
+    let agent_gone = loop {
+        let next = data.next().await;
+        let flush = match &next {
             Some(Ok(chunk)) => {
                 sent += chunk.len() as u64;
-                if tx.send(chunk).await.is_err() {
-                    // The agent ended the stream (error) or the link dropped:
-                    // its reason is waiting in `rx`.
-                    agent_gone = true;
-                    break;
-                }
+                pending.extend_from_slice(chunk);
+                pending.len() >= MAX_DATA
             }
             Some(Err(e)) => {
                 // The client went away mid-upload; dropping the stream
@@ -338,12 +337,17 @@ async fn pump_upload(s: Stream, body: Body) -> Result<(u64, String), ApiError> {
                     "upload interrupted after {sent} bytes: {e}"
                 )));
             }
-            None => {
-                agent_gone = false;
-                break;
-            }
+            None => true,
+        };
+        if flush && !pending.is_empty() && tx.send(pending.split().freeze()).await.is_err() {
+            // The agent ended the stream (error) or the link dropped: its
+            // reason is waiting in `rx`.
+            break true;
         }
-    }
+        if next.is_none() {
+            break false;
+        }
+    };
     if !agent_gone {
         let _ = tx.eof();
     }

@@ -384,7 +384,14 @@ async fn drive(
             }
             match rx.recv().await {
                 Some(Event::Data(d)) => {
-                    if let Err(e) = raw.write_all(&d).await {
+                    // tokio's File writes in the background: flush so the
+                    // bytes are in the log before readers are told so.
+                    if let Err(e) = async {
+                        raw.write_all(&d).await?;
+                        raw.flush().await
+                    }
+                    .await
+                    {
                         break Some(Ending::Closed(format!("cannot write the session log: {e}")));
                     }
                     live.record(|w| w.output(&d));

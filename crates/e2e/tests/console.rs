@@ -1,0 +1,43 @@
+//! The web console in real headless Chromium. In a test binary of its own so
+//! that it never shares the machine's two cores with a terminal flood.
+
+use std::process::Command;
+
+use alpacon_e2e::{is_root, text, Agent, AgentOpts, Gateway};
+
+#[test]
+fn browser_console_in_headless_chromium() {
+    let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web");
+    assert!(
+        web.join("node_modules").exists() && web.join("dist/index.html").exists(),
+        "build the console first: (cd web && npm ci && npm run build); scripts/test does"
+    );
+    let mut gw = Gateway::start().unwrap();
+    assert!(is_root(), "needs root: private mount namespace, useradd");
+    let opts = AgentOpts {
+        private_namespace: true,
+        setup: vec!["useradd -m -s /bin/bash docker".into()],
+        url: None,
+    };
+    let agent = Agent::register(&mut gw, "web-box", opts).unwrap();
+    gw.wait_connected("web-box", true)
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let artifacts = tempfile::tempdir().unwrap();
+    let out = Command::new("node")
+        .arg(web.join("tests/run.mjs"))
+        .current_dir(&web)
+        .env("ALPACON_URL", &gw.url)
+        .env("ALPACON_PASSWORD", &gw.admin_password)
+        .env("ALPACON_SERVER", "web-box")
+        .env("ALPACON_CA", gw.ca())
+        .env("ALPACON_RUN_AS", "docker")
+        .env("ALPACON_ARTIFACTS", artifacts.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n--- gateway ---\n{}",
+        text(&out),
+        gw.log()
+    );
+}
