@@ -68,6 +68,31 @@ pub fn valid_env_key(k: &str) -> bool {
         && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
 }
 
+/// The account a request acts as on the server: the one named, or the
+/// caller's own; both it and the group must be valid account names.
+/// (Whether the caller may use it is decided separately.)
+pub fn account_for(
+    caller: &Caller,
+    username: &Option<String>,
+    groupname: &Option<String>,
+) -> Result<String, ApiError> {
+    let username = username
+        .clone()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| caller.username.clone());
+    if !valid_account_name(&username) {
+        return Err(ApiError::bad_request(format!(
+            "invalid username {username:?}"
+        )));
+    }
+    if let Some(g) = groupname {
+        if !valid_account_name(g) {
+            return Err(ApiError::bad_request(format!("invalid groupname {g:?}")));
+        }
+    }
+    Ok(username)
+}
+
 /// Account and group names as useradd accepts them.
 pub fn valid_account_name(n: &str) -> bool {
     !n.is_empty()
@@ -90,21 +115,7 @@ async fn create(
             "`line` must be at most 64 KiB and contain no NUL byte",
         ));
     }
-    let username = body
-        .username
-        .clone()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| caller.username.clone());
-    if !valid_account_name(&username) {
-        return Err(ApiError::bad_request(format!(
-            "invalid username {username:?}"
-        )));
-    }
-    if let Some(g) = &body.groupname {
-        if !valid_account_name(g) {
-            return Err(ApiError::bad_request(format!("invalid groupname {g:?}")));
-        }
-    }
+    let username = account_for(&caller, &body.username, &body.groupname)?;
     if let Some(k) = body.env.keys().find(|k| !valid_env_key(k)) {
         return Err(ApiError::bad_request(format!(
             "invalid environment variable name {k:?}"

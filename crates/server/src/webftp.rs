@@ -28,7 +28,7 @@ use crate::api::{Json, Path, Query};
 use crate::app::AppState;
 use crate::audit::{self, Event as AuditEvent};
 use crate::auth::Caller;
-use crate::commands::valid_account_name;
+use crate::commands::account_for;
 use crate::db::{new_id, now_ms, rfc3339, rfc3339_opt, Db};
 use crate::error::ApiError;
 use crate::servers::{self, ServerRow};
@@ -91,21 +91,7 @@ async fn check(
             t.path
         )));
     }
-    let username = t
-        .username
-        .clone()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| caller.username.clone());
-    if !valid_account_name(&username) {
-        return Err(ApiError::bad_request(format!(
-            "invalid username {username:?}"
-        )));
-    }
-    if let Some(g) = &t.groupname {
-        if !valid_account_name(g) {
-            return Err(ApiError::bad_request(format!("invalid groupname {g:?}")));
-        }
-    }
+    let username = account_for(caller, &t.username, &t.groupname)?;
     let server = servers::resolve(&state.db, &t.server).await?;
     if !caller.may_use_account(&username) {
         return Err(ApiError::forbidden(

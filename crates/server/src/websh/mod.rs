@@ -37,7 +37,7 @@ use crate::api::{page_response, Json, PageParams, Path, Query};
 use crate::app::AppState;
 use crate::audit::{self, Event as AuditEvent};
 use crate::auth::{generate_key, hash_key, Caller};
-use crate::commands::valid_account_name;
+use crate::commands::account_for;
 use crate::db::{new_id, now_ms, rfc3339, rfc3339_opt};
 use crate::error::ApiError;
 use crate::servers;
@@ -781,21 +781,7 @@ async fn create(
     caller: Caller,
     Json(body): Json<CreateBody>,
 ) -> Result<Response, ApiError> {
-    let username = body
-        .username
-        .clone()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| caller.username.clone());
-    if !valid_account_name(&username) {
-        return Err(ApiError::bad_request(format!(
-            "invalid username {username:?}"
-        )));
-    }
-    if let Some(g) = &body.groupname {
-        if !valid_account_name(g) {
-            return Err(ApiError::bad_request(format!("invalid groupname {g:?}")));
-        }
-    }
+    let username = account_for(&caller, &body.username, &body.groupname)?;
     let rows = body.rows.unwrap_or(24).clamp(1, 1000);
     let cols = body.cols.unwrap_or(80).clamp(1, 1000);
     let server = servers::resolve(&state.db, &body.server).await?;
