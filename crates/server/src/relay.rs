@@ -37,6 +37,7 @@ use crate::servers::{self, SystemUpdate};
 /// is considered dead.
 pub const HEARTBEAT_SECS: u32 = 15;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+const PRESENCE_WRITE_EVERY: Duration = Duration::from_secs(60);
 
 /// A live, authenticated agent link.
 #[derive(Clone)]
@@ -412,7 +413,11 @@ async fn read_loop(
                     }
                     Err(e) => return format!("protocol violation: {e}"),
                 }
-                if last_touch.elapsed() > beat {
+                // A connected server's "last seen" is now (the API asks the
+                // relay); the stored value matters once it disconnects, when
+                // it is written anyway. So persist it rarely: one write per
+                // agent a minute instead of one per heartbeat.
+                if last_touch.elapsed() > PRESENCE_WRITE_EVERY {
                     last_touch = Instant::now();
                     let _ = servers::touch(&state.db, server_id).await;
                 }

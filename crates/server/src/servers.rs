@@ -81,13 +81,20 @@ impl ServerRow {
     }
 
     /// The API representation; `connected` is the live state from the relay.
+    /// A connected server is seen now (its heartbeats are only persisted
+    /// now and then).
     pub fn to_json(&self, connected: bool) -> Value {
+        let last_seen = if connected {
+            Some(now_ms())
+        } else {
+            self.last_seen_at
+        };
         json!({
             "id": self.id,
             "name": self.name,
             "is_connected": connected,
             "connected_at": rfc3339_opt(self.connected_at),
-            "last_seen_at": rfc3339_opt(self.last_seen_at),
+            "last_seen_at": rfc3339_opt(last_seen),
             "remote_ip": self.remote_ip,
             "hostname": self.hostname,
             "os": self.os,
