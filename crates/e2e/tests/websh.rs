@@ -518,6 +518,43 @@ fn share_links_and_watching_are_audited_and_read_only_means_read_only() {
     let out = bob.run(&["websh", "join", &url, "--password", "wrong"]);
     assert_ne!(out.status.code(), Some(0));
 
+    // Staff can watch any live session without a link: read-only, audited.
+    let (s, v) = gw
+        .call(
+            "POST",
+            "/api/iam/users/",
+            Some(json!({"username": "carol", "password": "carol-password-1", "is_staff": true})),
+        )
+        .unwrap();
+    assert_eq!(s, 201, "{v}");
+    let carol = Cli::new().unwrap();
+    let out = carol.run(&[
+        "login",
+        &gw.url,
+        "-u",
+        "carol",
+        "-p",
+        "carol-password-1",
+        "--ca-cert",
+        ca.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut watcher = {
+        let mut c = carol.command();
+        c.args(["websh", "attach", &id, "--from-start"]);
+        Interactive::spawn(c).unwrap()
+    };
+    watcher
+        .wait_for("OWNER-TYPED-4", Duration::from_secs(30))
+        .unwrap();
+    watcher.write(b"echo WATCHER-TYPED-$((3+3))\n").unwrap();
+    owner.write(b"echo OWNER-AGAIN-$((4+4))\n").unwrap();
+    watcher
+        .wait_for("OWNER-AGAIN-8", Duration::from_secs(30))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!alpacon_e2e::memfind(&owner.output(), b"WATCHER-TYPED-6"));
+
     let (_, v) = gw
         .call("GET", "/api/audit/events/?page_size=100", None)
         .unwrap();
@@ -527,7 +564,7 @@ fn share_links_and_watching_are_audited_and_read_only_means_read_only() {
         .iter()
         .filter_map(|e| e["action"].as_str())
         .collect();
-    for a in ["websh.open", "websh.share", "websh.join"] {
+    for a in ["websh.open", "websh.share", "websh.join", "websh.watch"] {
         assert!(actions.contains(&a), "no {a} in {actions:?}");
     }
     owner.write(b"exit\n").unwrap();
