@@ -102,7 +102,7 @@ impl Helper {
             err(
                 ErrorCode::Io,
                 format!(
-                    "cannot start the file helper {} as {}: {e} (the agent binary must be executable by that account)",
+                    "cannot start the file helper {} as {}: {e}",
                     exe.display(),
                     runas.username
                 ),
