@@ -17,6 +17,21 @@
 //!
 //! The operations are plain functions so they can be tested in-process.
 
+/// The path helpers are started from: the agent's executable `exe`, held
+/// open for the life of the process.
+///
+/// Helpers run as the requested account, which may not be able to reach the
+/// agent's install directory (a build under a 0700 home, say). Exec through
+/// `/proc/self/fd/N` uses the inode we already hold, so no directory on the
+/// way is searched as that account, and an upgrade that replaces the file on
+/// disk never starts a helper of another version than the running agent.
+pub fn held_open(exe: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    use std::os::fd::IntoRawFd;
+    // O_CLOEXEC is fine: the kernel opens an ELF image before closing fds.
+    let fd = std::fs::File::open(exe)?.into_raw_fd();
+    Ok(std::path::PathBuf::from(format!("/proc/self/fd/{fd}")))
+}
+
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
 use std::os::fd::AsFd;

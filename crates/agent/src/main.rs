@@ -185,26 +185,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// The path helpers are started from: the agent's own executable, held open.
-///
-/// Helpers run as the requested account, which may not be able to reach the
-/// agent's install directory (a build under a 0700 home, say). Exec through
-/// `/proc/self/fd/N` opens the inode we already hold, so no directory on the
-/// way is searched as that account, and an upgrade that replaces the file on
-/// disk never starts a helper of a different version than this agent.
-fn helper_exe() -> anyhow::Result<PathBuf> {
-    use std::os::fd::IntoRawFd;
-    let exe =
-        std::fs::File::open("/proc/self/exe").context("cannot open the agent's own executable")?;
-    // Held for the life of the process; O_CLOEXEC is fine for an ELF exec.
-    let fd = exe.into_raw_fd();
-    Ok(PathBuf::from(format!("/proc/self/fd/{fd}")))
-}
-
 async fn run(config: PathBuf) -> anyhow::Result<()> {
     let cfg = Config::load(&config)?;
     let key = cfg.load_key()?;
-    let agent = Arc::new(Agent::new(cfg, key, helper_exe()?)?);
+    let agent = Arc::new(Agent::new(
+        cfg,
+        key,
+        helper::held_open("/proc/self/exe".as_ref())?,
+    )?);
     info!(
         "alpamon {} starting: server {} ({})",
         alpamon::VERSION,

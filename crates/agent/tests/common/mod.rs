@@ -61,7 +61,7 @@ pub fn setup(heartbeat_timeout_secs: u64) -> Setup {
             ..LinkConfig::default()
         },
     };
-    let helper = PathBuf::from(env!("CARGO_BIN_EXE_alpamon"));
+    let helper = alpamon::helper::held_open(env!("CARGO_BIN_EXE_alpamon").as_ref()).unwrap();
     let agent = Arc::new(Agent::new(cfg, key.clone(), helper).unwrap());
     Setup {
         _dir: dir,
