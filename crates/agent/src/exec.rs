@@ -198,6 +198,11 @@ where
     Fut: Future<Output = ()>,
 {
     let started = Instant::now();
+    if let Some(m) = &spec.managed {
+        if let Err(e) = crate::provision::ensure(&spec.username, m).await {
+            return failed(&spec.id, started, e);
+        }
+    }
     let runas = match RunAs::resolve(&spec.username, spec.groupname.as_deref()) {
         Ok(r) => r,
         Err(e) => return failed(&spec.id, started, e),
@@ -536,6 +541,7 @@ mod tests {
             groupname: None,
             env: BTreeMap::new(),
             timeout_secs: None,
+            managed: None,
         }
     }
 

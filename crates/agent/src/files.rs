@@ -84,6 +84,7 @@ impl Helper {
         args: Vec<String>,
         with_stdin: bool,
     ) -> Result<Helper, StreamError> {
+        crate::provision::ensure_account(account).await?;
         let runas = RunAs::resolve(&account.username, account.groupname.as_deref())?;
         let mut cmd = Command::new(exe);
         cmd.args(args)

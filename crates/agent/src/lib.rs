@@ -18,6 +18,7 @@ pub mod exec;
 pub mod files;
 pub mod helper;
 pub mod link;
+pub mod provision;
 pub mod pty;
 pub mod register;
 pub mod spool;

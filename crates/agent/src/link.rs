@@ -404,6 +404,30 @@ fn dispatch(agent: &Agent, mux: &Mux, c: Control) {
                 debug!(id, "cancel for a command that is not running");
             }
         }
+        Control::LockAccount {
+            username,
+            uid,
+            remove,
+        } => {
+            let mux = mux.clone();
+            tokio::spawn(async move {
+                let (removed, error) = match crate::provision::lock(&username, uid, remove).await {
+                    Ok(removed) => (removed, None),
+                    Err(e) => {
+                        warn!(user = %username, "cannot lock the managed account: {e}");
+                        (false, Some(e.detail))
+                    }
+                };
+                let _ = mux
+                    .send_control(Control::AccountLocked {
+                        username,
+                        uid,
+                        removed,
+                        error,
+                    })
+                    .await;
+            });
+        }
         Control::Pong { .. } => {}
         other => warn!("unexpected control message from the gateway: {other:?}"),
     }

@@ -178,7 +178,13 @@ impl Terminals {
                 account,
                 rows,
                 cols,
-            } => self.create(stream, session, account, rows, cols),
+            } => {
+                if let Err(e) = crate::provision::ensure_account(&account).await {
+                    info!(session = %session, user = %account.username, "terminal refused: {e}");
+                    return stream.tx.close(Close::Err(e));
+                }
+                self.create(stream, session, account, rows, cols)
+            }
             Open::PtyAttach {
                 session,
                 output_offset,
@@ -973,6 +979,7 @@ mod tests {
                 .unwrap()
                 .name,
             groupname: None,
+            managed: None,
         }
     }
 
@@ -1110,6 +1117,7 @@ mod tests {
                 account: Account {
                     username: "no-such-user-alpacon".into(),
                     groupname: None,
+                    managed: None,
                 },
                 rows: 24,
                 cols: 80,

@@ -40,6 +40,7 @@ fn spec(id: &str, line: &str) -> CommandSpec {
         groupname: None,
         env: Default::default(),
         timeout_secs: None,
+        managed: None,
     }
 }
 

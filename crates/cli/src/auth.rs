@@ -33,6 +33,15 @@ pub struct LoginArgs {
     #[arg(short = 'p', long, requires = "username")]
     pub password: Option<String>,
 
+    /// TOTP code for an account with MFA (prompted for when needed and not
+    /// given; for scripts).
+    #[arg(long, value_name = "CODE", conflicts_with = "token")]
+    pub totp: Option<String>,
+
+    /// A one-time recovery code instead of a TOTP code.
+    #[arg(long, value_name = "CODE", conflicts_with_all = ["token", "totp"])]
+    pub recovery_code: Option<String>,
+
     /// PEM file of the CA that signed the gateway's certificate
     /// (the gateway's DATA/tls/ca.crt).
     #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
@@ -48,6 +57,18 @@ struct LoginResponse {
     key: String,
     #[serde(default)]
     user: Option<Value>,
+    /// The workspace enforces MFA and the account has none yet: the session
+    /// can only enroll one.
+    #[serde(default)]
+    mfa_enrollment_required: bool,
+}
+
+/// A correct password of an account with MFA answers the second step.
+#[derive(Deserialize)]
+struct MfaStep {
+    mfa_token: String,
+    #[serde(default)]
+    methods: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -127,13 +148,54 @@ pub async fn login(ctx: &Ctx, args: LoginArgs) -> Result<u8> {
                 .context("cannot read the password (no terminal?); pass -p PASSWORD")?,
         };
         let client = Client::new(&url, None, &tls)?;
-        let resp: LoginResponse = client
+        let first: Value = client
             .post(
                 &["api", "auth", "login"],
                 &json!({ "username": username, "password": password }),
             )
             .await
             .map_err(|e| refused(e, "check the username and password"))?;
+        let resp: LoginResponse =
+            if first.get("mfa_required").and_then(Value::as_bool) == Some(true) {
+                let step: MfaStep =
+                    serde_json::from_value(first).context("unexpected answer to login")?;
+                let mut body = if let Some(code) = &args.recovery_code {
+                    json!({ "recovery_code": code })
+                } else if let Some(code) = &args.totp {
+                    json!({ "code": code.trim() })
+                } else if std::io::stdin().is_terminal() {
+                    if !step.methods.iter().any(|m| m == "totp" || m == "recovery") {
+                        return Err(anyhow::anyhow!(
+                            "this account's second factor is a security key or passkey, which the \
+                         CLI cannot use; log in with the web console"
+                        ));
+                    }
+                    crate::mfa::proof_body(&crate::mfa::read_code(
+                        "Authentication code (or recovery code): ",
+                    )?)
+                } else {
+                    return Err(CliError::Usage(
+                        "this account uses multi-factor authentication: pass --totp CODE \
+                     (or --recovery-code CODE)"
+                            .into(),
+                    )
+                    .into());
+                };
+                body["mfa_token"] = json!(step.mfa_token);
+                let done: LoginResponse = client
+                    .post(&["api", "auth", "login", "mfa"], &body)
+                    .await
+                    .map_err(|e| refused(e, "check the code (a TOTP code works once)"))?;
+                done
+            } else {
+                serde_json::from_value(first).context("unexpected answer to login")?
+            };
+        if resp.mfa_enrollment_required {
+            eprintln!(
+                "alpacon: this workspace requires multi-factor authentication; until you \
+                 enroll a second factor (`alpacon mfa totp enroll`) this login can do nothing else"
+            );
+        }
         let user = resp.user.unwrap_or_else(|| json!({ "username": username }));
         let name = user
             .get("username")

@@ -109,6 +109,8 @@ fn api_hint(status: u16, code: &str) -> Option<String> {
             "run `alpacon login`"
         }
         "server_not_found" => "see `alpacon server ls`",
+        "mfa_required" => "run `alpacon mfa verify`",
+        "mfa_enrollment_required" => "enroll a second factor: `alpacon mfa totp enroll`",
         "server_not_connected" | "server_offline" | "agent_not_connected" => {
             "the server's agent is not connected; see `alpacon server ls`"
         }

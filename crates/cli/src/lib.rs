@@ -10,6 +10,8 @@ pub mod config;
 pub mod cp;
 pub mod error;
 pub mod exec;
+pub mod iam;
+pub mod mfa;
 pub mod output;
 pub mod server;
 pub mod token;
@@ -67,9 +69,18 @@ pub enum Command {
     Exec(exec::ExecArgs),
     /// Copy files to or from a server; the remote side is [USER@]SERVER:PATH.
     Cp(cp::CpArgs),
+    /// People: users, their invitations and workspace roles.
+    #[command(subcommand)]
+    User(iam::UserCommand),
+    /// Groups: who is in them and which servers they reach.
+    #[command(subcommand)]
+    Group(iam::GroupCommand),
     /// The audit trail.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Multi-factor authentication: TOTP, recovery codes, verification.
+    #[command(subcommand)]
+    Mfa(mfa::MfaCommand),
 }
 
 /// What every command needs: where the login state lives and how to print.
@@ -126,6 +137,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Exec(args) => exec::exec(&ctx, args).await,
         Command::Cp(args) => cp::run(&ctx, args).await,
         Command::Audit(cmd) => audit::run(&ctx, cmd).await,
+        Command::User(cmd) => iam::run_user(&ctx, cmd).await,
+        Command::Group(cmd) => iam::run_group(&ctx, cmd).await,
+        Command::Mfa(cmd) => mfa::run(&ctx, cmd).await,
     }
 }
 

@@ -44,6 +44,7 @@ fn read_open() -> Open {
         account: Account {
             username: "u".into(),
             groupname: None,
+            managed: None,
         },
     }
 }

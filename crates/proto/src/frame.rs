@@ -186,6 +186,7 @@ mod tests {
                     account: Account {
                         username: "root".into(),
                         groupname: None,
+                        managed: None,
                     },
                 },
             },

@@ -72,6 +72,31 @@ pub enum Control {
         id: String,
         reason: String,
     },
+
+    // ---- managed accounts ----------------------------------------------
+    /// Gateway → agent: the person behind a managed account was disabled,
+    /// deleted or lost their reach to this server. Lock the account
+    /// (`usermod -L -e 1`, end its processes) or, with `remove`, delete it
+    /// (`userdel`, home kept). The agent acts only on an account it manages
+    /// whose UID is `uid`, and answers `AccountLocked` either way (an
+    /// account that is already gone or not ours needs nothing more).
+    /// Delivered at least once: idempotent.
+    LockAccount {
+        username: String,
+        uid: u32,
+        #[serde(default)]
+        remove: bool,
+    },
+    /// Agent → gateway: the `LockAccount` for `username` is done; `error`
+    /// says why it could not be (the gateway retries at the next connection).
+    AccountLocked {
+        username: String,
+        uid: u32,
+        #[serde(default)]
+        removed: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 /// What the agent reports about its machine at every connection.
@@ -98,6 +123,35 @@ pub struct CommandSpec {
     /// Seconds; `None` means the agent's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// Set when `username` is the requesting person's own managed account:
+    /// the agent creates or updates it before running the command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedAccount>,
+}
+
+/// The central identity of a person's own account on servers ("connect as
+/// yourself"): the agent makes the local account match before an operation
+/// runs as it (see the agent's `provision` module). The account's name is the
+/// `username` of the operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagedAccount {
+    pub uid: u32,
+    /// The private group's GID (equal to `uid`).
+    pub gid: u32,
+    /// Login shell; the agent falls back to `/bin/sh` if it is not installed.
+    pub shell: String,
+    /// Supplementary groups: the person's Alpacon groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<ManagedGroup>,
+    /// GECOS comment.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub full_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ManagedGroup {
+    pub name: String,
+    pub gid: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,6 +238,10 @@ pub struct Account {
     pub username: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groupname: Option<String>,
+    /// Set when `username` is the requesting person's own managed account
+    /// (see [`CommandSpec::managed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedAccount>,
 }
 
 /// `Frame::Accept` payload: the agent took the stream on.
@@ -285,6 +343,12 @@ pub enum ErrorCode {
     AgentRestarted,
     Timeout,
     Protocol,
+    /// A local account of the requested name exists and is not the person's
+    /// managed account (another UID, not created by Alpacon): the agent
+    /// refuses to take it over.
+    AccountConflict,
+    /// The managed account could not be created or updated.
+    ProvisionFailed,
 }
 
 impl ErrorCode {
@@ -303,6 +367,8 @@ impl ErrorCode {
             ErrorCode::AgentRestarted => "agent_restarted",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Protocol => "protocol",
+            ErrorCode::AccountConflict => "account_conflict",
+            ErrorCode::ProvisionFailed => "provision_failed",
         }
     }
 }
@@ -343,6 +409,7 @@ mod tests {
                 groupname: Some("wheel".into()),
                 env: [("A".to_string(), "b".to_string())].into(),
                 timeout_secs: None,
+                managed: None,
             }),
             Control::CommandOutput {
                 id: "c1".into(),
@@ -378,10 +445,135 @@ mod tests {
             groupname: None,
             env: BTreeMap::new(),
             timeout_secs: None,
+            managed: None,
         });
         assert_eq!(
             serde_json::to_value(&m).unwrap(),
             json!({"type": "run_command", "id": "x", "line": "true", "username": "u"})
+        );
+    }
+
+    fn managed() -> ManagedAccount {
+        ManagedAccount {
+            uid: 20001,
+            gid: 20001,
+            shell: "/bin/bash".into(),
+            groups: vec![ManagedGroup {
+                name: "web".into(),
+                gid: 30001,
+            }],
+            full_name: "Alice Example".into(),
+        }
+    }
+
+    #[test]
+    fn managed_account_roundtrips_everywhere() {
+        let account = Account {
+            username: "alice".into(),
+            groupname: None,
+            managed: Some(managed()),
+        };
+        for o in [
+            Open::Pty {
+                session: "s".into(),
+                account: account.clone(),
+                rows: 24,
+                cols: 80,
+            },
+            Open::FileWrite {
+                path: "/tmp/x".into(),
+                account: account.clone(),
+                overwrite: false,
+                mode: None,
+            },
+            Open::FileRead {
+                path: "/tmp/x".into(),
+                account: account.clone(),
+            },
+            Open::Mkdir {
+                path: "/tmp/d".into(),
+                account: account.clone(),
+            },
+            Open::Stat {
+                path: "/tmp".into(),
+                account: account.clone(),
+                recursive: true,
+            },
+        ] {
+            let v = serde_json::to_vec(&o).unwrap();
+            assert_eq!(serde_json::from_slice::<Open>(&v).unwrap(), o);
+        }
+        let msgs = [
+            Control::RunCommand(CommandSpec {
+                id: "c".into(),
+                line: "id".into(),
+                username: "alice".into(),
+                groupname: None,
+                env: BTreeMap::new(),
+                timeout_secs: None,
+                managed: Some(managed()),
+            }),
+            Control::LockAccount {
+                username: "alice".into(),
+                uid: 20001,
+                remove: true,
+            },
+            Control::AccountLocked {
+                username: "alice".into(),
+                uid: 20001,
+                removed: false,
+                error: Some("userdel failed".into()),
+            },
+            Control::AccountLocked {
+                username: "alice".into(),
+                uid: 20001,
+                removed: true,
+                error: None,
+            },
+        ];
+        for m in msgs {
+            let s = serde_json::to_vec(&m).unwrap();
+            assert_eq!(serde_json::from_slice::<Control>(&s).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn managed_account_wire_shape_is_backward_compatible() {
+        // Old peers never send `managed`: it decodes as None, and None is
+        // not sent, so an old agent sees exactly what it knew.
+        let old = json!({"type": "file_read", "path": "/x", "username": "root"});
+        let o: Open = serde_json::from_value(old.clone()).unwrap();
+        assert!(matches!(&o, Open::FileRead { account, .. } if account.managed.is_none()));
+        assert_eq!(serde_json::to_value(&o).unwrap(), old);
+        let v = serde_json::to_value(Control::RunCommand(CommandSpec {
+            id: "x".into(),
+            line: "true".into(),
+            username: "alice".into(),
+            groupname: None,
+            env: BTreeMap::new(),
+            timeout_secs: None,
+            managed: Some(ManagedAccount {
+                groups: vec![],
+                full_name: String::new(),
+                ..managed()
+            }),
+        }))
+        .unwrap();
+        assert_eq!(
+            v["managed"],
+            json!({"uid": 20001, "gid": 20001, "shell": "/bin/bash"})
+        );
+        // `remove` defaults to a lock.
+        let l: Control =
+            serde_json::from_value(json!({"type": "lock_account", "username": "a", "uid": 5}))
+                .unwrap();
+        assert_eq!(
+            l,
+            Control::LockAccount {
+                username: "a".into(),
+                uid: 5,
+                remove: false
+            }
         );
     }
 
@@ -399,6 +591,7 @@ mod tests {
                 account: Account {
                     username: "alice".into(),
                     groupname: None,
+                    managed: None,
                 },
                 rows: 24,
                 cols: 80,
@@ -426,6 +619,7 @@ mod tests {
             account: Account {
                 username: "alice".into(),
                 groupname: None,
+                managed: None,
             },
             overwrite: true,
             mode: Some(0o600),
@@ -474,6 +668,8 @@ mod tests {
             ErrorCode::AgentRestarted,
             ErrorCode::Timeout,
             ErrorCode::Protocol,
+            ErrorCode::AccountConflict,
+            ErrorCode::ProvisionFailed,
         ] {
             assert_eq!(serde_json::to_value(c).unwrap(), json!(c.as_str()));
         }

@@ -610,6 +610,9 @@ pub async fn enforce_command(
     username: &str,
     has_env: bool,
 ) -> Result<(), ApiError> {
+    if username != caller.username {
+        crate::mfa::require_recent_mfa(state, caller, crate::mfa::ACTION_SYSTEM_ACCOUNT).await?;
+    }
     let Some(p) = load_policy(state, caller).await? else {
         return Ok(());
     };
@@ -638,6 +641,9 @@ pub async fn enforce_file(
     username: &str,
     op: FileOp,
 ) -> Result<(), ApiError> {
+    if username != caller.username {
+        crate::mfa::require_recent_mfa(state, caller, crate::mfa::ACTION_SYSTEM_ACCOUNT).await?;
+    }
     let Some(p) = load_policy(state, caller).await? else {
         return Ok(());
     };
@@ -668,6 +674,12 @@ pub async fn enforce_terminal(
     action: &str,
     detail: Value,
 ) -> Result<(), ApiError> {
+    if let Some(username) = detail.get("username").and_then(Value::as_str) {
+        if username != caller.username {
+            crate::mfa::require_recent_mfa(state, caller, crate::mfa::ACTION_SYSTEM_ACCOUNT)
+                .await?;
+        }
+    }
     let Some(p) = load_policy(state, caller).await? else {
         return Ok(());
     };
@@ -946,6 +958,7 @@ async fn delete_kind(
     id: String,
 ) -> Result<StatusCode, ApiError> {
     refuse_token_caller(&caller)?;
+    crate::mfa::require_recent_mfa(&state, &caller, "acl.change").await?;
     let not_found = || {
         ApiError::not_found(
             "acl_not_found",
@@ -994,6 +1007,7 @@ async fn create_command(
     Json(b): Json<CommandBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     refuse_token_caller(&caller)?;
+    crate::mfa::require_recent_mfa(&state, &caller, "acl.change").await?;
     let pattern = b
         .line
         .or(b.pattern)
@@ -1035,6 +1049,7 @@ async fn create_server(
     Json(b): Json<ServerBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     refuse_token_caller(&caller)?;
+    crate::mfa::require_recent_mfa(&state, &caller, "acl.change").await?;
     let (token_id, _) = manageable_token(&state, &caller, &b.token).await?;
     let server = servers::resolve(&state.db, &b.server).await?;
     let id = new_id();
@@ -1076,6 +1091,7 @@ async fn create_file(
     Json(b): Json<FileBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     refuse_token_caller(&caller)?;
+    crate::mfa::require_recent_mfa(&state, &caller, "acl.change").await?;
     let action = FileAction::parse(&b.action).ok_or_else(|| {
         ApiError::bad_request(format!(
             "`action` must be upload, download or *, not {:?}",

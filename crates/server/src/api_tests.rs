@@ -330,7 +330,52 @@ async fn registration_and_servers(app: &TestApp) {
     let (s, _) = register(fleet.clone(), "db-1", pubkey(4)).await;
     assert_eq!(s, StatusCode::CREATED);
 
-    // Everyone signed in sees servers, newest first, filterable by name.
+    // A member sees no server until one of their groups has it; then the
+    // group's servers, newest first, filterable by name.
+    let (s, v) = app
+        .call(Method::GET, "/api/servers/servers/", Some(&bob), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["count"], 0);
+    let (s, v) = app
+        .call(
+            Method::GET,
+            &format!("/api/servers/servers/{id}/"),
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert_eq!(v["code"], "server_not_found");
+    let (s, _) = app
+        .call(
+            Method::POST,
+            "/api/iam/groups/",
+            Some(&admin),
+            Some(json!({"name": "ops"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    for server in ["web-1", "db-1"] {
+        let (s, v) = app
+            .call(
+                Method::POST,
+                "/api/iam/groups/ops/servers/",
+                Some(&admin),
+                Some(json!({ "server": server })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/api/iam/memberships/",
+            Some(&admin),
+            Some(json!({"group": "ops", "user": "bob"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
     let (s, v) = app
         .call(Method::GET, "/api/servers/servers/", Some(&bob), None)
         .await;
@@ -620,6 +665,7 @@ async fn gateway_serves_https_and_restarts_cleanly() {
         public_url: None,
         agent_binary: d.path().join("alpamon"),
         session_ttl_hours: 1,
+        account_termination: Default::default(),
     };
     let gw = Gateway::start(settings.clone()).await.unwrap();
     let pw = gw

@@ -12,7 +12,8 @@ use axum::Router;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::{
-    acl, api, audit, auth, commands, console, db, iam, relay, servers, tokens, webftp, websh,
+    acl, api, audit, auth, commands, console, db, iam, relay, revoke, servers, tokens, webftp,
+    websh,
 };
 
 /// Bodies of JSON endpoints are small; this keeps a client from making the
@@ -25,6 +26,8 @@ pub struct AppState {
     pub db: db::Db,
     pub relay: Arc<relay::Relay>,
     pub config: Arc<Config>,
+    /// Live transfers (and tunnels), for revocation.
+    pub ops: Arc<revoke::OpenOps>,
 }
 
 impl AppState {
@@ -33,6 +36,7 @@ impl AppState {
             relay: relay::Relay::new(db.clone()),
             db,
             config: Arc::new(config),
+            ops: Arc::default(),
         }
     }
 }
@@ -49,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .merge(commands::router())
         .merge(websh::router())
         .merge(acl::router())
+        .merge(crate::mfa::router())
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
     Router::new()
         .merge(limited)

@@ -22,9 +22,8 @@ use sqlx::Row;
 use crate::api::Json;
 use crate::app::AppState;
 use crate::audit::{self, Event};
-use crate::db::{new_id, now_ms, rfc3339, Db};
+use crate::db::{now_ms, rfc3339, Db};
 use crate::error::ApiError;
-use crate::iam;
 
 pub const API_TOKEN_PREFIX: &str = "alpat-";
 pub const SESSION_PREFIX: &str = "alpses-";
@@ -165,6 +164,15 @@ impl FromRequestParts<AppState> for Caller {
             None => key_from_headers(&parts.headers)?.to_string(),
         };
         let caller = authenticate(&state.db, &key, client_ip(parts)).await?;
+        // A session that may only enroll MFA (the workspace enforces it and
+        // the user had none at login) reaches nothing else.
+        if let Some(sid) = &caller.session_id {
+            if !crate::mfa::enroll_only_allows(parts.uri.path())
+                && crate::mfa::session_is_enroll_only(&state.db, sid).await?
+            {
+                return Err(crate::mfa::enrollment_required());
+            }
+        }
         parts.extensions.insert(caller.clone());
         Ok(caller)
     }
@@ -319,57 +327,17 @@ struct LoginBody {
     password: String,
 }
 
+/// Throttled per account and address (429 `login_throttled`); with MFA the
+/// answer is the second step (`{"mfa_required": true, "mfa_token", ...}`,
+/// completed at `POST /api/auth/login/mfa/`). See crates/server/src/mfa/.
 async fn login(
     State(st): State<AppState>,
     ClientIp(ip): ClientIp,
     Json(body): Json<LoginBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let user = iam::verify_password(&st.db, &body.username, &body.password).await?;
-    let Some(user) = user else {
-        // Record the attempted name (bounded: it is attacker-chosen).
-        let attempted: String = body.username.chars().take(150).collect();
-        audit::record(
-            &st.db,
-            Event::new("auth.login_failed")
-                .failed()
-                .actor_name(&attempted)
-                .ip(&ip)
-                .detail(json!({ "reason": "wrong username or password, or account disabled" })),
-        )
-        .await?;
-        return Err(ApiError::unauthorized(
-            "invalid_credentials",
-            "wrong username or password",
-        ));
-    };
-    let key = generate_key(SESSION_PREFIX);
-    let now = now_ms();
-    let expires_at = now + st.config.session_ttl_secs * 1000;
-    let session_id = new_id();
-    sqlx::query(
-        "INSERT INTO sessions (id, user_id, key_hash, created_at, expires_at, last_used_at)
-         VALUES ($1, $2, $3, $4, $5, $4)",
-    )
-    .bind(&session_id)
-    .bind(&user.id)
-    .bind(hash_key(&key))
-    .bind(now)
-    .bind(expires_at)
-    .execute(&st.db.pool)
-    .await?;
-    audit::record(
-        &st.db,
-        Event::new("auth.login")
-            .actor(Some(&user.id), &user.username)
-            .ip(&ip)
-            .detail(json!({ "session": session_id })),
-    )
-    .await?;
-    Ok(Json(json!({
-        "key": key,
-        "expires_at": rfc3339(expires_at),
-        "user": user.to_json(),
-    })))
+    crate::mfa::password_login(&st, &ip, &body.username, &body.password)
+        .await
+        .map(Json)
 }
 
 async fn logout(State(st): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {

@@ -121,7 +121,7 @@ async fn create(
             "invalid environment variable name {k:?}"
         )));
     }
-    let server = servers::resolve(&state.db, &body.server).await?;
+    let server = servers::resolve_for(&state, &caller, &body.server, "command.run").await?;
     if !caller.may_use_account(&username) {
         let ev = Event::new("command.run")
             .failed()
@@ -178,6 +178,8 @@ async fn create(
         );
     audit::record(&state.db, ev).await?;
     state.relay.live.start(&id);
+    let managed =
+        crate::accounts::attach(&state.db, &server.id, &caller.user_id, &username).await?;
     let spec = CommandSpec {
         id: id.clone(),
         line: body.line,
@@ -185,6 +187,7 @@ async fn create(
         groupname: body.groupname,
         env: body.env,
         timeout_secs: None,
+        managed,
     };
     deliver(&state, &server.id, spec).await;
     let cmd = load(&state, &id).await?;
@@ -217,7 +220,7 @@ async fn deliver(state: &AppState, server_id: &str, spec: CommandSpec) {
 /// agent. The agent ignores ids it is already running or has answered.
 pub async fn dispatch_pending(state: &AppState, server_id: &str) {
     let rows = sqlx::query(
-        "SELECT id, line, username, groupname, env FROM commands
+        "SELECT id, line, username, groupname, env, requested_by FROM commands
          WHERE server_id = $1 AND status IN ('queued', 'sent') ORDER BY created_at",
     )
     .bind(server_id)
@@ -240,8 +243,26 @@ pub async fn dispatch_pending(state: &AppState, server_id: &str) {
                 groupname: r.try_get("groupname")?,
                 env: serde_json::from_str(&env).unwrap_or_default(),
                 timeout_secs: None,
+                managed: None,
             })
         })();
+        // The managed identity as it is now (groups may have changed since).
+        let requested_by: Option<String> = r.try_get("requested_by").unwrap_or_default();
+        let spec = match (spec, requested_by) {
+            (Ok(mut spec), Some(user)) => {
+                match crate::accounts::attach(&state.db, server_id, &user, &spec.username).await {
+                    Ok(m) => {
+                        spec.managed = m;
+                        Ok(spec)
+                    }
+                    Err(e) => {
+                        tracing::error!(command = %spec.id, "cannot look up the managed account: {}", e.detail);
+                        continue;
+                    }
+                }
+            }
+            (spec, _) => spec,
+        };
         match spec {
             Ok(spec) => {
                 state.relay.live.start(&spec.id);
@@ -273,7 +294,8 @@ pub async fn store_result(
         "UPDATE commands SET status = $1, exit_code = $2, elapsed_ms = $3, output = $4,
              output_truncated = $5, error_code = $6, error_detail = $7, finished_at = $8,
              delivered_at = COALESCE(delivered_at, $8)
-         WHERE id = $9 AND server_id = $10 AND status IN ('queued', 'sent')",
+         WHERE id = $9 AND server_id = $10
+             AND (status IN ('queued', 'sent') OR (status = 'error' AND error_code = 'revoked'))",
     )
     .bind(status)
     .bind(r.exit_code as i64)

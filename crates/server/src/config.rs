@@ -102,6 +102,27 @@ pub struct Options {
         global = true
     )]
     pub session_ttl_hours: Option<i64>,
+
+    /// What happens to a person's managed account on servers when they are
+    /// disabled, deleted or lose their reach: `lock` (usermod -L -e 1, the
+    /// account's processes killed) or `remove` (userdel; the home directory
+    /// is kept) [default: lock].
+    #[arg(
+        long,
+        value_name = "lock|remove",
+        env = "ALPACON_ACCOUNT_TERMINATION",
+        global = true
+    )]
+    pub account_termination: Option<AccountTermination>,
+}
+
+/// What the agent does with a managed account at termination.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountTermination {
+    #[default]
+    Lock,
+    Remove,
 }
 
 /// The TOML file: the same keys as the flags.
@@ -116,6 +137,7 @@ struct FileConfig {
     public_url: Option<String>,
     agent_binary: Option<PathBuf>,
     session_ttl_hours: Option<i64>,
+    account_termination: Option<AccountTermination>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +169,7 @@ pub struct Settings {
     pub public_url: Option<String>,
     pub agent_binary: PathBuf,
     pub session_ttl_hours: i64,
+    pub account_termination: AccountTermination,
 }
 
 impl Settings {
@@ -216,6 +239,10 @@ impl Settings {
                 24 * 366
             )));
         }
+        let account_termination = opts
+            .account_termination
+            .or(file.account_termination)
+            .unwrap_or_default();
         Ok(Settings {
             data_dir,
             listen,
@@ -224,6 +251,7 @@ impl Settings {
             public_url,
             agent_binary,
             session_ttl_hours,
+            account_termination,
         })
     }
 }
@@ -280,6 +308,8 @@ pub struct Config {
     pub ca_cert: Option<PathBuf>,
     pub agent_binary: PathBuf,
     pub session_ttl_secs: i64,
+    /// Lock or remove managed accounts at termination (`accounts.rs`).
+    pub account_termination: AccountTermination,
 }
 
 impl Config {
@@ -295,6 +325,7 @@ impl Config {
             ca_cert: None,
             agent_binary: data_dir.join("alpamon"),
             session_ttl_secs: DEFAULT_SESSION_TTL_HOURS * 3600,
+            account_termination: AccountTermination::Lock,
         }
     }
 }
@@ -382,5 +413,35 @@ mod tests {
         assert!(matches!(cli.command, Some(Command::Quickstart)));
         assert_eq!(cli.opts.data_dir, Some(PathBuf::from("/x")));
         assert!(Cli::try_parse_from(["alpacon-server", "--tls-cert", "a"]).is_err());
+    }
+
+    #[test]
+    fn account_termination_defaults_to_lock() {
+        assert_eq!(
+            Settings::load(&Options::default())
+                .unwrap()
+                .account_termination,
+            AccountTermination::Lock
+        );
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("c.toml");
+        std::fs::write(&f, "account_termination = \"remove\"\n").unwrap();
+        let opts = Options {
+            config: Some(f.clone()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Settings::load(&opts).unwrap().account_termination,
+            AccountTermination::Remove
+        );
+        let cli =
+            Cli::try_parse_from(["alpacon-server", "--account-termination", "remove"]).unwrap();
+        assert_eq!(
+            cli.opts.account_termination,
+            Some(AccountTermination::Remove)
+        );
+        assert!(Cli::try_parse_from(["alpacon-server", "--account-termination", "burn"]).is_err());
+        std::fs::write(&f, "account_termination = \"burn\"\n").unwrap();
+        assert!(Settings::load(&opts).is_err());
     }
 }

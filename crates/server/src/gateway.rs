@@ -79,6 +79,9 @@ impl Gateway {
             .await
             .with_context(|| format!("database {}", redact_url(&database_url)))?;
         let initial_password = iam::ensure_initial_admin(&db, &data_dir).await?;
+        iam::assign_missing_uids(&db)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot assign UIDs: {}", e.detail))?;
 
         let config = Config {
             data_dir,
@@ -90,6 +93,7 @@ impl Gateway {
             ca_cert: files.ca_cert,
             agent_binary: settings.agent_binary.clone(),
             session_ttl_secs: settings.session_ttl_hours * 3600,
+            account_termination: settings.account_termination,
         };
         let state = AppState::new(db, config);
         tokio::spawn(crate::websh::reaper(state.clone()));

@@ -1,6 +1,7 @@
 //! The Alpacon gateway (`alpacon-server`): REST API over rustls, agent
 //! relay, identity, audit and storage. See ARCHITECTURE.md.
 
+pub mod accounts;
 pub mod acl;
 pub mod api;
 pub mod app;
@@ -13,9 +14,12 @@ pub mod db;
 pub mod error;
 pub mod gateway;
 pub mod iam;
+pub mod mfa;
 pub mod quickstart;
 pub mod relay;
+pub mod revoke;
 pub mod servers;
+pub mod settings;
 pub mod tls;
 pub mod tokens;
 pub mod webftp;

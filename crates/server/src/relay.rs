@@ -340,7 +340,9 @@ async fn serve_agent(state: AppState, mut ws: WebSocket, ip: String) {
         let state = state.clone();
         let server_id = server_id.clone();
         tokio::spawn(async move {
+            crate::revoke::recancel_on_connect(&state, &server_id).await;
             commands::dispatch_pending(&state, &server_id).await;
+            crate::accounts::send_pending(&state, &server_id).await;
             crate::websh::on_agent_connected(&state, &server_id).await;
         });
     }
@@ -456,6 +458,14 @@ async fn handle_control(state: &AppState, mux: &Mux, server_id: &str, c: Control
                     tracing::error!(command = %id, "could not store command result: {}", e.detail)
                 }
             }
+        }
+        Control::AccountLocked {
+            username,
+            uid,
+            removed,
+            error,
+        } => {
+            crate::accounts::on_locked(state, server_id, &username, uid, removed, error).await;
         }
         other => {
             tracing::debug!("ignoring unexpected control message from agent: {other:?}");

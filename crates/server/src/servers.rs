@@ -192,6 +192,34 @@ pub async fn resolve(db: &Db, ident: &str) -> Result<ServerRow, ApiError> {
     }
 }
 
+/// Finds a server the caller may reach (their groups' servers; every server
+/// for admins). A server outside their reach answers like a missing one, so
+/// members cannot probe names; the refusal is audited as `action`.
+pub async fn resolve_for(
+    st: &AppState,
+    caller: &Caller,
+    ident: &str,
+    action: &str,
+) -> Result<ServerRow, ApiError> {
+    let s = resolve(&st.db, ident).await?;
+    if crate::iam::groups::can_reach(&st.db, caller, &s.id).await? {
+        return Ok(s);
+    }
+    crate::audit::record(
+        &st.db,
+        crate::audit::Event::new(action)
+            .failed()
+            .by(caller)
+            .server(&s.id, &s.name)
+            .detail(serde_json::json!({"reason": "not_in_your_groups"})),
+    )
+    .await?;
+    Err(ApiError::not_found(
+        "server_not_found",
+        format!("no server named {ident:?} that you can reach; see `alpacon server ls` (servers reach you through your groups)"),
+    ))
+}
+
 pub async fn get_by_id(db: &Db, id: &str) -> Result<Option<ServerRow>, ApiError> {
     let row = sqlx::query(&format!(
         "SELECT {SERVER_COLUMNS} FROM servers WHERE id = $1"
@@ -287,45 +315,35 @@ struct ServerFilters {
 
 async fn list_servers(
     State(st): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Query(pp): Query<PageParams>,
     Query(f): Query<ServerFilters>,
     uri: Uri,
 ) -> Result<Json<Value>, ApiError> {
     let page = pp.page()?;
     let name = f.name.filter(|n| !n.is_empty());
-    let (count, rows) = match &name {
-        Some(n) => {
-            let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM servers WHERE name = $1")
-                .bind(n)
-                .fetch_one(&st.db.pool)
-                .await?;
-            let rows = sqlx::query(&format!(
-                "SELECT {SERVER_COLUMNS} FROM servers WHERE name = $1
-                 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
-            ))
-            .bind(n)
-            .bind(page.limit())
-            .bind(page.offset())
-            .fetch_all(&st.db.pool)
-            .await?;
-            (count, rows)
-        }
-        None => {
-            let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM servers")
-                .fetch_one(&st.db.pool)
-                .await?;
-            let rows = sqlx::query(&format!(
-                "SELECT {SERVER_COLUMNS} FROM servers
-                 ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2"
-            ))
-            .bind(page.limit())
-            .bind(page.offset())
-            .fetch_all(&st.db.pool)
-            .await?;
-            (count, rows)
-        }
-    };
+    // Members see the servers of their groups; admins see all.
+    let filter = "WHERE ($1 IS NULL OR s.name = $1) AND ($2 = 1 OR s.id IN (
+            SELECT gs.server_id FROM group_servers gs
+            JOIN memberships m ON m.group_id = gs.group_id WHERE m.user_id = $3))";
+    let all = caller.is_admin() as i64;
+    let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM servers s {filter}"))
+        .bind(&name)
+        .bind(all)
+        .bind(&caller.user_id)
+        .fetch_one(&st.db.pool)
+        .await?;
+    let rows = sqlx::query(&format!(
+        "SELECT {SERVER_COLUMNS} FROM servers s {filter}
+         ORDER BY s.created_at DESC, s.id DESC LIMIT $4 OFFSET $5"
+    ))
+    .bind(&name)
+    .bind(all)
+    .bind(&caller.user_id)
+    .bind(page.limit())
+    .bind(page.offset())
+    .fetch_all(&st.db.pool)
+    .await?;
     let mut results = Vec::with_capacity(rows.len());
     for r in &rows {
         let s = ServerRow::from_row(r)?;
@@ -336,10 +354,10 @@ async fn list_servers(
 
 async fn get_server(
     State(st): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(ident): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let s = resolve(&st.db, &ident).await?;
+    let s = resolve_for(&st, &caller, &ident, "server.read").await?;
     Ok(Json(s.to_json(st.relay.is_connected(&s.id))))
 }
 
@@ -478,6 +496,7 @@ async fn create_reg_token(
     Json(body): Json<CreateRegBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require_admin()?;
+    crate::mfa::require_recent_mfa(&st, &caller, "registration_token.create").await?;
     let name = body.name.trim();
     let expires_at = expiry_from_days(body.expires_in_days, now_ms())?;
     let max_uses = match body.max_uses {

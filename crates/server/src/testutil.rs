@@ -99,6 +99,9 @@ impl TestApp {
         .execute(&self.state.db.pool)
         .await
         .expect("insert user");
+        crate::iam::assign_missing_uids(&self.state.db)
+            .await
+            .expect("uid");
         self.login(username, pw).await
     }
 }

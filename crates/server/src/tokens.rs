@@ -106,6 +106,7 @@ async fn create(
             "API tokens cannot create tokens; log in with a password (`alpacon login -u USER`)",
         ));
     }
+    crate::mfa::require_recent_mfa(&st, &caller, "token.create").await?;
     let name = body.name.trim().to_string();
     validate_token_name(&name)?;
     let now = now_ms();
@@ -268,16 +269,12 @@ async fn update(
     Ok(Json(v))
 }
 
-/// Ends the terminals a token opened (it was disabled or deleted).
+/// Ends everything a token has open (it was disabled or deleted).
 async fn end_open_terminals(st: &AppState, token_id: &str, reason: &str) -> Result<(), ApiError> {
-    let ids: Vec<String> =
-        sqlx::query_scalar("SELECT id FROM websh_sessions WHERE token_id = $1 AND status = 'open'")
-            .bind(token_id)
-            .fetch_all(&st.db.pool)
-            .await?;
-    for sid in ids {
-        crate::websh::close_live(st, &sid, reason).await;
-    }
+    let rev = crate::revoke::Revocation::Token {
+        token_id: token_id.to_string(),
+    };
+    crate::revoke::end(st, &rev, reason).await?;
     Ok(())
 }
 

@@ -53,6 +53,8 @@ pub fn agent_error(e: StreamError) -> ApiError {
         ErrorCode::NoSuchUser => (StatusCode::BAD_REQUEST, "no_such_user"),
         ErrorCode::NoSuchGroup => (StatusCode::BAD_REQUEST, "no_such_group"),
         ErrorCode::Invalid => (StatusCode::BAD_REQUEST, "invalid"),
+        ErrorCode::AccountConflict => (StatusCode::CONFLICT, "account_conflict"),
+        ErrorCode::ProvisionFailed => (StatusCode::BAD_GATEWAY, "provision_failed"),
         ErrorCode::Cancelled | ErrorCode::Io if e.detail.contains("link") => {
             (StatusCode::SERVICE_UNAVAILABLE, "server_offline")
         }
@@ -92,7 +94,7 @@ async fn check(
         )));
     }
     let username = account_for(caller, &t.username, &t.groupname)?;
-    let server = servers::resolve(&state.db, &t.server).await?;
+    let server = servers::resolve_for(state, caller, &t.server, op.audit_action()).await?;
     if !caller.may_use_account(&username) {
         return Err(ApiError::forbidden(
             "account_not_allowed",
@@ -113,12 +115,15 @@ async fn check(
             ),
         )
     })?;
+    let managed =
+        crate::accounts::attach(&state.db, &server.id, &caller.user_id, &username).await?;
     Ok(Checked {
         server,
         link,
         account: Account {
             username,
             groupname: t.groupname.clone(),
+            managed,
         },
         path: t.path.clone(),
     })
@@ -277,8 +282,11 @@ async fn upload(
     )
     .await;
     t.begin(&state.db).await?;
+    let guard = state
+        .ops
+        .register(crate::revoke::Owner::of(&caller), &c.server.id);
     let outcome = match opened {
-        Ok((s, _)) => pump_upload(s, body).await,
+        Ok((s, _)) => pump_upload(s, body, &guard).await,
         Err(e) => Err(e),
     };
     end_transfer(
@@ -301,7 +309,18 @@ async fn upload(
         .into_response())
 }
 
-async fn pump_upload(s: Stream, body: Body) -> Result<(u64, String), ApiError> {
+fn revoked() -> ApiError {
+    ApiError::forbidden(
+        "access_revoked",
+        "the transfer was ended: access to this server was revoked",
+    )
+}
+
+async fn pump_upload(
+    s: Stream,
+    body: Body,
+    guard: &crate::revoke::OpGuard,
+) -> Result<(u64, String), ApiError> {
     let (tx, mut rx) = s.split();
     let mut data = body.into_data_stream();
     let mut sent = 0u64;
@@ -309,7 +328,12 @@ async fn pump_upload(s: Stream, body: Body) -> Result<(u64, String), ApiError> {
     // into full frames quarters the frames and wake-ups per byte.
     let mut pending = bytes::BytesMut::with_capacity(MAX_DATA);
     let agent_gone = loop {
-        let next = data.next().await;
+        // Dropping the stream on revocation cancels it on the agent, which
+        // discards the partial file.
+        let next = tokio::select! {
+            n = data.next() => n,
+            _ = guard.revoked() => return Err(revoked()),
+        };
         let flush = match &next {
             Some(Ok(chunk)) => {
                 sent += chunk.len() as u64;
@@ -325,7 +349,14 @@ async fn pump_upload(s: Stream, body: Body) -> Result<(u64, String), ApiError> {
             }
             None => true,
         };
-        if flush && !pending.is_empty() && tx.send(pending.split().freeze()).await.is_err() {
+        let send = async {
+            flush && !pending.is_empty() && tx.send(pending.split().freeze()).await.is_err()
+        };
+        let failed = tokio::select! {
+            f = send => f,
+            _ = guard.revoked() => return Err(revoked()),
+        };
+        if failed {
             // The agent ended the stream (error) or the link dropped: its
             // reason is waiting in `rx`.
             break true;
@@ -337,7 +368,11 @@ async fn pump_upload(s: Stream, body: Body) -> Result<(u64, String), ApiError> {
     if !agent_gone {
         let _ = tx.eof();
     }
-    match finish(&mut rx).await? {
+    let result = tokio::select! {
+        r = finish(&mut rx) => r?,
+        _ = guard.revoked() => return Err(revoked()),
+    };
+    match result {
         StreamResult::Written { bytes, sha256 } => Ok((bytes, sha256)),
         other => Err(ApiError::internal(format!(
             "unexpected upload result {other:?}"
@@ -390,6 +425,9 @@ async fn download(
     };
     let (_tx, rx) = s.split();
     let mut feed = DownloadFeed {
+        guard: state
+            .ops
+            .register(crate::revoke::Owner::of(&caller), &c.server.id),
         db: state.db.clone(),
         id: t.id.clone(),
         audit: Some(t.audit()),
@@ -447,6 +485,7 @@ struct DownloadFeed {
     sent: u64,
     rx: alpacon_mux::StreamReceiver,
     _tx: alpacon_mux::StreamSender,
+    guard: crate::revoke::OpGuard,
 }
 
 impl DownloadFeed {
@@ -454,7 +493,18 @@ impl DownloadFeed {
         let ev = self.audit.take()?;
         let mut last: Option<Bytes> = None;
         loop {
-            let outcome = match self.rx.recv().await {
+            let ev_in = tokio::select! {
+                e = self.rx.recv() => e,
+                _ = self.guard.revoked() => {
+                    let outcome = Err(revoked());
+                    let _ = end_transfer(
+                        &self.db, &self.id, ev, &self.path, &self.username, &outcome,
+                    )
+                    .await;
+                    return Some(Err(std::io::Error::other("access revoked")));
+                }
+            };
+            let outcome = match ev_in {
                 Some(Event::Data(d)) if last.is_none() => {
                     self.sent += d.len() as u64;
                     if self.sent < self.size {

@@ -35,6 +35,7 @@ pub fn account(user: &str) -> Account {
     Account {
         username: user.into(),
         groupname: None,
+        managed: None,
     }
 }
 

@@ -272,9 +272,20 @@ async fn drive(
                 output_offset: live.st().recorded,
             }
         } else {
+            // The person's own account is provisioned by the agent first.
+            let mut account = live.account.clone();
+            let at = &live.server_id;
+            match crate::accounts::for_session(&state.db, &live.id, at, &account.username).await {
+                Ok(m) => account.managed = m,
+                Err(e) => {
+                    tracing::warn!(session = %live.id, "cannot look up the managed account: {}", e.detail);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
             Open::Pty {
                 session: live.id.clone(),
-                account: live.account.clone(),
+                account,
                 rows,
                 cols,
             }
@@ -558,6 +569,7 @@ fn new_live(
         account: Account {
             username: row.username.clone(),
             groupname: row.groupname.clone(),
+            managed: None,
         },
         raw_path: raw_path(state, &row.id),
         st: Mutex::new(LiveState {
@@ -784,7 +796,7 @@ async fn create(
     let username = account_for(&caller, &body.username, &body.groupname)?;
     let rows = body.rows.unwrap_or(24).clamp(1, 1000);
     let cols = body.cols.unwrap_or(80).clamp(1, 1000);
-    let server = servers::resolve(&state.db, &body.server).await?;
+    let server = servers::resolve_for(&state, &caller, &body.server, "websh.open").await?;
     if !caller.may_use_account(&username) {
         let ev = AuditEvent::new("websh.open")
             .failed()
@@ -990,6 +1002,8 @@ async fn attach(
 ) -> Result<Response, ApiError> {
     let row = fetch(&state, &id).await?;
     let access = access(&state, &caller, &row).await?;
+    // The server must still be within the caller's groups.
+    servers::resolve_for(&state, &caller, &row.server_id, "websh.attach").await?;
     // Token ACLs (acl.rs): server ACL; no terminal with a command ACL.
     crate::acl::enforce_terminal(
         &state,

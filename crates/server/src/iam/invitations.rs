@@ -1,0 +1,472 @@
+//! Invitations: a one-time link that lets someone create their own account.
+//!
+//! No mail server is needed: the link is returned once to whoever created
+//! the invitation, who passes it on. Only the hash of its key is stored; the
+//! link works once and until it expires. Accepting creates the user (with the
+//! workspace role and group the invitation names) and logs nothing else in.
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::Router;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::groups::{self, Role};
+use crate::api::{page_response, Json, PageParams, Path, Query};
+use crate::app::AppState;
+use crate::audit::{self, Event};
+use crate::auth::{generate_key, hash_key, looks_like_key, Caller, ClientIp};
+use crate::db::{new_id, now_ms, rfc3339, rfc3339_opt};
+use crate::error::ApiError;
+
+pub const KEY_PREFIX: &str = "alpinv-";
+const DEFAULT_HOURS: i64 = 72;
+const MAX_HOURS: i64 = 30 * 24;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/iam/invitations/",
+            get(list_invitations).post(create_invitation),
+        )
+        .route("/api/iam/invitations/{id}/", delete(delete_invitation))
+        .route(
+            "/api/iam/invitations/accept/",
+            get(peek_invitation).post(accept_invitation),
+        )
+        .route("/invite/{key}", get(invite_page))
+}
+
+/// Why an invitation cannot be used, if it cannot.
+pub fn unusable(now: i64, expires_at: i64, accepted_at: Option<i64>) -> Option<&'static str> {
+    if accepted_at.is_some() {
+        Some("this invitation was already used")
+    } else if expires_at <= now {
+        Some("this invitation has expired; ask for a new one")
+    } else {
+        None
+    }
+}
+
+fn invitation_json(r: &AnyRow) -> Result<Value, ApiError> {
+    Ok(json!({
+        "id": r.try_get::<String, _>("id")?,
+        "email": r.try_get::<String, _>("email")?,
+        "username": r.try_get::<Option<String>, _>("username")?,
+        "is_staff": r.try_get::<i64, _>("is_staff")? != 0,
+        "group": r.try_get::<Option<String>, _>("group_name")?,
+        "role": r.try_get::<String, _>("role")?,
+        "invited_by": r.try_get::<Option<String>, _>("inviter")?,
+        "created_at": rfc3339(r.try_get("created_at")?),
+        "expires_at": rfc3339(r.try_get("expires_at")?),
+        "accepted_at": rfc3339_opt(r.try_get("accepted_at")?),
+    }))
+}
+
+const SELECT: &str = "SELECT i.id, i.email, i.username, i.is_staff, i.role, i.created_at,
+        i.expires_at, i.accepted_at, i.group_id, g.name AS group_name, u.username AS inviter
+ FROM invitations i LEFT JOIN iam_groups g ON g.id = i.group_id
+ LEFT JOIN users u ON u.id = i.created_by";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateInvitation {
+    #[serde(default)]
+    email: String,
+    username: Option<String>,
+    group: Option<String>,
+    #[serde(default = "member")]
+    role: String,
+    #[serde(default)]
+    is_staff: bool,
+    expires_in_hours: Option<i64>,
+}
+
+fn member() -> String {
+    "member".into()
+}
+
+async fn create_invitation(
+    State(st): State<AppState>,
+    caller: Caller,
+    Json(b): Json<CreateInvitation>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let role = Role::parse(&b.role)
+        .ok_or_else(|| ApiError::bad_request("role must be owner, manager or member"))?;
+    // Admins invite anyone; a group's owners and managers invite into it.
+    let group =
+        match b.group.as_deref().filter(|g| !g.is_empty()) {
+            Some(g) => {
+                let row: Option<(String, String)> =
+                    sqlx::query_as("SELECT id, name FROM iam_groups WHERE id = $1 OR name = $1")
+                        .bind(g)
+                        .fetch_optional(&st.db.pool)
+                        .await?;
+                Some(row.ok_or_else(|| {
+                    ApiError::not_found("group_not_found", format!("no group {g:?}"))
+                })?)
+            }
+            None => None,
+        };
+    if !caller.is_admin() {
+        let Some((gid, _)) = &group else {
+            return Err(ApiError::admin_only());
+        };
+        let my: Option<String> =
+            sqlx::query_scalar("SELECT role FROM memberships WHERE group_id = $1 AND user_id = $2")
+                .bind(gid)
+                .bind(&caller.user_id)
+                .fetch_optional(&st.db.pool)
+                .await?;
+        let actor = groups::Actor {
+            is_admin: false,
+            role: my.as_deref().and_then(Role::parse),
+        };
+        if b.is_staff {
+            return Err(ApiError::admin_only());
+        }
+        groups::may(actor, groups::GroupAction::Add(role))
+            .map_err(|why| ApiError::forbidden("permission_denied", why))?;
+    }
+    if b.is_staff && !caller.is_superuser {
+        return Err(ApiError::forbidden(
+            "permission_denied",
+            "only a superuser can invite staff",
+        ));
+    }
+    if let Some(u) = &b.username {
+        if !super::valid_username(u) {
+            return Err(ApiError::bad_request(format!("invalid username {u:?}")));
+        }
+    }
+    if b.email.len() > 254 || b.email.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ApiError::bad_request("email must be one address"));
+    }
+    let hours = b.expires_in_hours.unwrap_or(DEFAULT_HOURS);
+    if !(1..=MAX_HOURS).contains(&hours) {
+        return Err(ApiError::bad_request(format!(
+            "expires_in_hours must be between 1 and {MAX_HOURS}"
+        )));
+    }
+    let key = generate_key(KEY_PREFIX);
+    let id = new_id();
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO invitations (id, key_hash, email, username, is_staff, group_id, role,
+             created_by, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(&id)
+    .bind(hash_key(&key))
+    .bind(&b.email)
+    .bind(&b.username)
+    .bind(b.is_staff as i64)
+    .bind(group.as_ref().map(|g| g.0.clone()))
+    .bind(role.as_str())
+    .bind(&caller.user_id)
+    .bind(now)
+    .bind(now + hours * 3_600_000)
+    .execute(&st.db.pool)
+    .await?;
+    audit::record(
+        &st.db,
+        Event::new("invitation.create").by(&caller).detail(json!({
+            "invitation_id": id, "email": b.email, "username": b.username,
+            "group": group.as_ref().map(|g| g.1.clone()), "role": role.as_str(),
+            "is_staff": b.is_staff,
+        })),
+    )
+    .await?;
+    let row = sqlx::query(&format!("{SELECT} WHERE i.id = $1"))
+        .bind(&id)
+        .fetch_one(&st.db.pool)
+        .await?;
+    let mut v = invitation_json(&row)?;
+    v["key"] = json!(key);
+    v["url"] = json!(format!("{}/invite/{key}", public_url(&st)));
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+fn public_url(st: &AppState) -> String {
+    st.config.public_url.trim_end_matches('/').to_string()
+}
+
+async fn list_invitations(
+    State(st): State<AppState>,
+    caller: Caller,
+    Query(pp): Query<PageParams>,
+    uri: Uri,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    let page = pp.page()?;
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM invitations")
+        .fetch_one(&st.db.pool)
+        .await?;
+    let rows = sqlx::query(&format!(
+        "{SELECT} ORDER BY i.created_at DESC, i.id DESC LIMIT $1 OFFSET $2"
+    ))
+    .bind(page.limit())
+    .bind(page.offset())
+    .fetch_all(&st.db.pool)
+    .await?;
+    let out = rows
+        .iter()
+        .map(invitation_json)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(page_response(count, out, page, &uri))
+}
+
+async fn delete_invitation(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_admin()?;
+    let n = sqlx::query("DELETE FROM invitations WHERE id = $1")
+        .bind(&id)
+        .execute(&st.db.pool)
+        .await?
+        .rows_affected();
+    if n == 0 {
+        return Err(ApiError::not_found(
+            "invitation_not_found",
+            format!("no invitation {id:?}"),
+        ));
+    }
+    audit::record(
+        &st.db,
+        Event::new("invitation.delete")
+            .by(&caller)
+            .detail(json!({"invitation_id": id})),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn bad_key() -> ApiError {
+    ApiError::not_found(
+        "invitation_not_found",
+        "this invitation link is not valid; ask for a new one",
+    )
+}
+
+/// The usable invitation for `key`, or the reason it is not.
+async fn usable(st: &AppState, key: &str) -> Result<AnyRow, ApiError> {
+    if !looks_like_key(key, KEY_PREFIX) {
+        return Err(bad_key());
+    }
+    let row = sqlx::query(&format!("{SELECT} WHERE i.key_hash = $1"))
+        .bind(hash_key(key))
+        .fetch_optional(&st.db.pool)
+        .await?
+        .ok_or_else(bad_key)?;
+    if let Some(why) = unusable(
+        now_ms(),
+        row.try_get("expires_at")?,
+        row.try_get("accepted_at")?,
+    ) {
+        return Err(ApiError::new(StatusCode::GONE, "invitation_unusable", why));
+    }
+    Ok(row)
+}
+
+#[derive(Debug, Deserialize)]
+struct KeyQuery {
+    key: String,
+}
+
+async fn peek_invitation(
+    State(st): State<AppState>,
+    Query(q): Query<KeyQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let row = usable(&st, &q.key).await?;
+    let mut v = invitation_json(&row)?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("id");
+    }
+    Ok(Json(v))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Accept {
+    key: String,
+    username: Option<String>,
+    password: String,
+    #[serde(default)]
+    full_name: String,
+}
+
+async fn accept_invitation(
+    State(st): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Json(b): Json<Accept>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let row = usable(&st, &b.key).await?;
+    let inv_id: String = row.try_get("id")?;
+    let fixed: Option<String> = row.try_get("username")?;
+    let username = match (&fixed, &b.username) {
+        (Some(f), Some(u)) if f != u => {
+            return Err(ApiError::bad_request(format!(
+                "this invitation is for the username {f:?}"
+            )))
+        }
+        (Some(f), _) => f.clone(),
+        (None, Some(u)) => u.clone(),
+        (None, None) => return Err(ApiError::bad_request("choose a `username`")),
+    };
+    if !super::valid_username(&username) {
+        return Err(ApiError::bad_request(
+            "username must start with a lowercase letter or '_' and contain only a-z, 0-9, '_', '-', '.' (at most 32)",
+        ));
+    }
+    if b.password.len() < 10 {
+        return Err(ApiError::bad_request(
+            "password must be at least 10 characters",
+        ));
+    }
+    super::check_profile("", &b.full_name, "/bin/bash")?;
+    // Claim the invitation first: two concurrent accepts cannot both win.
+    let claimed = sqlx::query(
+        "UPDATE invitations SET accepted_at = $1 WHERE id = $2 AND accepted_at IS NULL",
+    )
+    .bind(now_ms())
+    .bind(&inv_id)
+    .execute(&st.db.pool)
+    .await?
+    .rows_affected();
+    if claimed == 0 {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "invitation_unusable",
+            "this invitation was already used",
+        ));
+    }
+    let hash = super::hash_password(&b.password).map_err(ApiError::internal)?;
+    let user_id = new_id();
+    let email: String = row.try_get("email")?;
+    let r = sqlx::query(
+        "INSERT INTO users (id, username, password_hash, is_superuser, is_staff, is_active,
+             created_at, email, full_name)
+         VALUES ($1, $2, $3, 0, $4, 1, $5, $6, $7)",
+    )
+    .bind(&user_id)
+    .bind(&username)
+    .bind(&hash)
+    .bind(row.try_get::<i64, _>("is_staff")?)
+    .bind(now_ms())
+    .bind(&email)
+    .bind(&b.full_name)
+    .execute(&st.db.pool)
+    .await;
+    if let Err(e) = r {
+        // Give the invitation back: nothing was created.
+        sqlx::query("UPDATE invitations SET accepted_at = NULL WHERE id = $1")
+            .bind(&inv_id)
+            .execute(&st.db.pool)
+            .await?;
+        return Err(if crate::error::is_unique_violation(&e) {
+            ApiError::conflict(
+                "username_taken",
+                format!("the username {username:?} is taken; choose another"),
+            )
+        } else {
+            e.into()
+        });
+    }
+    super::assign_uid(&st.db, &user_id).await?;
+    sqlx::query("UPDATE invitations SET accepted_by = $1 WHERE id = $2")
+        .bind(&user_id)
+        .bind(&inv_id)
+        .execute(&st.db.pool)
+        .await?;
+    if let Some(gid) = row.try_get::<Option<String>, _>("group_id")? {
+        let role = Role::parse(&row.try_get::<String, _>("role")?).unwrap_or(Role::Member);
+        groups::add_member(&st.db, &gid, &user_id, role, row.try_get("created_by").ok()).await?;
+    }
+    audit::record(
+        &st.db,
+        Event::new("invitation.accept")
+            .actor(Some(&user_id), &username)
+            .ip(&ip)
+            .detail(json!({"invitation_id": inv_id, "group": row.try_get::<Option<String>, _>("group_name")?})),
+    )
+    .await?;
+    let u = super::find_user(&st.db, &user_id)
+        .await?
+        .ok_or_else(|| ApiError::internal("user vanished"))?;
+    Ok((StatusCode::CREATED, Json(u.to_json())))
+}
+
+/// A self-contained page for the link: shows the invitation and posts the
+/// chosen username and password to the accept endpoint.
+async fn invite_page(Path(key): Path<String>) -> Response {
+    let key_json = serde_json::to_string(&key).unwrap_or_else(|_| "\"\"".into());
+    let html = INVITE_PAGE.replace("__KEY__", &key_json);
+    let mut resp = html.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+        ),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
+}
+
+const INVITE_PAGE: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>Alpacon invitation</title>
+<style>body{font:15px system-ui,sans-serif;max-width:28em;margin:4em auto;color:#222}
+label{display:block;margin:.8em 0 .2em}input{width:100%;padding:.4em;font:inherit}
+button{margin-top:1em;padding:.5em 1.2em;font:inherit}#msg{margin-top:1em}</style></head>
+<body><h1>Join Alpacon</h1><p id="who">Checking your invitation…</p>
+<form id="f" hidden><label>Username<input id="u" autocomplete="username" required></label>
+<label>Full name<input id="n" autocomplete="name"></label>
+<label>Password (10 characters or more)<input id="p" type="password" autocomplete="new-password" minlength="10" required></label>
+<button>Create my account</button></form><p id="msg"></p>
+<script>
+const key = __KEY__;
+const $ = (i) => document.getElementById(i);
+fetch('/api/iam/invitations/accept/?key=' + encodeURIComponent(key)).then(async (r) => {
+  const v = await r.json();
+  if (!r.ok) { $('who').textContent = v.detail; return; }
+  $('who').textContent = (v.invited_by ? v.invited_by + ' invited you' : 'You are invited') +
+    (v.group ? ' to the group ' + v.group : '') + '. The link works once, until ' + v.expires_at + '.';
+  if (v.username) { $('u').value = v.username; $('u').readOnly = true; }
+  $('f').hidden = false;
+});
+$('f').onsubmit = async (e) => {
+  e.preventDefault();
+  const r = await fetch('/api/iam/invitations/accept/', {method: 'POST',
+    headers: {'Content-Type': 'application/json'},
+    body: JSON.stringify({key, username: $('u').value, password: $('p').value, full_name: $('n').value})});
+  const v = await r.json();
+  if (r.ok) { $('f').hidden = true; $('msg').textContent = 'Account ' + v.username + ' created. Sign in at ' + location.origin + '/ or with `alpacon login ' + location.origin + '`.'; }
+  else { $('msg').textContent = v.detail; }
+};
+</script></body></html>"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invitation_works_once_and_until_it_expires() {
+        assert_eq!(unusable(10, 20, None), None);
+        assert!(unusable(20, 20, None).is_some());
+        assert!(unusable(30, 20, None).is_some());
+        assert!(unusable(10, 20, Some(5)).is_some());
+    }
+}

@@ -1,0 +1,368 @@
+//! Ending what someone has open when their access goes away.
+//!
+//! Access is checked when an operation starts; revocation is what makes the
+//! check hold afterwards. When a user is disabled or deleted, leaves a group,
+//! a server leaves a group, or a token is disabled or deleted, `end` finds
+//! every live operation the lost access covered and ends it: terminals
+//! (through the websh registry), commands (queued ones never leave, running
+//! ones get `CancelCommand`), transfers (the in-memory [`OpenOps`] registry
+//! below) and API sessions.
+//!
+//! Which operations a revocation covers is decided by [`covers`], a plain
+//! function over the operation's owner and server.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use alpacon_proto::Control;
+use sqlx::Row;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::db::now_ms;
+use crate::error::ApiError;
+
+/// Who an operation runs for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub user_id: String,
+    pub token_id: Option<String>,
+}
+
+impl Owner {
+    pub fn of(c: &Caller) -> Owner {
+        Owner {
+            user_id: c.user_id.clone(),
+            token_id: c.token_id.clone(),
+        }
+    }
+}
+
+/// What was lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// The user is disabled or deleted: everything of theirs ends.
+    User { user_id: String },
+    /// The token is disabled or deleted: everything it opened ends.
+    Token { token_id: String },
+    /// The user's reach shrank: what they have open on servers outside
+    /// `keep` ends. `None` keeps every server (the user is an admin).
+    Reach {
+        user_id: String,
+        keep: Option<HashSet<String>>,
+    },
+}
+
+/// Whether `rev` ends an operation of `owner` on `server_id`.
+pub fn covers(rev: &Revocation, owner: &Owner, server_id: &str) -> bool {
+    match rev {
+        Revocation::User { user_id } => owner.user_id == *user_id,
+        Revocation::Token { token_id } => owner.token_id.as_deref() == Some(token_id.as_str()),
+        Revocation::Reach { user_id, keep } => {
+            owner.user_id == *user_id && keep.as_ref().is_some_and(|k| !k.contains(server_id))
+        }
+    }
+}
+
+impl Revocation {
+    fn user_id(&self) -> Option<&str> {
+        match self {
+            Revocation::User { user_id } | Revocation::Reach { user_id, .. } => Some(user_id),
+            Revocation::Token { .. } => None,
+        }
+    }
+}
+
+struct Entry {
+    owner: Owner,
+    server_id: String,
+    cancel: CancellationToken,
+}
+
+/// Live operations that hold no other registry: file transfers (and later
+/// tunnels). Each registers for its lifetime and watches its token.
+#[derive(Default)]
+pub struct OpenOps {
+    next: AtomicU64,
+    ops: Mutex<HashMap<u64, Entry>>,
+}
+
+/// Registration of one operation; dropping it deregisters.
+pub struct OpGuard {
+    ops: Arc<OpenOps>,
+    key: u64,
+    cancel: CancellationToken,
+}
+
+impl OpGuard {
+    /// Resolves when the operation's access is revoked.
+    pub async fn revoked(&self) {
+        self.cancel.cancelled().await
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}
+
+impl Drop for OpGuard {
+    fn drop(&mut self) {
+        self.ops.map().remove(&self.key);
+    }
+}
+
+impl OpenOps {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+        self.ops.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn register(self: &Arc<Self>, owner: Owner, server_id: &str) -> OpGuard {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        let cancel = CancellationToken::new();
+        self.map().insert(
+            key,
+            Entry {
+                owner,
+                server_id: server_id.to_string(),
+                cancel: cancel.clone(),
+            },
+        );
+        OpGuard {
+            ops: self.clone(),
+            key,
+            cancel,
+        }
+    }
+
+    /// Cancels every registered operation `rev` covers; returns how many.
+    pub fn cancel(&self, rev: &Revocation) -> usize {
+        let map = self.map();
+        let mut n = 0;
+        for e in map.values() {
+            if covers(rev, &e.owner, &e.server_id) {
+                e.cancel.cancel();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What `end` ended, for the audit event of the change that caused it.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Ended {
+    pub terminals: usize,
+    pub commands: usize,
+    pub transfers: usize,
+    pub api_sessions: u64,
+}
+
+/// Ends everything `rev` covers. Terminals are closed in parallel, so the
+/// whole takes about one agent round trip however many there are.
+pub async fn end(st: &AppState, rev: &Revocation, reason: &str) -> Result<Ended, ApiError> {
+    let mut ended = Ended {
+        transfers: st.ops.cancel(rev),
+        ..Ended::default()
+    };
+    if let Revocation::User { user_id } = rev {
+        ended.api_sessions = sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&st.db.pool)
+            .await?
+            .rows_affected();
+    }
+
+    let (col, key) = match rev {
+        Revocation::Token { token_id } => ("token_id", token_id.as_str()),
+        _ => (
+            "user_id",
+            rev.user_id()
+                .ok_or_else(|| ApiError::internal("revocation without a user"))?,
+        ),
+    };
+    let rows = sqlx::query(&format!(
+        "SELECT id, server_id, user_id, token_id FROM websh_sessions
+         WHERE {col} = $1 AND status = 'open'"
+    ))
+    .bind(key)
+    .fetch_all(&st.db.pool)
+    .await?;
+    let mut closing = Vec::new();
+    for r in &rows {
+        let owner = Owner {
+            user_id: r.try_get("user_id")?,
+            token_id: r.try_get("token_id")?,
+        };
+        let server_id: String = r.try_get("server_id")?;
+        if covers(rev, &owner, &server_id) {
+            let id: String = r.try_get("id")?;
+            closing.push(async move { crate::websh::close_live(st, &id, reason).await });
+        }
+    }
+    ended.terminals = closing.len();
+
+    let ccol = if col == "user_id" {
+        "requested_by"
+    } else {
+        col
+    };
+    let rows = sqlx::query(&format!(
+        "SELECT id, server_id, requested_by, token_id, status FROM commands
+         WHERE {ccol} = $1 AND status IN ('queued', 'sent')"
+    ))
+    .bind(key)
+    .fetch_all(&st.db.pool)
+    .await?;
+    let mut cancels = Vec::new();
+    for r in &rows {
+        let owner = Owner {
+            user_id: r
+                .try_get::<Option<String>, _>("requested_by")?
+                .unwrap_or_default(),
+            token_id: r.try_get("token_id")?,
+        };
+        let server_id: String = r.try_get("server_id")?;
+        if !covers(rev, &owner, &server_id) {
+            continue;
+        }
+        let id: String = r.try_get("id")?;
+        // Marked first: a command that was never delivered is never sent
+        // again; one that runs gets its real result stored over the mark.
+        sqlx::query(
+            "UPDATE commands SET status = 'error', error_code = 'revoked', error_detail = $1,
+                 finished_at = $2
+             WHERE id = $3 AND status IN ('queued', 'sent')",
+        )
+        .bind(format!("access revoked: {reason}"))
+        .bind(now_ms())
+        .bind(&id)
+        .execute(&st.db.pool)
+        .await?;
+        st.relay.live.finish(&id);
+        if r.try_get::<String, _>("status")? == "sent" {
+            cancels.push((server_id, id));
+        }
+    }
+    ended.commands = rows.len();
+    for (server_id, id) in cancels {
+        st.relay
+            .send_control(
+                &server_id,
+                Control::CancelCommand {
+                    id,
+                    reason: reason.to_string(),
+                },
+            )
+            .await;
+    }
+    futures_util::future::join_all(closing).await;
+    Ok(ended)
+}
+
+/// Commands revoked while their agent was away: cancelled again when it
+/// comes back (it may have received them before the revocation).
+pub async fn recancel_on_connect(st: &AppState, server_id: &str) {
+    let since = now_ms() - 7 * 24 * 3600 * 1000;
+    let ids: Result<Vec<String>, _> = sqlx::query_scalar(
+        "SELECT id FROM commands WHERE server_id = $1 AND status = 'error'
+             AND error_code = 'revoked' AND finished_at > $2",
+    )
+    .bind(server_id)
+    .bind(since)
+    .fetch_all(&st.db.pool)
+    .await;
+    match ids {
+        Ok(ids) => {
+            for id in ids {
+                st.relay
+                    .send_control(
+                        server_id,
+                        Control::CancelCommand {
+                            id,
+                            reason: "access revoked".into(),
+                        },
+                    )
+                    .await;
+            }
+        }
+        Err(e) => tracing::warn!("cannot load revoked commands: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(u: &str, t: Option<&str>) -> Owner {
+        Owner {
+            user_id: u.into(),
+            token_id: t.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn user_revocation_covers_all_of_theirs_and_nothing_else() {
+        let rev = Revocation::User {
+            user_id: "u1".into(),
+        };
+        assert!(covers(&rev, &owner("u1", None), "s1"));
+        assert!(covers(&rev, &owner("u1", Some("t1")), "s2"));
+        assert!(!covers(&rev, &owner("u2", None), "s1"));
+    }
+
+    #[test]
+    fn token_revocation_covers_only_that_token() {
+        let rev = Revocation::Token {
+            token_id: "t1".into(),
+        };
+        assert!(covers(&rev, &owner("u1", Some("t1")), "s1"));
+        assert!(!covers(&rev, &owner("u1", Some("t2")), "s1"));
+        assert!(!covers(&rev, &owner("u1", None), "s1"));
+    }
+
+    #[test]
+    fn reach_revocation_keeps_servers_still_reachable() {
+        let keep: HashSet<String> = ["s1".to_string()].into();
+        let rev = Revocation::Reach {
+            user_id: "u1".into(),
+            keep: Some(keep),
+        };
+        assert!(!covers(&rev, &owner("u1", None), "s1"));
+        assert!(covers(&rev, &owner("u1", None), "s2"));
+        assert!(covers(&rev, &owner("u1", Some("t")), "s2"));
+        assert!(!covers(&rev, &owner("u2", None), "s2"));
+        let admin = Revocation::Reach {
+            user_id: "u1".into(),
+            keep: None,
+        };
+        assert!(!covers(&admin, &owner("u1", None), "s2"));
+    }
+
+    #[tokio::test]
+    async fn registry_cancels_covered_ops_and_forgets_dropped_ones() {
+        let ops = Arc::new(OpenOps::default());
+        let a = ops.register(owner("u1", None), "s1");
+        let b = ops.register(owner("u2", None), "s1");
+        assert_eq!(ops.len(), 2);
+        let n = ops.cancel(&Revocation::User {
+            user_id: "u1".into(),
+        });
+        assert_eq!(n, 1);
+        a.revoked().await;
+        assert!(a.is_revoked() && !b.is_revoked());
+        drop(a);
+        assert_eq!(ops.len(), 1);
+        drop(b);
+        assert!(ops.is_empty());
+    }
+}
