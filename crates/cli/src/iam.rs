@@ -37,6 +37,10 @@ pub enum UserCommand {
         staff: bool,
         #[arg(long)]
         superuser: bool,
+        /// A service identity (an application): no password; give it
+        /// `alpst-` tokens with `alpacon token create --service NAME`.
+        #[arg(long, conflicts_with_all = ["password", "staff", "superuser"])]
+        service: bool,
     },
     /// Change a user's profile or workspace role.
     Update {
@@ -177,7 +181,9 @@ fn print_user(u: &Value) {
 }
 
 fn role_of(u: &Value) -> &'static str {
-    if u["is_superuser"].as_bool() == Some(true) {
+    if u["is_service"].as_bool() == Some(true) {
+        "service"
+    } else if u["is_superuser"].as_bool() == Some(true) {
         "superuser"
     } else if u["is_staff"].as_bool() == Some(true) {
         "staff"
@@ -224,14 +230,19 @@ pub async fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<u8> {
             shell,
             staff,
             superuser,
+            service,
         } => {
-            let password = match password {
-                Some(p) => p,
-                None => read_new_password(&format!("Password for {username}: "))?,
-            };
             let mut body = Map::new();
             body.insert("username".into(), json!(username));
-            body.insert("password".into(), json!(password));
+            if service {
+                body.insert("is_service".into(), json!(true));
+            } else {
+                let password = match password {
+                    Some(p) => p,
+                    None => read_new_password(&format!("Password for {username}: "))?,
+                };
+                body.insert("password".into(), json!(password));
+            }
             body.insert("is_staff".into(), json!(staff));
             body.insert("is_superuser".into(), json!(superuser));
             for (k, v) in [("email", email), ("full_name", full_name), ("shell", shell)] {

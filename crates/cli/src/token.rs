@@ -21,6 +21,9 @@ pub enum TokenCommand {
         /// Comma-separated scopes, e.g. `command,file`.
         #[arg(long, value_delimiter = ',', value_name = "SCOPES")]
         scopes: Option<Vec<String>>,
+        /// Create an `alpst-` token owned by this service identity (admins).
+        #[arg(long, value_name = "NAME")]
+        service: Option<String>,
     },
     /// List your API tokens.
     #[command(visible_alias = "list")]
@@ -197,9 +200,13 @@ pub async fn run(ctx: &Ctx, cmd: TokenCommand) -> Result<u8> {
             name,
             expires_in_days,
             scopes,
+            service,
         } => {
             let mut body = Map::new();
             body.insert("name".into(), json!(name));
+            if let Some(s) = service {
+                body.insert("service".into(), json!(s));
+            }
             if let Some(d) = expires_in_days {
                 body.insert("expires_in_days".into(), json!(d));
             }
@@ -232,10 +239,19 @@ pub async fn run(ctx: &Ctx, cmd: TokenCommand) -> Result<u8> {
                 print_json(&tokens)?;
                 return Ok(0);
             }
-            let mut t = Table::new(&["NAME", "ID", "SCOPES", "EXPIRES", "LAST USED", "CREATED"]);
+            let mut t = Table::new(&[
+                "NAME",
+                "OWNER",
+                "ID",
+                "SCOPES",
+                "EXPIRES",
+                "LAST USED",
+                "CREATED",
+            ]);
             for tok in &tokens {
                 t.row(vec![
                     text(tok, &["name"]),
+                    text(tok, &["owner"]),
                     text(tok, &["id"]),
                     text(tok, &["scopes"]),
                     expiry(tok),

@@ -192,6 +192,41 @@ fn members_reach_their_groups_servers_and_lose_them_at_once() {
         let out = alice.run(&args);
         assert!(!out.status.success(), "{args:?}: {}", text(&out));
     }
+
+    // A service identity: no password, an `alpst-` token, its own account.
+    ok(&admin, &["user", "create", "deployer", "--service"]);
+    ok(&admin, &["group", "add-member", "ops", "deployer"]);
+    let tok = json_of(
+        &admin,
+        &["token", "create", "--name", "ci", "--service", "deployer"],
+    );
+    let key = tok["key"].as_str().unwrap();
+    assert!(key.starts_with("alpst-"), "{tok}");
+    let svc = Cli::new().unwrap();
+    svc.login_token(&gw, key).unwrap();
+    assert_eq!(ok(&svc, &["websh", "web-1", "id -un"]), "deployer\n");
+    let out = svc.run(&["websh", "db-1", "id"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let tokens = json_of(&admin, &["token", "ls"]);
+    assert!(
+        tokens
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "ci" && t["owner"] == "deployer"),
+        "{tokens}"
+    );
+    let r = gw
+        .http()
+        .post(gw.api("/api/auth/login/"))
+        .json(&json!({"username": "deployer", "password": "!"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    // Deleting the identity's token ends its access.
+    ok(&admin, &["token", "delete", "ci"]);
+    let out = svc.run(&["websh", "web-1", "id"]);
+    assert!(!out.status.success(), "{}", text(&out));
 }
 
 #[test]

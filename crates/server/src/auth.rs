@@ -27,6 +27,8 @@ use crate::error::ApiError;
 
 pub const API_TOKEN_PREFIX: &str = "alpat-";
 pub const SESSION_PREFIX: &str = "alpses-";
+/// Tokens of service identities (applications), same table as `alpat-`.
+pub const SERVICE_TOKEN_PREFIX: &str = "alpst-";
 pub const REGISTRATION_TOKEN_PREFIX: &str = "alprt-";
 
 /// Random part of every issued key: 40 alphanumerics ≈ 238 bits.
@@ -220,7 +222,7 @@ fn invalid_token(detail: &str) -> ApiError {
 pub async fn authenticate(db: &Db, key: &str, client_ip: String) -> Result<Caller, ApiError> {
     let now = now_ms();
     let hash = hash_key(key);
-    if key.starts_with(API_TOKEN_PREFIX) {
+    if key.starts_with(API_TOKEN_PREFIX) || key.starts_with(SERVICE_TOKEN_PREFIX) {
         let row = sqlx::query(
             "SELECT t.id, t.name, t.enabled, t.expires_at, t.last_used_at,
                     u.id AS user_id, u.username, u.is_superuser, u.is_staff, u.is_active
@@ -309,7 +311,7 @@ pub async fn authenticate(db: &Db, key: &str, client_ip: String) -> Result<Calle
         })
     } else {
         Err(invalid_token(
-            "not an Alpacon key: API tokens start with alpat-, session keys with alpses-",
+            "not an Alpacon key: API tokens start with alpat- (alpst- for services), session keys with alpses-",
         ))
     }
 }

@@ -53,7 +53,15 @@ struct CreateBody {
     name: String,
     expires_in_days: Option<i64>,
     scopes: Option<Vec<String>>,
+    /// A service identity (by name or id) that will own the token; admins
+    /// only. Its key starts with `alpst-`.
+    service: Option<String>,
 }
+
+/// Tokens the caller manages: their own, and (for admins) those of service
+/// identities. `$1` is the caller's id, `$2` 1 for admins.
+const MANAGED: &str = "(user_id = $1 OR ($2 = 1 AND user_id IN
+    (SELECT id FROM users WHERE is_service = 1)))";
 
 fn token_json(r: &AnyRow) -> Result<Value, ApiError> {
     let scopes: String = r.try_get("scopes")?;
@@ -65,10 +73,12 @@ fn token_json(r: &AnyRow) -> Result<Value, ApiError> {
         "created_at": rfc3339(r.try_get("created_at")?),
         "expires_at": rfc3339_opt(r.try_get("expires_at")?),
         "last_used_at": rfc3339_opt(r.try_get("last_used_at")?),
+        "owner": r.try_get::<Option<String>, _>("owner")?,
     }))
 }
 
-const COLUMNS: &str = "id, name, scopes, enabled, created_at, expires_at, last_used_at";
+const COLUMNS: &str = "id, name, scopes, enabled, created_at, expires_at, last_used_at,
+    (SELECT username FROM users u WHERE u.id = api_tokens.user_id) AS owner";
 
 async fn list(
     State(st): State<AppState>,
@@ -77,15 +87,19 @@ async fn list(
     uri: Uri,
 ) -> Result<Json<Value>, ApiError> {
     let page = pp.page()?;
-    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens WHERE user_id = $1")
-        .bind(&caller.user_id)
-        .fetch_one(&st.db.pool)
-        .await?;
+    let admin = caller.is_admin() as i64;
+    let count: i64 =
+        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM api_tokens WHERE {MANAGED}"))
+            .bind(&caller.user_id)
+            .bind(admin)
+            .fetch_one(&st.db.pool)
+            .await?;
     let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM api_tokens WHERE user_id = $1
-         ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
+        "SELECT {COLUMNS} FROM api_tokens WHERE {MANAGED}
+         ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
     ))
     .bind(&caller.user_id)
+    .bind(admin)
     .bind(page.limit())
     .bind(page.offset())
     .fetch_all(&st.db.pool)
@@ -117,14 +131,29 @@ async fn create(
     }
     // Scopes come from a fixed set (acl.rs `SCOPES`).
     crate::acl::validate_scopes(&scopes).map_err(ApiError::bad_request)?;
-    let key = generate_key(API_TOKEN_PREFIX);
+    let (owner_id, prefix) = match body.service.as_deref().filter(|s| !s.is_empty()) {
+        None => (caller.user_id.clone(), API_TOKEN_PREFIX),
+        Some(svc) => {
+            caller.require_admin()?;
+            let u = crate::iam::find_user(&st.db, svc)
+                .await?
+                .filter(|u| u.is_service)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "{svc:?} is not a service identity; create one with `alpacon user create NAME --service`"
+                    ))
+                })?;
+            (u.id, crate::auth::SERVICE_TOKEN_PREFIX)
+        }
+    };
+    let key = generate_key(prefix);
     let id = new_id();
     let res = sqlx::query(
         "INSERT INTO api_tokens (id, user_id, name, key_hash, scopes, enabled, created_at, expires_at)
          VALUES ($1, $2, $3, $4, $5, 1, $6, $7)",
     )
     .bind(&id)
-    .bind(&caller.user_id)
+    .bind(&owner_id)
     .bind(&name)
     .bind(hash_key(&key))
     .bind(serde_json::to_string(&scopes).map_err(ApiError::internal)?)
@@ -146,6 +175,7 @@ async fn create(
         &st.db,
         Event::new("token.create").by(&caller).detail(json!({
             "token_id": id, "name": name, "scopes": scopes, "expires_at": rfc3339_opt(expires_at),
+            "service": body.service,
         })),
     )
     .await?;
@@ -171,10 +201,11 @@ async fn remove(
     caller: Caller,
     Path(ident): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let row = sqlx::query(
-        "SELECT id, name FROM api_tokens WHERE user_id = $1 AND (id = $2 OR name = $2)",
-    )
+    let row = sqlx::query(&format!(
+        "SELECT id, name FROM api_tokens WHERE {MANAGED} AND (id = $3 OR name = $3)"
+    ))
     .bind(&caller.user_id)
+    .bind(caller.is_admin() as i64)
     .bind(&ident)
     .fetch_optional(&st.db.pool)
     .await?
@@ -224,13 +255,14 @@ async fn update(
             "API tokens cannot change tokens; log in with a password (`alpacon login -u USER`)",
         ));
     }
-    let row = sqlx::query(
-        "SELECT id, user_id FROM api_tokens WHERE id = $1
+    let row = sqlx::query(&format!(
+        "SELECT id, user_id FROM api_tokens WHERE id = $3
          UNION ALL
-         SELECT id, user_id FROM api_tokens WHERE user_id = $2 AND name = $1",
-    )
-    .bind(&ident)
+         SELECT id, user_id FROM api_tokens WHERE {MANAGED} AND name = $3 AND id <> $3"
+    ))
     .bind(&caller.user_id)
+    .bind(caller.is_admin() as i64)
+    .bind(&ident)
     .fetch_all(&st.db.pool)
     .await?
     .into_iter()

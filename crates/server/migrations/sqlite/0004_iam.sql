@@ -8,6 +8,8 @@ ALTER TABLE users ADD COLUMN uid BIGINT;
 ALTER TABLE users ADD COLUMN shell TEXT NOT NULL DEFAULT '/bin/bash';
 ALTER TABLE users ADD COLUMN email TEXT NOT NULL DEFAULT '';
 ALTER TABLE users ADD COLUMN full_name TEXT NOT NULL DEFAULT '';
+-- Service identities (applications): no password, own `alpst-` tokens.
+ALTER TABLE users ADD COLUMN is_service BIGINT NOT NULL DEFAULT 0;
 CREATE UNIQUE INDEX users_uid ON users (uid);
 
 -- Groups grant reach: a member reaches exactly the servers of their groups.

@@ -58,6 +58,7 @@ pub struct User {
     pub shell: String,
     pub email: String,
     pub full_name: String,
+    pub is_service: bool,
 }
 
 impl User {
@@ -73,6 +74,7 @@ impl User {
             shell: r.try_get("shell")?,
             email: r.try_get("email")?,
             full_name: r.try_get("full_name")?,
+            is_service: r.try_get::<i64, _>("is_service")? != 0,
         })
     }
 
@@ -89,12 +91,13 @@ impl User {
             "shell": self.shell,
             "email": self.email,
             "full_name": self.full_name,
+            "is_service": self.is_service,
         })
     }
 }
 
 const USER_COLUMNS: &str =
-    "id, username, is_superuser, is_staff, is_active, created_at, uid, shell, email, full_name";
+    "id, username, is_superuser, is_staff, is_active, created_at, uid, shell, email, full_name, is_service";
 
 /// First UID handed to people; groups start at `groups::GID_BASE`.
 pub const UID_BASE: i64 = 20_000;
@@ -500,7 +503,11 @@ async fn delete_user(
 #[serde(deny_unknown_fields)]
 struct CreateUser {
     username: String,
-    password: String,
+    /// Required for people; service identities have none.
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    is_service: bool,
     #[serde(default)]
     is_staff: bool,
     #[serde(default)]
@@ -544,18 +551,32 @@ async fn create_user(
             "username must start with a lowercase letter or '_' and contain only a-z, 0-9, '_', '-', '.' (at most 32)",
         ));
     }
-    if b.password.len() < 10 {
-        return Err(ApiError::bad_request(
-            "password must be at least 10 characters",
-        ));
-    }
     check_profile(&b.email, &b.full_name, &b.shell)?;
-    let hash = hash_password(&b.password).map_err(ApiError::internal)?;
+    let hash = match (&b.password, b.is_service) {
+        (Some(_), true) => {
+            return Err(ApiError::bad_request(
+                "service identities have no password; they use `alpst-` tokens",
+            ))
+        }
+        (None, true) if b.is_staff || b.is_superuser => {
+            return Err(ApiError::bad_request(
+                "a service identity cannot be staff or superuser",
+            ))
+        }
+        // Not a PHC string: no password ever verifies against it.
+        (None, true) => "!".to_string(),
+        (Some(p), false) if p.len() >= 10 => hash_password(p).map_err(ApiError::internal)?,
+        _ => {
+            return Err(ApiError::bad_request(
+                "password must be at least 10 characters",
+            ))
+        }
+    };
     let id = new_id();
     let r = sqlx::query(
         "INSERT INTO users (id, username, password_hash, is_superuser, is_staff, is_active,
-             created_at, email, full_name, shell)
-         VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9)",
+             created_at, email, full_name, shell, is_service)
+         VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9, $10)",
     )
     .bind(&id)
     .bind(&b.username)
@@ -566,6 +587,7 @@ async fn create_user(
     .bind(&b.email)
     .bind(&b.full_name)
     .bind(&b.shell)
+    .bind(b.is_service as i64)
     .execute(&st.db.pool)
     .await;
     match r {
@@ -580,7 +602,8 @@ async fn create_user(
     }
     assign_uid(&st.db, &id).await?;
     let ev = crate::audit::Event::new("user.create").by(&caller).detail(
-        json!({"username": b.username, "is_staff": b.is_staff, "is_superuser": b.is_superuser}),
+        json!({"username": b.username, "is_staff": b.is_staff, "is_superuser": b.is_superuser,
+               "is_service": b.is_service}),
     );
     crate::audit::record(&st.db, ev).await?;
     let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
