@@ -211,6 +211,7 @@ pub async fn login(ctx: &Ctx, args: LoginArgs) -> Result<u8> {
         token,
         ca_cert,
         insecure,
+        work_session: None,
     };
     config::save(&ctx.config_path, &config)?;
     if ctx.json() {

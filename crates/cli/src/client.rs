@@ -162,6 +162,8 @@ pub struct Client {
     base: Url,
     token: Option<String>,
     tls: TlsOptions,
+    /// Sent as `X-Alpacon-Work-Session` on every request.
+    work_session: Option<String>,
 }
 
 impl Client {
@@ -185,15 +187,23 @@ impl Client {
             base,
             token,
             tls: tls.clone(),
+            work_session: None,
         })
     }
 
     pub fn from_config(config: &Config) -> Result<Self> {
-        Client::new(
+        let mut c = Client::new(
             &config.url,
             Some(config.token.clone()),
             &TlsOptions::from_config(config),
-        )
+        )?;
+        c.work_session = config.work_session.clone();
+        Ok(c)
+    }
+
+    /// Later requests act in this work session (or in none).
+    pub fn set_work_session(&mut self, id: Option<String>) {
+        self.work_session = id;
     }
 
     /// The credential sent as `Authorization: Token <key>`.
@@ -225,7 +235,10 @@ impl Client {
     }
 
     pub fn request(&self, method: Method, url: Url) -> RequestBuilder {
-        let rb = self.http.request(method, url);
+        let mut rb = self.http.request(method, url);
+        if let Some(ws) = &self.work_session {
+            rb = rb.header("X-Alpacon-Work-Session", ws.as_str());
+        }
         match &self.token {
             Some(token) => match HeaderValue::from_str(&format!("Token {token}")) {
                 Ok(mut value) => {

@@ -26,6 +26,9 @@ pub struct Config {
     pub ca_cert: Option<PathBuf>,
     #[serde(default)]
     pub insecure: bool,
+    /// The work session later commands run in (`alpacon work-session use`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_session: Option<String>,
 }
 
 // Hand-written so that a stray `{:?}` never prints the credential.
@@ -37,6 +40,7 @@ impl fmt::Debug for Config {
             .field("token", &"<redacted>")
             .field("ca_cert", &self.ca_cert)
             .field("insecure", &self.insecure)
+            .field("work_session", &self.work_session)
             .finish()
     }
 }
@@ -173,6 +177,7 @@ mod tests {
             token: "alpses-secret".into(),
             ca_cert: Some("/data/tls/ca.crt".into()),
             insecure: false,
+            work_session: None,
         }
     }
 

@@ -16,6 +16,7 @@ pub mod output;
 pub mod server;
 pub mod token;
 pub mod websh;
+pub mod work_session;
 
 use std::path::PathBuf;
 
@@ -41,6 +42,11 @@ pub struct Cli {
     /// Config file with the login state [default: ~/.config/alpacon/config.json].
     #[arg(long, global = true, env = "ALPACON_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// Act inside this work session [default: the one set with
+    /// `alpacon work-session use`].
+    #[arg(long, global = true, env = "ALPACON_WORK_SESSION", value_name = "ID")]
+    pub work_session: Option<String>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -81,12 +87,17 @@ pub enum Command {
     /// Multi-factor authentication: TOTP, recovery codes, verification.
     #[command(subcommand)]
     Mfa(mfa::MfaCommand),
+    /// Time-bound, approved access: request, approve, use, end, timeline.
+    #[command(subcommand, name = "work-session", visible_alias = "ws")]
+    WorkSession(work_session::WorkSessionCommand),
 }
 
 /// What every command needs: where the login state lives and how to print.
 pub struct Ctx {
     pub output: Format,
     pub config_path: PathBuf,
+    /// `--work-session` / `ALPACON_WORK_SESSION`, over the config's.
+    pub work_session: Option<String>,
 }
 
 impl Ctx {
@@ -101,7 +112,12 @@ impl Ctx {
     /// An authenticated client for the gateway we are logged in to.
     pub fn client(&self) -> Result<Client> {
         let config = self.config()?;
-        Self::client_for(&config)
+        let mut c = Self::client_for(&config)?;
+        if let Some(ws) = &self.work_session {
+            // An empty value means "no work session" even if one is in use.
+            c.set_work_session(Some(ws.clone()).filter(|w| !w.is_empty()));
+        }
+        Ok(c)
     }
 
     pub fn client_for(config: &Config) -> Result<Client> {
@@ -125,6 +141,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
     let ctx = Ctx {
         output: cli.output,
         config_path,
+        work_session: cli.work_session,
     };
     match cli.command {
         Command::Login(args) => auth::login(&ctx, args).await,
@@ -140,6 +157,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::User(cmd) => iam::run_user(&ctx, cmd).await,
         Command::Group(cmd) => iam::run_group(&ctx, cmd).await,
         Command::Mfa(cmd) => mfa::run(&ctx, cmd).await,
+        Command::WorkSession(cmd) => work_session::run(&ctx, cmd).await,
     }
 }
 

@@ -399,6 +399,7 @@ mod tests {
             token: "t".into(),
             ca_cert: Some("/d/tls/ca.crt".into()),
             insecure: false,
+            work_session: None,
         };
         let text = registration_instructions(&config, "web", "alprt-K", &json!({"id": "i"}));
         assert!(text.contains(

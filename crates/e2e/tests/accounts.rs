@@ -319,4 +319,27 @@ fn accounts_are_provisioned_owned_locked_and_never_taken_over() {
             .contains("uid=1500(mallory)"),
         "{done}"
     );
+
+    // With `account_termination = "remove"`, deleting the person removes
+    // the account (this test is alone in its binary: the variable reaches
+    // only this gateway). The home directory is kept.
+    std::env::set_var("ALPACON_ACCOUNT_TERMINATION", "remove");
+    gw.restart().unwrap();
+    gw.wait_connected("acct", true)
+        .unwrap_or_else(|e| panic!("{e}\n--- agent log ---\n{}", agent.log()));
+    let (s, v) = gw
+        .call(
+            "DELETE",
+            &format!("/api/iam/users/{}/", alice["id"].as_str().unwrap()),
+            None,
+        )
+        .unwrap();
+    assert!(s == 204 || s == 200, "{s} {v}");
+    wait_for("the account to be removed", WAIT, || {
+        let out = root(&mut gw, "acct", "getent passwd alice || echo GONE");
+        (out == "GONE\n").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n--- agent log ---\n{}", agent.log()));
+    let kept = root(&mut gw, "acct", "stat -c %u /home/alice/notes.txt");
+    assert_eq!(kept, format!("{uid}\n"));
 }

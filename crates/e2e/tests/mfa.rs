@@ -665,3 +665,70 @@ fn enforced_policy_gives_users_without_mfa_an_enrollment_only_session() {
     let out = cli.run(&["token", "ls"]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// The same storage paths on PostgreSQL: throttle rows, TOTP steps,
+/// recovery codes, the policy upsert and the enroll-only session.
+#[test]
+fn mfa_storage_works_on_postgresql() {
+    let pg = alpacon_e2e::pg::Postgres::start().unwrap();
+    let mut gw = Gateway::start_with(Some(pg.url())).unwrap();
+    let pw = "dave-password-1";
+    create_user(&mut gw, "dave", pw);
+    let cli = Cli::new().unwrap();
+    let out = login(&cli, &gw, "dave", pw, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v = json_out(&cli.run(&["mfa", "totp", "enroll", "-o", "json"]));
+    let secret = v["secret"].as_str().unwrap().to_string();
+    let codes = v["recovery_codes"].as_array().unwrap().clone();
+    let t = now_secs();
+    let code = oathtool(&secret, t);
+    let out = cli.run(&["mfa", "totp", "verify", &code]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = cli.run(&["mfa", "verify", &code]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let out = login(
+        &cli,
+        &gw,
+        "dave",
+        pw,
+        &["--totp", &oathtool(&secret, t + 30)],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let rc = codes[0].as_str().unwrap();
+    let out = login(&cli, &gw, "dave", pw, &["--recovery-code", rc]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = login(&cli, &gw, "dave", pw, &["--recovery-code", rc]);
+    assert!(!out.status.success(), "{}", text(&out));
+
+    // Policy upsert, twice (insert, then update).
+    for validity in [20, 25] {
+        let (s, v) = gw
+            .call(
+                "PUT",
+                "/api/iam/mfa-policy/",
+                Some(json!({"enforce_at_login": validity == 25, "allowed_methods": ["totp"], "validity_minutes": validity})),
+            )
+            .unwrap();
+        assert_eq!(s, 200, "{v}");
+    }
+    let (s, v) = gw.call("GET", "/api/iam/mfa-policy/", None).unwrap();
+    assert_eq!((s, v["validity_minutes"].clone()), (200, json!(25)), "{v}");
+
+    // Throttle rows.
+    for _ in 0..5 {
+        let r = gw
+            .http()
+            .post(gw.api("/api/auth/login/"))
+            .json(&json!({"username": "nobody", "password": "x"}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+    }
+    let r = gw
+        .http()
+        .post(gw.api("/api/auth/login/"))
+        .json(&json!({"username": "nobody", "password": "x"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+}

@@ -97,6 +97,43 @@ pub enum Control {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+
+    // ---- sudo inside work sessions ---------------------------------------
+    /// Gateway → agent: the complete set of sudo grants this server should
+    /// have now. The agent keeps one sudoers drop-in per grant (validated
+    /// with `visudo -c` before it is installed), removes every other drop-in
+    /// of ours, and removes each at its `expires_at_ms` on its own even if
+    /// the link is down. Sent on every change and every connection.
+    SyncSudo {
+        grants: Vec<SudoGrant>,
+    },
+    /// Agent → gateway: a grant was used (a line of sudo's log).
+    SudoUsed {
+        grant_id: String,
+        username: String,
+        /// What sudo logged: `TTY=… ; PWD=… ; USER=root ; COMMAND=…`.
+        entry: String,
+    },
+    /// Agent → gateway: a grant could not be installed.
+    SudoFailed {
+        grant_id: String,
+        error: String,
+    },
+}
+
+/// One person's sudo on one server for the life of a work session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SudoGrant {
+    /// Also the drop-in's name: `/etc/sudoers.d/alpacon-<id>`; plain
+    /// `[A-Za-z0-9-]` so it is a valid sudoers.d file name.
+    pub id: String,
+    pub username: String,
+    /// Absolute command paths (with arguments) sudo is limited to; empty
+    /// means any command.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<String>,
+    /// Unix milliseconds.
+    pub expires_at_ms: i64,
 }
 
 /// What the agent reports about its machine at every connection.
@@ -529,6 +566,24 @@ mod tests {
                 uid: 20001,
                 removed: true,
                 error: None,
+            },
+            Control::SyncSudo { grants: vec![] },
+            Control::SyncSudo {
+                grants: vec![SudoGrant {
+                    id: "g-1".into(),
+                    username: "alice".into(),
+                    commands: vec!["/usr/bin/systemctl restart auth-svc".into()],
+                    expires_at_ms: 1_700_000_000_000,
+                }],
+            },
+            Control::SudoUsed {
+                grant_id: "g-1".into(),
+                username: "alice".into(),
+                entry: "TTY=pts/0 ; PWD=/ ; USER=root ; COMMAND=/usr/bin/id".into(),
+            },
+            Control::SudoFailed {
+                grant_id: "g-1".into(),
+                error: "visudo -c failed".into(),
             },
         ];
         for m in msgs {

@@ -337,6 +337,93 @@ pub async fn on_locked(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::TestApp;
+
+    async fn state_of(st: &AppState, server: &str, user: &str) -> String {
+        sqlx::query_scalar(
+            "SELECT state FROM server_accounts WHERE server_id = $1 AND user_id = $2",
+        )
+        .bind(server)
+        .bind(user)
+        .fetch_one(&st.db.pool)
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn identity_is_attached_only_for_the_own_account_and_revocation_is_owed() {
+        let app = TestApp::new().await;
+        let st = &app.state;
+        app.user_key("alice").await;
+        let (id, uid): (String, i64) =
+            sqlx::query_as("SELECT id, uid FROM users WHERE username = 'alice'")
+                .fetch_one(&st.db.pool)
+                .await
+                .unwrap();
+        for (gid, name, g) in [("g1", "web", 50_001i64), ("g2", "ops", 50_002)] {
+            sqlx::query(
+                "INSERT INTO iam_groups (id, name, gid, created_at) VALUES ($1, $2, $3, 0)",
+            )
+            .bind(gid)
+            .bind(name)
+            .bind(g)
+            .execute(&st.db.pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "INSERT INTO memberships (id, group_id, user_id, role, created_at) VALUES ($1, $2, $3, 'member', 0)",
+            )
+            .bind(format!("m-{gid}"))
+            .bind(gid)
+            .bind(&id)
+            .execute(&st.db.pool)
+            .await
+            .unwrap();
+        }
+        sqlx::query(
+            "INSERT INTO servers (id, name, public_key, created_at) VALUES ('s1', 'box', 'k', 0)",
+        )
+        .execute(&st.db.pool)
+        .await
+        .unwrap();
+
+        // Someone else's account, or root: not managed.
+        assert_eq!(managed_for(&st.db, &id, "root").await.unwrap(), None);
+        let m = managed_for(&st.db, &id, "alice").await.unwrap().unwrap();
+        assert_eq!((m.uid as i64, m.gid as i64), (uid, uid));
+        assert_eq!(m.shell, "/bin/bash");
+        assert_eq!(
+            m.groups,
+            vec![
+                ManagedGroup {
+                    name: "ops".into(),
+                    gid: 50_002
+                },
+                ManagedGroup {
+                    name: "web".into(),
+                    gid: 50_001
+                },
+            ]
+        );
+
+        assert!(attach(&st.db, "s1", &id, "alice").await.unwrap().is_some());
+        assert_eq!(state_of(st, "s1", &id).await, ACTIVE);
+        // Disabled: a lock is owed (the server is offline: it stays owed).
+        user_revoked(st, &id, "alice").await.unwrap();
+        assert_eq!(state_of(st, "s1", &id).await, LOCK_PENDING);
+        // The agent's answer settles it.
+        on_locked(st, "s1", "alice", uid as u32, false, None).await;
+        assert_eq!(state_of(st, "s1", &id).await, LOCKED);
+        // A new access (re-enabled) makes it active again.
+        attach(&st.db, "s1", &id, "alice").await.unwrap();
+        assert_eq!(state_of(st, "s1", &id).await, ACTIVE);
+        // Losing every group that reached the server locks it.
+        reach_changed(st, &id).await.unwrap();
+        assert_eq!(state_of(st, "s1", &id).await, LOCK_PENDING);
+        // A failed lock stays owed.
+        on_locked(st, "s1", "alice", uid as u32, false, Some("busy".into())).await;
+        assert_eq!(state_of(st, "s1", &id).await, LOCK_PENDING);
+    }
 
     #[test]
     fn revocation_states() {

@@ -54,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .merge(websh::router())
         .merge(acl::router())
         .merge(crate::mfa::router())
+        .merge(crate::work_sessions::router())
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
     Router::new()
         .merge(limited)

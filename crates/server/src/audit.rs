@@ -30,6 +30,8 @@ pub struct Event {
     pub server_name: Option<String>,
     pub client_ip: Option<String>,
     pub detail: Value,
+    /// The work session the action was done in, for its timeline.
+    pub work_session_id: Option<String>,
 }
 
 impl Event {
@@ -46,6 +48,7 @@ impl Event {
             server_name: None,
             client_ip: None,
             detail: json!({}),
+            work_session_id: None,
         }
     }
 
@@ -94,6 +97,11 @@ impl Event {
         self.detail = detail;
         self
     }
+
+    pub fn work_session(mut self, id: Option<&str>) -> Self {
+        self.work_session_id = id.map(str::to_string);
+        self
+    }
 }
 
 /// Stores `ev`. Callers propagate the error: an action that cannot be
@@ -102,8 +110,8 @@ pub async fn record(db: &Db, ev: Event) -> Result<(), ApiError> {
     let level_ok = ev.result_ok;
     sqlx::query(
         "INSERT INTO audit_events (id, ts, action, result, actor_user_id, actor_username,
-             token_id, token_name, server_id, server_name, client_ip, detail)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             token_id, token_name, server_id, server_name, client_ip, detail, work_session_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(new_id())
     .bind(now_ms())
@@ -117,6 +125,7 @@ pub async fn record(db: &Db, ev: Event) -> Result<(), ApiError> {
     .bind(&ev.server_name)
     .bind(&ev.client_ip)
     .bind(ev.detail.to_string())
+    .bind(&ev.work_session_id)
     .execute(&db.pool)
     .await?;
     tracing::info!(
@@ -142,6 +151,7 @@ struct Filters {
     /// Server id or name (matches events of since-deleted servers too).
     server: Option<String>,
     username: Option<String>,
+    work_session: Option<String>,
 }
 
 async fn list_events(
@@ -181,6 +191,10 @@ async fn list_events(
         let p = arg(u, &mut args);
         conds.push(format!("actor_username = {p}"));
     }
+    if let Some(w) = f.work_session.filter(|s| !s.is_empty()) {
+        let p = arg(w, &mut args);
+        conds.push(format!("work_session_id = {p}"));
+    }
     let where_ = if conds.is_empty() {
         String::new()
     } else {
@@ -197,7 +211,7 @@ async fn list_events(
     let n = args.len();
     let list_sql = format!(
         "SELECT id, ts, action, result, actor_username, token_name, server_id, server_name,
-                client_ip, detail
+                client_ip, detail, work_session_id
          FROM audit_events {where_} ORDER BY seq DESC LIMIT ${} OFFSET ${}",
         n + 1,
         n + 2
@@ -224,6 +238,7 @@ async fn list_events(
             "server": r.try_get::<Option<String>, _>("server_id")?,
             "server_name": r.try_get::<Option<String>, _>("server_name")?,
             "client_ip": r.try_get::<Option<String>, _>("client_ip")?,
+            "work_session": r.try_get::<Option<String>, _>("work_session_id")?,
             "detail": serde_json::from_str::<Value>(&detail).unwrap_or(Value::String(detail)),
         }));
     }

@@ -27,6 +27,8 @@ use crate::error::ApiError;
 
 pub const API_TOKEN_PREFIX: &str = "alpat-";
 pub const SESSION_PREFIX: &str = "alpses-";
+/// The header naming the work session a request acts in.
+pub const WORK_SESSION_HEADER: &str = "x-alpacon-work-session";
 /// Tokens of service identities (applications), same table as `alpat-`.
 pub const SERVICE_TOKEN_PREFIX: &str = "alpst-";
 pub const REGISTRATION_TOKEN_PREFIX: &str = "alprt-";
@@ -70,6 +72,8 @@ pub struct Caller {
     pub token_name: Option<String>,
     pub session_id: Option<String>,
     pub client_ip: String,
+    /// The work session the request acts in (`X-Alpacon-Work-Session`).
+    pub work_session: Option<String>,
 }
 
 impl Caller {
@@ -165,7 +169,13 @@ impl FromRequestParts<AppState> for Caller {
             Some(k) => k,
             None => key_from_headers(&parts.headers)?.to_string(),
         };
-        let caller = authenticate(&state.db, &key, client_ip(parts)).await?;
+        let mut caller = authenticate(&state.db, &key, client_ip(parts)).await?;
+        caller.work_session = parts
+            .headers
+            .get(WORK_SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty());
         // A session that may only enroll MFA (the workspace enforces it and
         // the user had none at login) reaches nothing else.
         if let Some(sid) = &caller.session_id {
@@ -269,6 +279,7 @@ pub async fn authenticate(db: &Db, key: &str, client_ip: String) -> Result<Calle
             token_id: Some(token_id),
             session_id: None,
             client_ip,
+            work_session: None,
         })
     } else if key.starts_with(SESSION_PREFIX) {
         let row = sqlx::query(
@@ -308,6 +319,7 @@ pub async fn authenticate(db: &Db, key: &str, client_ip: String) -> Result<Calle
             token_name: None,
             session_id: Some(session_id),
             client_ip,
+            work_session: None,
         })
     } else {
         Err(invalid_token(
@@ -428,6 +440,7 @@ mod tests {
             token_name: None,
             session_id: Some("s".into()),
             client_ip: "127.0.0.1".into(),
+            work_session: None,
         }
     }
 

@@ -121,7 +121,14 @@ async fn create(
             "invalid environment variable name {k:?}"
         )));
     }
-    let server = servers::resolve_for(&state, &caller, &body.server, "command.run").await?;
+    let (server, work_session) = crate::work_sessions::authorize(
+        &state,
+        &caller,
+        &body.server,
+        crate::work_sessions::Scope::Command,
+        "command.run",
+    )
+    .await?;
     if !caller.may_use_account(&username) {
         let ev = Event::new("command.run")
             .failed()
@@ -154,8 +161,8 @@ async fn create(
     let env_json = serde_json::to_string(&body.env).map_err(ApiError::internal)?;
     sqlx::query(
         "INSERT INTO commands (id, server_id, line, username, groupname, env, status,
-             requested_by, token_id, client_ip, created_at, output_truncated)
-         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, 0)",
+             requested_by, token_id, client_ip, created_at, output_truncated, work_session_id)
+         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, 0, $11)",
     )
     .bind(&id)
     .bind(&server.id)
@@ -167,11 +174,13 @@ async fn create(
     .bind(&caller.token_id)
     .bind(&caller.client_ip)
     .bind(now)
+    .bind(&work_session)
     .execute(&state.db.pool)
     .await?;
     let ev = Event::new("command.run")
         .by(&caller)
         .server(&server.id, &server.name)
+        .work_session(work_session.as_deref())
         .detail(
             json!({"command_id": id, "line": body.line, "username": username,
                        "groupname": body.groupname}),

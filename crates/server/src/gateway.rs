@@ -97,6 +97,7 @@ impl Gateway {
         };
         let state = AppState::new(db, config);
         tokio::spawn(crate::websh::reaper(state.clone()));
+        crate::work_sessions::spawn_ticker(state.clone());
         let app = router(state.clone());
         let handle = Handle::new();
         // TCP_NODELAY: terminal keystrokes and API answers are small writes

@@ -24,6 +24,7 @@ pub mod tls;
 pub mod tokens;
 pub mod webftp;
 pub mod websh;
+pub mod work_sessions;
 
 #[cfg(test)]
 mod api_tests;

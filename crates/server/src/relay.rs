@@ -341,6 +341,7 @@ async fn serve_agent(state: AppState, mut ws: WebSocket, ip: String) {
         let server_id = server_id.clone();
         tokio::spawn(async move {
             crate::revoke::recancel_on_connect(&state, &server_id).await;
+            crate::work_sessions::on_agent_connected(&state, &server_id).await;
             commands::dispatch_pending(&state, &server_id).await;
             crate::accounts::send_pending(&state, &server_id).await;
             crate::websh::on_agent_connected(&state, &server_id).await;
@@ -466,6 +467,9 @@ async fn handle_control(state: &AppState, mux: &Mux, server_id: &str, c: Control
             error,
         } => {
             crate::accounts::on_locked(state, server_id, &username, uid, removed, error).await;
+        }
+        c @ (Control::SudoUsed { .. } | Control::SudoFailed { .. }) => {
+            crate::work_sessions::on_sudo_report(state, server_id, &c).await;
         }
         other => {
             tracing::debug!("ignoring unexpected control message from agent: {other:?}");

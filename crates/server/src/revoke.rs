@@ -29,13 +29,16 @@ use crate::error::ApiError;
 pub struct Owner {
     pub user_id: String,
     pub token_id: Option<String>,
+    pub work_session: Option<String>,
 }
 
 impl Owner {
-    pub fn of(c: &Caller) -> Owner {
+    /// The owner of an operation the caller starts in `work_session`.
+    pub fn of(c: &Caller, work_session: Option<&str>) -> Owner {
         Owner {
             user_id: c.user_id.clone(),
             token_id: c.token_id.clone(),
+            work_session: work_session.map(str::to_string),
         }
     }
 }
@@ -53,6 +56,8 @@ pub enum Revocation {
         user_id: String,
         keep: Option<HashSet<String>>,
     },
+    /// The work session ended: everything opened in it ends.
+    WorkSession { id: String },
 }
 
 /// Whether `rev` ends an operation of `owner` on `server_id`.
@@ -63,6 +68,7 @@ pub fn covers(rev: &Revocation, owner: &Owner, server_id: &str) -> bool {
         Revocation::Reach { user_id, keep } => {
             owner.user_id == *user_id && keep.as_ref().is_some_and(|k| !k.contains(server_id))
         }
+        Revocation::WorkSession { id } => owner.work_session.as_deref() == Some(id.as_str()),
     }
 }
 
@@ -70,7 +76,7 @@ impl Revocation {
     fn user_id(&self) -> Option<&str> {
         match self {
             Revocation::User { user_id } | Revocation::Reach { user_id, .. } => Some(user_id),
-            Revocation::Token { .. } => None,
+            Revocation::Token { .. } | Revocation::WorkSession { .. } => None,
         }
     }
 }
@@ -184,6 +190,7 @@ pub async fn end(st: &AppState, rev: &Revocation, reason: &str) -> Result<Ended,
 
     let (col, key) = match rev {
         Revocation::Token { token_id } => ("token_id", token_id.as_str()),
+        Revocation::WorkSession { id } => ("work_session_id", id.as_str()),
         _ => (
             "user_id",
             rev.user_id()
@@ -191,7 +198,7 @@ pub async fn end(st: &AppState, rev: &Revocation, reason: &str) -> Result<Ended,
         ),
     };
     let rows = sqlx::query(&format!(
-        "SELECT id, server_id, user_id, token_id FROM websh_sessions
+        "SELECT id, server_id, user_id, token_id, work_session_id FROM websh_sessions
          WHERE {col} = $1 AND status = 'open'"
     ))
     .bind(key)
@@ -202,6 +209,7 @@ pub async fn end(st: &AppState, rev: &Revocation, reason: &str) -> Result<Ended,
         let owner = Owner {
             user_id: r.try_get("user_id")?,
             token_id: r.try_get("token_id")?,
+            work_session: r.try_get("work_session_id")?,
         };
         let server_id: String = r.try_get("server_id")?;
         if covers(rev, &owner, &server_id) {
@@ -217,7 +225,7 @@ pub async fn end(st: &AppState, rev: &Revocation, reason: &str) -> Result<Ended,
         col
     };
     let rows = sqlx::query(&format!(
-        "SELECT id, server_id, requested_by, token_id, status FROM commands
+        "SELECT id, server_id, requested_by, token_id, status, work_session_id FROM commands
          WHERE {ccol} = $1 AND status IN ('queued', 'sent')"
     ))
     .bind(key)
@@ -230,6 +238,7 @@ pub async fn end(st: &AppState, rev: &Revocation, reason: &str) -> Result<Ended,
                 .try_get::<Option<String>, _>("requested_by")?
                 .unwrap_or_default(),
             token_id: r.try_get("token_id")?,
+            work_session: r.try_get("work_session_id")?,
         };
         let server_id: String = r.try_get("server_id")?;
         if !covers(rev, &owner, &server_id) {
@@ -307,7 +316,19 @@ mod tests {
         Owner {
             user_id: u.into(),
             token_id: t.map(Into::into),
+            work_session: None,
         }
+    }
+
+    #[test]
+    fn work_session_revocation_covers_only_what_ran_in_it() {
+        let rev = Revocation::WorkSession { id: "w1".into() };
+        let mut o = owner("u1", None);
+        assert!(!covers(&rev, &o, "s1"));
+        o.work_session = Some("w1".into());
+        assert!(covers(&rev, &o, "s1"));
+        o.work_session = Some("w2".into());
+        assert!(!covers(&rev, &o, "s1"));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::auth::Caller;
 use crate::commands::account_for;
 use crate::db::{new_id, now_ms, rfc3339, rfc3339_opt, Db};
 use crate::error::ApiError;
-use crate::servers::{self, ServerRow};
+use crate::servers::ServerRow;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -79,6 +79,7 @@ struct Checked {
     link: Link,
     account: Account,
     path: String,
+    work_session: Option<String>,
 }
 
 async fn check(
@@ -94,7 +95,14 @@ async fn check(
         )));
     }
     let username = account_for(caller, &t.username, &t.groupname)?;
-    let server = servers::resolve_for(state, caller, &t.server, op.audit_action()).await?;
+    let (server, work_session) = crate::work_sessions::authorize(
+        state,
+        caller,
+        &t.server,
+        crate::work_sessions::Scope::File,
+        op.audit_action(),
+    )
+    .await?;
     if !caller.may_use_account(&username) {
         return Err(ApiError::forbidden(
             "account_not_allowed",
@@ -126,6 +134,7 @@ async fn check(
             managed,
         },
         path: t.path.clone(),
+        work_session,
     })
 }
 
@@ -168,8 +177,8 @@ impl Transfer<'_> {
     async fn begin(&self, db: &Db) -> Result<(), ApiError> {
         sqlx::query(
             "INSERT INTO transfers (id, server_id, direction, path, username, requested_by,
-                 token_id, client_ip, status, bytes, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', 0, $9)",
+                 token_id, client_ip, status, bytes, created_at, work_session_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', 0, $9, $10)",
         )
         .bind(&self.id)
         .bind(&self.c.server.id)
@@ -180,6 +189,7 @@ impl Transfer<'_> {
         .bind(&self.caller.token_id)
         .bind(&self.caller.client_ip)
         .bind(now_ms())
+        .bind(&self.c.work_session)
         .execute(&db.pool)
         .await?;
         Ok(())
@@ -189,6 +199,7 @@ impl Transfer<'_> {
         AuditEvent::new(format!("file.{}", self.direction))
             .by(self.caller)
             .server(&self.c.server.id, &self.c.server.name)
+            .work_session(self.c.work_session.as_deref())
     }
 }
 
@@ -282,9 +293,10 @@ async fn upload(
     )
     .await;
     t.begin(&state.db).await?;
-    let guard = state
-        .ops
-        .register(crate::revoke::Owner::of(&caller), &c.server.id);
+    let guard = state.ops.register(
+        crate::revoke::Owner::of(&caller, c.work_session.as_deref()),
+        &c.server.id,
+    );
     let outcome = match opened {
         Ok((s, _)) => pump_upload(s, body, &guard).await,
         Err(e) => Err(e),
@@ -425,9 +437,10 @@ async fn download(
     };
     let (_tx, rx) = s.split();
     let mut feed = DownloadFeed {
-        guard: state
-            .ops
-            .register(crate::revoke::Owner::of(&caller), &c.server.id),
+        guard: state.ops.register(
+            crate::revoke::Owner::of(&caller, c.work_session.as_deref()),
+            &c.server.id,
+        ),
         db: state.db.clone(),
         id: t.id.clone(),
         audit: Some(t.audit()),

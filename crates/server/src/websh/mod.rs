@@ -796,7 +796,14 @@ async fn create(
     let username = account_for(&caller, &body.username, &body.groupname)?;
     let rows = body.rows.unwrap_or(24).clamp(1, 1000);
     let cols = body.cols.unwrap_or(80).clamp(1, 1000);
-    let server = servers::resolve_for(&state, &caller, &body.server, "websh.open").await?;
+    let (server, work_session) = crate::work_sessions::authorize(
+        &state,
+        &caller,
+        &body.server,
+        crate::work_sessions::Scope::Websh,
+        "websh.open",
+    )
+    .await?;
     if !caller.may_use_account(&username) {
         let ev = AuditEvent::new("websh.open")
             .failed()
@@ -846,8 +853,9 @@ async fn create(
     .map_err(ApiError::internal)?;
     sqlx::query(
         "INSERT INTO websh_sessions (id, server_id, user_id, username, groupname, rows_, cols,
-             status, created_at, output_bytes, token_id, client_ip, last_activity_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, 0, $9, $10, $8)",
+             status, created_at, output_bytes, token_id, client_ip, last_activity_at,
+             work_session_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, 0, $9, $10, $8, $11)",
     )
     .bind(&id)
     .bind(&server.id)
@@ -859,6 +867,7 @@ async fn create(
     .bind(now)
     .bind(&caller.token_id)
     .bind(&caller.client_ip)
+    .bind(&work_session)
     .execute(&state.db.pool)
     .await?;
     let row = fetch(&state, &id).await?;
@@ -872,6 +881,7 @@ async fn create(
     let ev = AuditEvent::new("websh.open")
         .by(&caller)
         .server(&server.id, &server.name)
+        .work_session(work_session.as_deref())
         .result(opened.is_ok())
         .detail(
             json!({"session": id, "username": username, "rows": rows, "cols": cols,

@@ -1,0 +1,210 @@
+//! Work sessions end to end: no standing access where policy requires a
+//! session; request, approve, use, scope, expiry, revocation, timeline.
+
+use std::time::{Duration, Instant};
+
+use alpacon_e2e::{is_root, text, Agent, AgentOpts, Cli, Gateway, Interactive};
+use serde_json::{json, Value};
+
+const PW: &str = "alice's long password";
+
+fn login(gw: &Gateway, user: &str, password: &str) -> Cli {
+    let cli = Cli::new().unwrap();
+    let out = cli.run(&[
+        "login",
+        &gw.url,
+        "-u",
+        user,
+        "-p",
+        password,
+        "--ca-cert",
+        gw.ca().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    cli
+}
+
+fn ok(cli: &Cli, args: &[&str]) -> String {
+    let out = cli.run(args);
+    assert!(out.status.success(), "{args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json_of(cli: &Cli, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["--output", "json"]);
+    serde_json::from_str(&ok(cli, &a)).unwrap()
+}
+
+fn refused(cli: &Cli, args: &[&str], code: &str) {
+    let out = cli.run(args);
+    assert_eq!(out.status.code(), Some(3), "{args:?}: {}", text(&out));
+    assert!(text(&out).contains(code), "{args:?}: {}", text(&out));
+}
+
+fn open_terminal(cli: &Cli, server: &str) -> Interactive {
+    let mut c = cli.command();
+    c.args(["websh", server]);
+    let mut t = Interactive::spawn(c).unwrap();
+    t.write(b"echo READY-$((6*7))\n").unwrap();
+    t.wait_for("READY-42", Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{}", t.stderr()));
+    t
+}
+
+fn request(cli: &Cli, scope: &str, expires_in: &str) -> String {
+    let v = json_of(
+        cli,
+        &[
+            "work-session",
+            "create",
+            "--purpose",
+            "INC-2384: restart auth-svc",
+            "--server",
+            "web-1",
+            "--scope",
+            scope,
+            "--expires-in",
+            expires_in,
+        ],
+    );
+    assert_eq!(v["status"], "pending", "{v}");
+    v["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn nothing_reaches_a_server_without_an_active_session() {
+    assert!(is_root(), "needs private mount namespaces");
+    let mut gw = Gateway::start().unwrap();
+    let opts = AgentOpts {
+        private_namespace: true,
+        setup: vec![],
+        url: None,
+    };
+    let agent = Agent::register(&mut gw, "web-1", opts).unwrap();
+    gw.wait_connected("web-1", true)
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let admin = login(&gw, "admin", &gw.admin_password.clone());
+    ok(&admin, &["user", "create", "alice", "--password", PW]);
+    ok(&admin, &["group", "create", "ops"]);
+    ok(&admin, &["group", "add-server", "ops", "web-1"]);
+    ok(&admin, &["group", "add-member", "ops", "alice"]);
+    let (s, v) = gw
+        .call(
+            "PUT",
+            "/api/work-sessions/policy/",
+            Some(json!({"required_for": "members"})),
+        )
+        .unwrap();
+    assert_eq!(s, 200, "{v}");
+
+    // Without a session: refused by every route, exit code 3, with how to
+    // request one.
+    let alice = login(&gw, "alice", PW);
+    refused(
+        &alice,
+        &["websh", "web-1", "id"],
+        "needs an active work session",
+    );
+    refused(&alice, &["websh", "web-1"], "needs an active work session");
+    std::fs::write(alice.dir.path().join("f"), "x").unwrap();
+    refused(
+        &alice,
+        &["cp", "f", "web-1:/tmp/f"],
+        "needs an active work session",
+    );
+    let out = alice.run(&["websh", "web-1", "id"]);
+    assert!(
+        text(&out).contains("alpacon work-session create"),
+        "{}",
+        text(&out)
+    );
+
+    // Requested: not usable while pending, nor approvable by the requester.
+    let id = request(&alice, "websh,command", "4s");
+    ok(&alice, &["work-session", "use", &id]);
+    refused(&alice, &["websh", "web-1", "id"], "waiting for approval");
+    let out = alice.run(&["work-session", "approve", &id]);
+    assert!(!out.status.success(), "{}", text(&out));
+
+    // Approved: commands and terminals inside it; files are not in scope.
+    let v = json_of(&admin, &["work-session", "approve", &id]);
+    assert_eq!(v["status"], "active", "{v}");
+    assert_eq!(ok(&alice, &["websh", "web-1", "id -un"]), "alice\n");
+    refused(&alice, &["cp", "f", "web-1:/tmp/f"], "does not grant file");
+    // Someone else's session is not yours to use.
+    let out = admin.run(&["--work-session", &id, "websh", "web-1", "id"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+
+    // At expiry the live terminal ends.
+    let mut t = open_terminal(&alice, "web-1");
+    let status = t
+        .wait(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("terminal outlived its session: {e}"));
+    assert!(!status.success());
+    let v = json_of(&alice, &["work-session", "describe", &id]);
+    assert_eq!(v["status"], "expired", "{v}");
+    eprintln!("terminal ended at expiry: {}", t.stderr());
+    refused(&alice, &["websh", "web-1", "id"], "has ended");
+
+    // Revocation ends a live terminal too.
+    let id2 = request(&alice, "websh", "1h");
+    ok(&admin, &["work-session", "approve", &id2]);
+    ok(&alice, &["work-session", "use", &id2]);
+    let mut t = open_terminal(&alice, "web-1");
+    let since = Instant::now();
+    ok(
+        &admin,
+        &["work-session", "revoke", &id2, "--reason", "done here"],
+    );
+    let status = t.wait(Duration::from_secs(30)).unwrap();
+    assert!(!status.success());
+    eprintln!(
+        "terminal ended {} ms after revocation",
+        since.elapsed().as_millis()
+    );
+
+    // One ordered timeline of the first session.
+    let tl = json_of(&alice, &["work-session", "timeline", &id]);
+    let kinds: Vec<String> = tl["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| match i["kind"].as_str() {
+            Some("event") => i["action"].as_str().unwrap().to_string(),
+            Some(k) => k.to_string(),
+            None => String::new(),
+        })
+        .collect();
+    let pos = |k: &str| {
+        kinds
+            .iter()
+            .position(|x| x == k)
+            .unwrap_or_else(|| panic!("{k} missing from {kinds:?}"))
+    };
+    assert!(
+        pos("work_session.request") < pos("work_session.approve"),
+        "{kinds:?}"
+    );
+    assert!(
+        pos("work_session.approve") <= pos("work_session.activate"),
+        "{kinds:?}"
+    );
+    assert!(pos("work_session.activate") < pos("command"), "{kinds:?}");
+    assert!(pos("command") < pos("terminal"), "{kinds:?}");
+    assert!(pos("terminal") < pos("work_session.expired"), "{kinds:?}");
+    let cmd = &tl["results"][pos("command")];
+    assert_eq!(cmd["exit_code"], 0, "{cmd}");
+    assert!(tl["results"][pos("terminal")]["recording"]
+        .as_str()
+        .unwrap()
+        .contains("/recording/"));
+    // Another member never sees it.
+    ok(
+        &admin,
+        &["user", "create", "bob", "--password", "bob's long password"],
+    );
+    let bob = login(&gw, "bob", "bob's long password");
+    let out = bob.run(&["work-session", "timeline", &id]);
+    assert!(!out.status.success(), "{}", text(&out));
+}

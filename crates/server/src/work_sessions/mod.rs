@@ -1,0 +1,1334 @@
+//! Work sessions: no standing access. Where the workspace policy says so,
+//! nothing reaches a server without an active, approved, time-bound session
+//! that covers it and the kind of access asked for; sudo exists only inside
+//! one.
+//!
+//! * `state` — the lifecycle and the decisions (pure, exhaustively tested).
+//! * here — storage, the API under `/api/work-sessions/`, [`authorize`]
+//!   (the one check every route to a server goes through), the ticker that
+//!   starts and expires sessions, and what ending a session does: every
+//!   terminal, command and transfer opened in it ends (`revoke`), and the
+//!   sudo it granted is withdrawn from the servers (`SyncSudo`).
+
+pub mod state;
+
+use std::time::Duration;
+
+use alpacon_proto::{Control, SudoGrant};
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::api::{page_response, Json, PageParams, Path, Query};
+use crate::app::AppState;
+use crate::audit::{self, Event};
+use crate::auth::Caller;
+use crate::db::{new_id, now_ms, rfc3339, rfc3339_opt, Db};
+use crate::error::ApiError;
+use crate::revoke::{self, Revocation};
+use crate::servers::{self, ServerRow};
+pub use state::Scope;
+use state::{Event as Ev, Life, Policy, Status};
+
+pub const POLICY_KEY: &str = "work_session.policy";
+const MAX_PURPOSE: usize = 500;
+/// How often the ticker looks for sessions to start or expire.
+const TICK: Duration = Duration::from_millis(200);
+
+// ---------------------------------------------------------------------------
+// Storage
+// ---------------------------------------------------------------------------
+
+/// A session as stored.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: String,
+    pub requester_id: String,
+    pub requester: String,
+    pub purpose: String,
+    pub scopes: Vec<Scope>,
+    pub sudo_commands: Vec<String>,
+    pub life: Life,
+    pub server_ids: Vec<String>,
+    pub created_at: i64,
+    pub decided_at: Option<i64>,
+    pub decided_by: Option<String>,
+    pub decision_note: Option<String>,
+    pub ended_at: Option<i64>,
+    pub end_reason: Option<String>,
+}
+
+const SELECT: &str = "SELECT w.*, u.username AS requester,
+        d.username AS decider
+ FROM work_sessions w JOIN users u ON u.id = w.requester_id
+ LEFT JOIN users d ON d.id = w.decided_by";
+
+fn parse_scopes(s: &str) -> Vec<Scope> {
+    serde_json::from_str::<Vec<String>>(s)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|x| Scope::parse(x))
+        .collect()
+}
+
+async fn load(db: &Db, id: &str) -> Result<Option<Session>, ApiError> {
+    let Some(r) = sqlx::query(&format!("{SELECT} WHERE w.id = $1"))
+        .bind(id)
+        .fetch_optional(&db.pool)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let server_ids: Vec<String> = sqlx::query_scalar(
+        "SELECT server_id FROM work_session_servers WHERE session_id = $1 ORDER BY server_id",
+    )
+    .bind(id)
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(Some(from_row(&r, server_ids)?))
+}
+
+fn from_row(r: &AnyRow, server_ids: Vec<String>) -> Result<Session, ApiError> {
+    let status: String = r.try_get("status")?;
+    Ok(Session {
+        id: r.try_get("id")?,
+        requester_id: r.try_get("requester_id")?,
+        requester: r.try_get("requester")?,
+        purpose: r.try_get("purpose")?,
+        scopes: parse_scopes(&r.try_get::<String, _>("scopes")?),
+        sudo_commands: serde_json::from_str(&r.try_get::<String, _>("sudo_commands")?)
+            .unwrap_or_default(),
+        life: Life {
+            status: Status::parse(&status)
+                .ok_or_else(|| ApiError::internal(format!("bad stored status {status:?}")))?,
+            starts_at: r.try_get("starts_at")?,
+            duration_ms: r.try_get("duration_ms")?,
+            activated_at: r.try_get("activated_at")?,
+            expires_at: r.try_get("expires_at")?,
+            extension_ms: r.try_get("extension_ms")?,
+        },
+        server_ids,
+        created_at: r.try_get("created_at")?,
+        decided_at: r.try_get("decided_at")?,
+        decided_by: r.try_get("decider")?,
+        decision_note: r.try_get("decision_note")?,
+        ended_at: r.try_get("ended_at")?,
+        end_reason: r.try_get("end_reason")?,
+    })
+}
+
+async fn to_json(db: &Db, s: &Session) -> Result<Value, ApiError> {
+    let mut servers = Vec::new();
+    for id in &s.server_ids {
+        let name = servers::get_by_id(db, id)
+            .await?
+            .map(|r| r.name)
+            .unwrap_or_default();
+        servers.push(json!({"id": id, "name": name}));
+    }
+    Ok(json!({
+        "id": s.id,
+        "requester": s.requester,
+        "purpose": s.purpose,
+        "status": s.life.status.as_str(),
+        "scopes": s.scopes.iter().map(|x| x.as_str()).collect::<Vec<_>>(),
+        "sudo_commands": s.sudo_commands,
+        "servers": servers,
+        "duration_seconds": s.life.duration_ms / 1000,
+        "starts_at": rfc3339_opt(s.life.starts_at),
+        "activated_at": rfc3339_opt(s.life.activated_at),
+        "expires_at": rfc3339_opt(s.life.expires_at),
+        "extension_requested_seconds": s.life.extension_ms.map(|m| m / 1000),
+        "created_at": rfc3339(s.created_at),
+        "decided_at": rfc3339_opt(s.decided_at),
+        "decided_by": s.decided_by,
+        "decision_note": s.decision_note,
+        "ended_at": rfc3339_opt(s.ended_at),
+        "end_reason": s.end_reason,
+    }))
+}
+
+/// Writes `n` over the session's lifecycle columns if it is still in
+/// `from` (another node or request may have moved it). Returns whether this
+/// caller made the change.
+async fn store_life(db: &Db, id: &str, from: Status, n: &Life) -> Result<bool, ApiError> {
+    let ended = n.status.is_final().then(now_ms);
+    let r = sqlx::query(
+        "UPDATE work_sessions SET status = $1, starts_at = $2, duration_ms = $3,
+             activated_at = $4, expires_at = $5, extension_ms = $6,
+             ended_at = COALESCE(ended_at, $7)
+         WHERE id = $8 AND status = $9",
+    )
+    .bind(n.status.as_str())
+    .bind(n.starts_at)
+    .bind(n.duration_ms)
+    .bind(n.activated_at)
+    .bind(n.expires_at)
+    .bind(n.extension_ms)
+    .bind(ended)
+    .bind(id)
+    .bind(from.as_str())
+    .execute(&db.pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+// ---------------------------------------------------------------------------
+// The access check
+// ---------------------------------------------------------------------------
+
+pub async fn policy(db: &Db) -> Result<Policy, ApiError> {
+    crate::settings::get_or_default::<Policy>(db, POLICY_KEY).await
+}
+
+async fn server_groups(db: &Db, server_id: &str) -> Result<Vec<String>, ApiError> {
+    Ok(sqlx::query_scalar(
+        "SELECT g.name FROM group_servers gs JOIN iam_groups g ON g.id = gs.group_id
+         WHERE gs.server_id = $1",
+    )
+    .bind(server_id)
+    .fetch_all(&db.pool)
+    .await?)
+}
+
+/// The one check before anything reaches a server: the server is within
+/// the caller's reach (`servers::resolve_for`), and, where the policy
+/// requires one or the request names one, the caller's work session is
+/// active and covers the server and `scope`. Returns the server and the
+/// session the operation runs in. Refusals are audited as `action`.
+pub async fn authorize(
+    st: &AppState,
+    caller: &Caller,
+    ident: &str,
+    scope: Scope,
+    action: &str,
+) -> Result<(ServerRow, Option<String>), ApiError> {
+    let server = servers::resolve_for(st, caller, ident, action).await?;
+    let Some(ws_id) = caller.work_session.clone() else {
+        let p = policy(&st.db).await?;
+        let groups = server_groups(&st.db, &server.id).await?;
+        if state::required(&p, caller.is_admin(), &groups) {
+            let detail = format!(
+                "{} needs an active work session; request one with `alpacon work-session create --purpose \"...\" --server {} --scope {}`, then `alpacon work-session use ID`",
+                server.name,
+                server.name,
+                scope.as_str()
+            );
+            return Err(refuse(
+                st,
+                caller,
+                action,
+                &server,
+                scope,
+                state::CODE_REQUIRED,
+                detail,
+            )
+            .await);
+        }
+        return Ok((server, None));
+    };
+    let Some(ws) = load(&st.db, &ws_id).await? else {
+        let detail = format!("no work session {ws_id:?}; see `alpacon work-session ls`");
+        return Err(refuse(
+            st,
+            caller,
+            action,
+            &server,
+            scope,
+            "work_session_not_found",
+            detail,
+        )
+        .await);
+    };
+    let g = state::Grant {
+        requester_id: &ws.requester_id,
+        status: ws.life.status,
+        expires_at: ws.life.expires_at,
+        server_ids: &ws.server_ids,
+        scopes: &ws.scopes,
+    };
+    if let Err(r) = state::check_use(
+        &g,
+        &caller.user_id,
+        &server.id,
+        &server.name,
+        scope,
+        now_ms(),
+    ) {
+        return Err(refuse(st, caller, action, &server, scope, r.code, r.detail).await);
+    }
+    Ok((server, Some(ws_id)))
+}
+
+/// Audits a refusal and returns its 403.
+async fn refuse(
+    st: &AppState,
+    caller: &Caller,
+    action: &str,
+    server: &ServerRow,
+    scope: Scope,
+    code: &'static str,
+    detail: String,
+) -> ApiError {
+    let ev = Event::new(action)
+        .failed()
+        .by(caller)
+        .server(&server.id, &server.name)
+        .work_session(caller.work_session.as_deref())
+        .detail(json!({"reason": code, "refusal": detail, "scope": scope.as_str()}));
+    if let Err(e) = audit::record(&st.db, ev).await {
+        return e;
+    }
+    ApiError::forbidden(code, detail)
+}
+
+/// A JSON body that may be left out entirely (`POST .../approve/` alone).
+fn optional_body<T: Default + serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
+    if b.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(b).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+// ---------------------------------------------------------------------------
+// Lifecycle effects
+// ---------------------------------------------------------------------------
+
+async fn record(st: &AppState, ev: Event, ws: &str) -> Result<(), ApiError> {
+    audit::record(&st.db, ev.work_session(Some(ws))).await
+}
+
+/// The session became active: grant sudo where it has the scope.
+async fn on_activated(st: &AppState, ws: &Session, n: &Life) -> Result<(), ApiError> {
+    record(
+        st,
+        Event::new("work_session.activate").detail(json!({
+            "expires_at": rfc3339_opt(n.expires_at), "requester": ws.requester,
+        })),
+        &ws.id,
+    )
+    .await?;
+    if !ws.scopes.contains(&Scope::Sudo) {
+        return Ok(());
+    }
+    let expires = n.expires_at.unwrap_or_else(now_ms);
+    for server_id in &ws.server_ids {
+        let id = format!("ws-{}", &ws.id.replace('-', "")[..16.min(ws.id.len())]);
+        let grant_id = format!(
+            "{id}-{}",
+            &server_id.replace('-', "")[..8.min(server_id.len())]
+        );
+        sqlx::query(
+            "INSERT INTO sudo_grants (id, session_id, server_id, username, commands, expires_at,
+                 active, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, 1, $7)
+             ON CONFLICT (session_id, server_id) DO UPDATE SET active = 1, expires_at = $6",
+        )
+        .bind(&grant_id)
+        .bind(&ws.id)
+        .bind(server_id)
+        .bind(&ws.requester)
+        .bind(serde_json::to_string(&ws.sudo_commands).map_err(ApiError::internal)?)
+        .bind(expires)
+        .bind(now_ms())
+        .execute(&st.db.pool)
+        .await?;
+        let name = servers::get_by_id(&st.db, server_id)
+            .await?
+            .map(|s| s.name)
+            .unwrap_or_default();
+        record(
+            st,
+            Event::new("sudo.grant")
+                .server(server_id, &name)
+                .detail(json!({
+                    "grant_id": grant_id, "username": ws.requester,
+                    "commands": ws.sudo_commands, "expires_at": rfc3339(expires),
+                })),
+            &ws.id,
+        )
+        .await?;
+        sync_sudo(st, server_id).await;
+    }
+    Ok(())
+}
+
+/// The session ended (expired, revoked, completed): end everything opened
+/// in it and withdraw its sudo.
+async fn on_ended(
+    st: &AppState,
+    ws: &Session,
+    status: Status,
+    reason: &str,
+) -> Result<(), ApiError> {
+    sqlx::query("UPDATE work_sessions SET end_reason = COALESCE(end_reason, $1) WHERE id = $2")
+        .bind(reason)
+        .bind(&ws.id)
+        .execute(&st.db.pool)
+        .await?;
+    let ended = revoke::end(
+        st,
+        &Revocation::WorkSession { id: ws.id.clone() },
+        &format!("work session {}: {reason}", status.as_str()),
+    )
+    .await?;
+    let servers: Vec<String> = sqlx::query_scalar(
+        "SELECT server_id FROM sudo_grants WHERE session_id = $1 AND active = 1",
+    )
+    .bind(&ws.id)
+    .fetch_all(&st.db.pool)
+    .await?;
+    sqlx::query("UPDATE sudo_grants SET active = 0 WHERE session_id = $1")
+        .bind(&ws.id)
+        .execute(&st.db.pool)
+        .await?;
+    for server_id in &servers {
+        let name = servers::get_by_id(&st.db, server_id)
+            .await?
+            .map(|s| s.name)
+            .unwrap_or_default();
+        record(
+            st,
+            Event::new("sudo.revoke")
+                .server(server_id, &name)
+                .detail(json!({"username": ws.requester})),
+            &ws.id,
+        )
+        .await?;
+        sync_sudo(st, server_id).await;
+    }
+    record(
+        st,
+        Event::new(format!("work_session.{}", status.as_str())).detail(json!({
+            "reason": reason, "ended": ended,
+        })),
+        &ws.id,
+    )
+    .await
+}
+
+/// Sends a server the full set of sudo grants it should have now. A server
+/// that is offline gets it when it connects (`on_agent_connected`).
+pub async fn sync_sudo(st: &AppState, server_id: &str) {
+    let rows = sqlx::query(
+        "SELECT id, username, commands, expires_at FROM sudo_grants
+         WHERE server_id = $1 AND active = 1 AND expires_at > $2",
+    )
+    .bind(server_id)
+    .bind(now_ms())
+    .fetch_all(&st.db.pool)
+    .await;
+    let rows = match rows {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(server = %server_id, "cannot load sudo grants: {e}");
+            return;
+        }
+    };
+    let grants = rows
+        .iter()
+        .filter_map(|r| {
+            Some(SudoGrant {
+                id: r.try_get("id").ok()?,
+                username: r.try_get("username").ok()?,
+                commands: serde_json::from_str(&r.try_get::<String, _>("commands").ok()?)
+                    .unwrap_or_default(),
+                expires_at_ms: r.try_get("expires_at").ok()?,
+            })
+        })
+        .collect();
+    st.relay
+        .send_control(server_id, Control::SyncSudo { grants })
+        .await;
+}
+
+pub async fn on_agent_connected(st: &AppState, server_id: &str) {
+    sync_sudo(st, server_id).await;
+}
+
+/// An agent reports a sudo use (or a grant it could not install).
+pub async fn on_sudo_report(st: &AppState, server_id: &str, c: &Control) {
+    let (grant_id, ev) = match c {
+        Control::SudoUsed {
+            grant_id,
+            username,
+            entry,
+        } => (
+            grant_id,
+            Event::new("sudo.use")
+                .actor_name(username)
+                .detail(json!({"entry": entry, "grant_id": grant_id})),
+        ),
+        Control::SudoFailed { grant_id, error } => (
+            grant_id,
+            Event::new("sudo.grant")
+                .failed()
+                .detail(json!({"error": error, "grant_id": grant_id})),
+        ),
+        _ => return,
+    };
+    let ws: Option<String> =
+        sqlx::query_scalar("SELECT session_id FROM sudo_grants WHERE id = $1 AND server_id = $2")
+            .bind(grant_id)
+            .bind(server_id)
+            .fetch_optional(&st.db.pool)
+            .await
+            .ok()
+            .flatten();
+    let name = servers::get_by_id(&st.db, server_id)
+        .await
+        .ok()
+        .flatten()
+        .map(|s| s.name)
+        .unwrap_or_default();
+    let ev = ev.server(server_id, &name).work_session(ws.as_deref());
+    if let Err(e) = audit::record(&st.db, ev).await {
+        tracing::error!("cannot record a sudo report: {}", e.detail);
+    }
+}
+
+/// Applies `e` to session `id` and carries out what the transition means.
+async fn transition(st: &AppState, id: &str, e: Ev, reason: &str) -> Result<Session, ApiError> {
+    let ws = load(&st.db, id).await?.ok_or_else(|| not_found(id))?;
+    let n = state::apply(&ws.life, &e).map_err(|state::Refused(why)| {
+        ApiError::conflict(
+            "work_session_state",
+            format!("{why} (it is {})", ws.life.status.as_str()),
+        )
+    })?;
+    if n == ws.life {
+        return Ok(ws);
+    }
+    if !store_life(&st.db, id, ws.life.status, &n).await? {
+        return Err(ApiError::conflict(
+            "work_session_state",
+            "the session changed meanwhile; look again",
+        ));
+    }
+    after(st, &ws, &n, reason).await?;
+    load(&st.db, id).await?.ok_or_else(|| not_found(id))
+}
+
+async fn after(st: &AppState, ws: &Session, n: &Life, reason: &str) -> Result<(), ApiError> {
+    let was = ws.life.status;
+    if n.status == Status::Active && was != Status::Active {
+        on_activated(st, ws, n).await?;
+    }
+    if matches!(was, Status::Active | Status::Approved)
+        && matches!(
+            n.status,
+            Status::Expired | Status::Revoked | Status::Completed | Status::Cancelled
+        )
+    {
+        on_ended(st, ws, n.status, reason).await?;
+    } else if was == Status::Active
+        && n.expires_at != ws.life.expires_at
+        && n.status == Status::Active
+    {
+        // Extended: the agents' drop-ins carry the expiry.
+        sqlx::query("UPDATE sudo_grants SET expires_at = $1 WHERE session_id = $2 AND active = 1")
+            .bind(n.expires_at)
+            .bind(&ws.id)
+            .execute(&st.db.pool)
+            .await?;
+        for s in &ws.server_ids {
+            sync_sudo(st, s).await;
+        }
+    }
+    Ok(())
+}
+
+/// Starts due sessions and expires ended ones, every `TICK`.
+pub fn spawn_ticker(st: AppState) {
+    tokio::spawn(async move {
+        let mut iv = tokio::time::interval(TICK);
+        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            iv.tick().await;
+            if let Err(e) = tick(&st).await {
+                tracing::warn!("work session ticker: {}", e.detail);
+            }
+        }
+    });
+}
+
+async fn tick(st: &AppState) -> Result<(), ApiError> {
+    let now = now_ms();
+    let due: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM work_sessions
+         WHERE (status = 'active' AND expires_at <= $1)
+            OR (status = 'approved' AND (starts_at IS NULL OR starts_at <= $1))",
+    )
+    .bind(now)
+    .fetch_all(&st.db.pool)
+    .await?;
+    for id in due {
+        let reason = "its time ran out";
+        match transition(st, &id, Ev::Tick { now }, reason).await {
+            Ok(_) => {}
+            Err(e) if e.code == "work_session_state" => {}
+            Err(e) => tracing::warn!(session = %id, "cannot advance work session: {}", e.detail),
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// API
+// ---------------------------------------------------------------------------
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found(
+        "work_session_not_found",
+        format!("no work session {id:?}; see `alpacon work-session ls`"),
+    )
+}
+
+pub fn router() -> Router<AppState> {
+    const B: &str = "/api/work-sessions/sessions";
+    Router::new()
+        .route(&format!("{B}/"), get(list).post(create))
+        .route(&format!("{B}/{{id}}/"), get(describe))
+        .route(&format!("{B}/{{id}}/approve/"), post(approve))
+        .route(&format!("{B}/{{id}}/reject/"), post(reject))
+        .route(&format!("{B}/{{id}}/cancel/"), post(cancel))
+        .route(&format!("{B}/{{id}}/revoke/"), post(revoke_session))
+        .route(&format!("{B}/{{id}}/complete/"), post(complete))
+        .route(&format!("{B}/{{id}}/extend/"), post(extend))
+        .route(
+            &format!("{B}/{{id}}/approve-extension/"),
+            post(approve_extension),
+        )
+        .route(
+            &format!("{B}/{{id}}/reject-extension/"),
+            post(reject_extension),
+        )
+        .route(&format!("{B}/{{id}}/timeline/"), get(timeline))
+        .route(
+            "/api/work-sessions/policy/",
+            get(get_policy).put(put_policy),
+        )
+}
+
+/// A session the caller may see: their own, or any for admins.
+async fn visible(st: &AppState, caller: &Caller, id: &str) -> Result<Session, ApiError> {
+    let ws = load(&st.db, id).await?.ok_or_else(|| not_found(id))?;
+    if ws.requester_id != caller.user_id && !caller.is_admin() {
+        return Err(not_found(id));
+    }
+    Ok(ws)
+}
+
+fn parse_duration_field(v: &Value, what: &str) -> Result<Option<i64>, ApiError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Number(n) => n
+            .as_i64()
+            .filter(|s| *s > 0)
+            .map(|s| Some(s * 1000))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("{what} must be a positive number of seconds"))
+            }),
+        Value::String(s) => state::parse_duration(s).map(Some).ok_or_else(|| {
+            ApiError::bad_request(format!("{what} must look like 90m, 2h or 1d, not {s:?}"))
+        }),
+        _ => Err(ApiError::bad_request(format!("{what} must be like \"2h\""))),
+    }
+}
+
+fn parse_time(s: &Option<String>) -> Result<Option<i64>, ApiError> {
+    match s.as_deref().filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+            .map(|d| Some(d.timestamp_millis()))
+            .map_err(|_| {
+                ApiError::bad_request(format!(
+                    "starts_at must be RFC 3339, e.g. 2026-11-23T22:00:00Z, not {t:?}"
+                ))
+            }),
+    }
+}
+
+fn parse_scope_list(v: &[String]) -> Result<Vec<Scope>, ApiError> {
+    let mut out: Vec<Scope> = Vec::new();
+    for s in v {
+        let sc = Scope::parse(s.trim()).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unknown scope {s:?}; scopes are websh, command, file, sudo, tunnel"
+            ))
+        })?;
+        if !out.contains(&sc) {
+            out.push(sc);
+        }
+    }
+    if out.is_empty() {
+        return Err(ApiError::bad_request("give at least one scope"));
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn check_duration(p: &Policy, ms: i64) -> Result<(), ApiError> {
+    if ms > p.max_duration_hours as i64 * 3_600_000 {
+        return Err(ApiError::bad_request(format!(
+            "a work session lasts at most {} hours here",
+            p.max_duration_hours
+        )));
+    }
+    Ok(())
+}
+
+fn check_sudo_commands(cmds: &[String]) -> Result<(), ApiError> {
+    for c in cmds {
+        let ok = c.starts_with('/')
+            && c.len() <= 200
+            && c.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || " -_./=:@%+".contains(ch));
+        if !ok {
+            return Err(ApiError::bad_request(format!(
+                "sudo commands must be absolute paths with plain arguments, not {c:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    purpose: String,
+    servers: Vec<String>,
+    scopes: Vec<String>,
+    /// `"2h"`, `"90m"`, or seconds.
+    #[serde(default)]
+    duration: Value,
+    starts_at: Option<String>,
+    #[serde(default)]
+    sudo_commands: Vec<String>,
+}
+
+async fn create(
+    State(st): State<AppState>,
+    caller: Caller,
+    Json(b): Json<CreateBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let purpose = b.purpose.trim().to_string();
+    if purpose.is_empty() || purpose.len() > MAX_PURPOSE || purpose.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "purpose must be 1 to {MAX_PURPOSE} printable characters: say why you need access"
+        )));
+    }
+    let scopes = parse_scope_list(&b.scopes)?;
+    let duration = parse_duration_field(&b.duration, "duration")?.unwrap_or(3_600_000);
+    let p = policy(&st.db).await?;
+    check_duration(&p, duration)?;
+    let starts_at = parse_time(&b.starts_at)?;
+    check_sudo_commands(&b.sudo_commands)?;
+    if !b.sudo_commands.is_empty() && !scopes.contains(&Scope::Sudo) {
+        return Err(ApiError::bad_request("sudo_commands need the sudo scope"));
+    }
+    if b.servers.is_empty() || b.servers.len() > 100 {
+        return Err(ApiError::bad_request("give 1 to 100 servers"));
+    }
+    let mut server_ids = Vec::new();
+    for s in &b.servers {
+        let row = servers::resolve_for(&st, &caller, s, "work_session.request").await?;
+        if !server_ids.contains(&row.id) {
+            server_ids.push(row.id);
+        }
+    }
+    let id = new_id();
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO work_sessions (id, requester_id, purpose, scopes, sudo_commands, status,
+             starts_at, duration_ms, created_at)
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8)",
+    )
+    .bind(&id)
+    .bind(&caller.user_id)
+    .bind(&purpose)
+    .bind(serde_json::to_string(&scopes).map_err(ApiError::internal)?)
+    .bind(serde_json::to_string(&b.sudo_commands).map_err(ApiError::internal)?)
+    .bind(starts_at)
+    .bind(duration)
+    .bind(now)
+    .execute(&st.db.pool)
+    .await?;
+    for s in &server_ids {
+        sqlx::query("INSERT INTO work_session_servers (session_id, server_id) VALUES ($1, $2)")
+            .bind(&id)
+            .bind(s)
+            .execute(&st.db.pool)
+            .await?;
+    }
+    // "Admins are notified": the request is in the audit trail at once.
+    record(
+        &st,
+        Event::new("work_session.request")
+            .by(&caller)
+            .detail(json!({
+                "purpose": purpose, "servers": b.servers,
+                "scopes": scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+                "duration_seconds": duration / 1000,
+            })),
+        &id,
+    )
+    .await?;
+    let ws = if state::auto_approves(&p, caller.is_superuser) {
+        sqlx::query("UPDATE work_sessions SET decided_at = $1, decided_by = $2, decision_note = $3 WHERE id = $4")
+            .bind(now_ms())
+            .bind(&caller.user_id)
+            .bind("approved automatically (superuser, by policy)")
+            .bind(&id)
+            .execute(&st.db.pool)
+            .await?;
+        record(
+            &st,
+            Event::new("work_session.approve")
+                .by(&caller)
+                .detail(json!({"automatic": true})),
+            &id,
+        )
+        .await?;
+        transition(
+            &st,
+            &id,
+            Ev::Approve {
+                now: now_ms(),
+                starts_at,
+                duration_ms: duration,
+            },
+            "approved",
+        )
+        .await?
+    } else {
+        load(&st.db, &id).await?.ok_or_else(|| not_found(&id))?
+    };
+    Ok((StatusCode::CREATED, Json(to_json(&st.db, &ws).await?)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ListFilters {
+    status: Option<String>,
+    /// `mine` to see only your own even as an admin.
+    requester: Option<String>,
+}
+
+async fn list(
+    State(st): State<AppState>,
+    caller: Caller,
+    Query(pp): Query<PageParams>,
+    Query(f): Query<ListFilters>,
+    uri: Uri,
+) -> Result<Json<Value>, ApiError> {
+    let page = pp.page()?;
+    let status = f.status.filter(|s| !s.is_empty());
+    if let Some(s) = &status {
+        Status::parse(s).ok_or_else(|| ApiError::bad_request(format!("unknown status {s:?}")))?;
+    }
+    let all = (caller.is_admin() && f.requester.as_deref() != Some("mine")) as i64;
+    let filter = "WHERE ($1 = 1 OR w.requester_id = $2) AND ($3 IS NULL OR w.status = $3)";
+    let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM work_sessions w {filter}"))
+        .bind(all)
+        .bind(&caller.user_id)
+        .bind(&status)
+        .fetch_one(&st.db.pool)
+        .await?;
+    let rows = sqlx::query(&format!(
+        "{SELECT} {filter} ORDER BY w.created_at DESC, w.id DESC LIMIT $4 OFFSET $5"
+    ))
+    .bind(all)
+    .bind(&caller.user_id)
+    .bind(&status)
+    .bind(page.limit())
+    .bind(page.offset())
+    .fetch_all(&st.db.pool)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let id: String = r.try_get("id")?;
+        let server_ids: Vec<String> =
+            sqlx::query_scalar("SELECT server_id FROM work_session_servers WHERE session_id = $1")
+                .bind(&id)
+                .fetch_all(&st.db.pool)
+                .await?;
+        out.push(to_json(&st.db, &from_row(r, server_ids)?).await?);
+    }
+    Ok(page_response(count, out, page, &uri))
+}
+
+async fn describe(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let ws = visible(&st, &caller, &id).await?;
+    Ok(Json(to_json(&st.db, &ws).await?))
+}
+
+/// Approvers are staff and superusers, never the requester (policy may
+/// auto-approve superusers' own requests at creation), with a fresh second
+/// factor when they have one.
+async fn require_approver(
+    st: &AppState,
+    caller: &Caller,
+    ws: &Session,
+    action: &str,
+) -> Result<(), ApiError> {
+    if !caller.is_admin() || caller.token_id.is_some() {
+        return Err(ApiError::forbidden(
+            "permission_denied",
+            "only staff and superusers, signed in with a password, decide on work sessions",
+        ));
+    }
+    if ws.requester_id == caller.user_id {
+        return Err(ApiError::forbidden(
+            "permission_denied",
+            "you cannot approve your own work session; ask another admin",
+        ));
+    }
+    crate::mfa::require_recent_mfa(st, caller, action).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ApproveBody {
+    /// Narrow the servers (a subset of those requested).
+    servers: Option<Vec<String>>,
+    /// Narrow the scopes (a subset of those requested).
+    scopes: Option<Vec<String>>,
+    duration: Value,
+    starts_at: Option<String>,
+    note: Option<String>,
+}
+
+async fn approve(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let b: ApproveBody = optional_body(&body)?;
+    let ws = visible(&st, &caller, &id).await?;
+    require_approver(&st, &caller, &ws, "work_session.approve").await?;
+    let p = policy(&st.db).await?;
+    let duration = parse_duration_field(&b.duration, "duration")?.unwrap_or(ws.life.duration_ms);
+    check_duration(&p, duration)?;
+    let starts_at = match &b.starts_at {
+        Some(_) => parse_time(&b.starts_at)?,
+        None => ws.life.starts_at,
+    };
+    let mut adjusted = json!({});
+    if let Some(sc) = &b.scopes {
+        let sc = parse_scope_list(sc)?;
+        if let Some(x) = sc.iter().find(|s| !ws.scopes.contains(s)) {
+            return Err(ApiError::bad_request(format!(
+                "{} was not requested; approval can only narrow the scopes",
+                x.as_str()
+            )));
+        }
+        sqlx::query("UPDATE work_sessions SET scopes = $1 WHERE id = $2 AND status = 'pending'")
+            .bind(serde_json::to_string(&sc).map_err(ApiError::internal)?)
+            .bind(&id)
+            .execute(&st.db.pool)
+            .await?;
+        adjusted["scopes"] = json!(sc.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    }
+    if let Some(svs) = &b.servers {
+        let mut keep = Vec::new();
+        for s in svs {
+            let row = servers::resolve(&st.db, s).await?;
+            if !ws.server_ids.contains(&row.id) {
+                return Err(ApiError::bad_request(format!(
+                    "{} was not requested; approval can only narrow the servers",
+                    row.name
+                )));
+            }
+            keep.push(row.id);
+        }
+        if keep.is_empty() {
+            return Err(ApiError::bad_request("keep at least one server, or reject"));
+        }
+        for s in ws.server_ids.iter().filter(|s| !keep.contains(s)) {
+            sqlx::query(
+                "DELETE FROM work_session_servers WHERE session_id = $1 AND server_id = $2",
+            )
+            .bind(&id)
+            .bind(s)
+            .execute(&st.db.pool)
+            .await?;
+        }
+        adjusted["servers"] = json!(svs);
+    }
+    if duration != ws.life.duration_ms {
+        adjusted["duration_seconds"] = json!(duration / 1000);
+    }
+    sqlx::query("UPDATE work_sessions SET decided_at = $1, decided_by = $2, decision_note = $3 WHERE id = $4")
+        .bind(now_ms())
+        .bind(&caller.user_id)
+        .bind(&b.note)
+        .bind(&id)
+        .execute(&st.db.pool)
+        .await?;
+    record(
+        &st,
+        Event::new("work_session.approve")
+            .by(&caller)
+            .detail(json!({"adjusted": adjusted, "note": b.note})),
+        &id,
+    )
+    .await?;
+    let ws = transition(
+        &st,
+        &id,
+        Ev::Approve {
+            now: now_ms(),
+            starts_at,
+            duration_ms: duration,
+        },
+        "approved",
+    )
+    .await?;
+    Ok(Json(to_json(&st.db, &ws).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct NoteBody {
+    note: Option<String>,
+    reason: Option<String>,
+}
+
+async fn reject(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let b: NoteBody = optional_body(&body)?;
+    let ws = visible(&st, &caller, &id).await?;
+    require_approver(&st, &caller, &ws, "work_session.reject").await?;
+    let note = b.note.or(b.reason);
+    sqlx::query("UPDATE work_sessions SET decided_at = $1, decided_by = $2, decision_note = $3 WHERE id = $4 AND status = 'pending'")
+        .bind(now_ms())
+        .bind(&caller.user_id)
+        .bind(&note)
+        .bind(&id)
+        .execute(&st.db.pool)
+        .await?;
+    let ws = transition(&st, &id, Ev::Reject, "rejected").await?;
+    record(
+        &st,
+        Event::new("work_session.reject")
+            .by(&caller)
+            .detail(json!({"note": note})),
+        &id,
+    )
+    .await?;
+    Ok(Json(to_json(&st.db, &ws).await?))
+}
+
+async fn cancel(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let ws = visible(&st, &caller, &id).await?;
+    if ws.requester_id != caller.user_id {
+        return Err(ApiError::forbidden(
+            "permission_denied",
+            "only the requester cancels a request; admins reject or revoke",
+        ));
+    }
+    let was = ws.life.status;
+    let ws = transition(&st, &id, Ev::Cancel, "cancelled by the requester").await?;
+    if was == Status::Pending {
+        record(&st, Event::new("work_session.cancelled").by(&caller), &id).await?;
+    }
+    Ok(Json(to_json(&st.db, &ws).await?))
+}
+
+async fn revoke_session(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let b: NoteBody = optional_body(&body)?;
+    visible(&st, &caller, &id).await?;
+    if !caller.is_admin() {
+        return Err(ApiError::forbidden(
+            "permission_denied",
+            "only staff and superusers revoke a work session; end your own with `alpacon work-session complete`",
+        ));
+    }
+    let reason = format!(
+        "revoked by {}{}",
+        caller.username,
+        b.reason
+            .or(b.note)
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default()
+    );
+    let ws = transition(&st, &id, Ev::Revoke { now: now_ms() }, &reason).await?;
+    Ok(Json(to_json(&st.db, &ws).await?))
+}
+
+async fn complete(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let ws = visible(&st, &caller, &id).await?;
+    if ws.requester_id != caller.user_id && !caller.is_admin() {
+        return Err(not_found(&id));
+    }
+    let reason = format!("completed by {}", caller.username);
+    let ws = transition(&st, &id, Ev::Complete { now: now_ms() }, &reason).await?;
+    Ok(Json(to_json(&st.db, &ws).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExtendBody {
+    duration: Value,
+}
+
+async fn extend(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(b): Json<ExtendBody>,
+) -> Result<Json<Value>, ApiError> {
+    let ws = visible(&st, &caller, &id).await?;
+    if ws.requester_id != caller.user_id {
+        return Err(ApiError::forbidden(
+            "permission_denied",
+            "only the requester asks for more time",
+        ));
+    }
+    let ms = parse_duration_field(&b.duration, "duration")?
+        .ok_or_else(|| ApiError::bad_request("give the extra `duration`, e.g. \"1h\""))?;
+    check_duration(&policy(&st.db).await?, ws.life.duration_ms + ms)?;
+    let ws = transition(&st, &id, Ev::RequestExtension { ms }, "extension requested").await?;
+    record(
+        &st,
+        Event::new("work_session.extend_request")
+            .by(&caller)
+            .detail(json!({"seconds": ms / 1000})),
+        &id,
+    )
+    .await?;
+    Ok(Json(to_json(&st.db, &ws).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ApproveExtensionBody {
+    duration: Value,
+}
+
+async fn approve_extension(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let b: ApproveExtensionBody = optional_body(&body)?;
+    let ws = visible(&st, &caller, &id).await?;
+    require_approver(&st, &caller, &ws, "work_session.approve").await?;
+    let asked = ws
+        .life
+        .extension_ms
+        .ok_or_else(|| ApiError::conflict("work_session_state", "no extension was requested"))?;
+    let ms = parse_duration_field(&b.duration, "duration")?.unwrap_or(asked);
+    let ws = transition(&st, &id, Ev::ApproveExtension { ms }, "extended").await?;
+    record(
+        &st,
+        Event::new("work_session.extend")
+            .by(&caller)
+            .detail(json!({"seconds": ms / 1000, "expires_at": rfc3339_opt(ws.life.expires_at)})),
+        &id,
+    )
+    .await?;
+    Ok(Json(to_json(&st.db, &ws).await?))
+}
+
+async fn reject_extension(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let ws = visible(&st, &caller, &id).await?;
+    require_approver(&st, &caller, &ws, "work_session.reject").await?;
+    let ws = transition(&st, &id, Ev::RejectExtension, "extension rejected").await?;
+    record(
+        &st,
+        Event::new("work_session.extend_reject").by(&caller),
+        &id,
+    )
+    .await?;
+    Ok(Json(to_json(&st.db, &ws).await?))
+}
+
+/// One ordered timeline: the session's own events (request, approval,
+/// activation, sudo grants and uses, the end) and every terminal (with its
+/// recording), command (with exit code) and transfer done in it.
+async fn timeline(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let ws = visible(&st, &caller, &id).await?;
+    let mut items: Vec<(i64, Value)> = Vec::new();
+    let rows = sqlx::query(
+        "SELECT ts, action, result, actor_username, server_name, detail FROM audit_events
+         WHERE work_session_id = $1 AND action NOT IN ('command.run', 'websh.open')
+            AND action NOT LIKE 'file.%'
+         ORDER BY seq",
+    )
+    .bind(&id)
+    .fetch_all(&st.db.pool)
+    .await?;
+    for r in &rows {
+        let ts: i64 = r.try_get("ts")?;
+        let detail: String = r.try_get("detail")?;
+        items.push((
+            ts,
+            json!({
+                "kind": "event",
+                "action": r.try_get::<String, _>("action")?,
+                "result": r.try_get::<String, _>("result")?,
+                "user": r.try_get::<Option<String>, _>("actor_username")?,
+                "server_name": r.try_get::<Option<String>, _>("server_name")?,
+                "detail": serde_json::from_str::<Value>(&detail).unwrap_or(Value::Null),
+            }),
+        ));
+    }
+    let rows = sqlx::query(
+        "SELECT w.id, w.username, w.status, w.created_at, w.closed_at, w.exit_code,
+                w.close_reason, s.name AS server_name
+         FROM websh_sessions w LEFT JOIN servers s ON s.id = w.server_id
+         WHERE w.work_session_id = $1",
+    )
+    .bind(&id)
+    .fetch_all(&st.db.pool)
+    .await?;
+    for r in &rows {
+        let sid: String = r.try_get("id")?;
+        items.push((
+            r.try_get("created_at")?,
+            json!({
+                "kind": "terminal",
+                "id": sid,
+                "server_name": r.try_get::<Option<String>, _>("server_name")?,
+                "username": r.try_get::<String, _>("username")?,
+                "status": r.try_get::<String, _>("status")?,
+                "closed_at": rfc3339_opt(r.try_get("closed_at")?),
+                "exit_code": r.try_get::<Option<i64>, _>("exit_code")?,
+                "close_reason": r.try_get::<Option<String>, _>("close_reason")?,
+                "recording": format!("/api/websh/sessions/{sid}/recording/"),
+            }),
+        ));
+    }
+    let rows = sqlx::query(
+        "SELECT c.id, c.line, c.username, c.status, c.exit_code, c.error_code, c.created_at,
+                c.finished_at, s.name AS server_name
+         FROM commands c LEFT JOIN servers s ON s.id = c.server_id
+         WHERE c.work_session_id = $1",
+    )
+    .bind(&id)
+    .fetch_all(&st.db.pool)
+    .await?;
+    for r in &rows {
+        items.push((
+            r.try_get("created_at")?,
+            json!({
+                "kind": "command",
+                "id": r.try_get::<String, _>("id")?,
+                "server_name": r.try_get::<Option<String>, _>("server_name")?,
+                "line": r.try_get::<String, _>("line")?,
+                "username": r.try_get::<String, _>("username")?,
+                "status": r.try_get::<String, _>("status")?,
+                "exit_code": r.try_get::<Option<i64>, _>("exit_code")?,
+                "error": r.try_get::<Option<String>, _>("error_code")?,
+                "finished_at": rfc3339_opt(r.try_get("finished_at")?),
+            }),
+        ));
+    }
+    let rows = sqlx::query(
+        "SELECT t.id, t.direction, t.path, t.username, t.status, t.bytes, t.sha256, t.created_at,
+                s.name AS server_name
+         FROM transfers t LEFT JOIN servers s ON s.id = t.server_id
+         WHERE t.work_session_id = $1",
+    )
+    .bind(&id)
+    .fetch_all(&st.db.pool)
+    .await?;
+    for r in &rows {
+        items.push((
+            r.try_get("created_at")?,
+            json!({
+                "kind": "transfer",
+                "id": r.try_get::<String, _>("id")?,
+                "server_name": r.try_get::<Option<String>, _>("server_name")?,
+                "direction": r.try_get::<String, _>("direction")?,
+                "path": r.try_get::<String, _>("path")?,
+                "username": r.try_get::<String, _>("username")?,
+                "status": r.try_get::<String, _>("status")?,
+                "bytes": r.try_get::<i64, _>("bytes")?,
+                "sha256": r.try_get::<Option<String>, _>("sha256")?,
+            }),
+        ));
+    }
+    // Stable: equal times keep the order they were gathered in.
+    items.sort_by_key(|(ts, _)| *ts);
+    let results: Vec<Value> = items
+        .into_iter()
+        .map(|(ts, mut v)| {
+            v["timestamp"] = json!(rfc3339(ts));
+            v
+        })
+        .collect();
+    Ok(Json(json!({
+        "session": to_json(&st.db, &ws).await?,
+        "results": results,
+    })))
+}
+
+async fn get_policy(State(st): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    let _ = caller;
+    Ok(Json(
+        serde_json::to_value(policy(&st.db).await?).map_err(ApiError::internal)?,
+    ))
+}
+
+async fn put_policy(
+    State(st): State<AppState>,
+    caller: Caller,
+    Json(p): Json<Policy>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    if caller.token_id.is_some() {
+        return Err(ApiError::forbidden(
+            "token_not_allowed",
+            "security settings are changed by people signed in with a password",
+        ));
+    }
+    crate::mfa::require_recent_mfa(&st, &caller, "work_session.policy").await?;
+    p.validate().map_err(ApiError::bad_request)?;
+    crate::settings::put(&st.db, POLICY_KEY, &p, Some(&caller.user_id)).await?;
+    audit::record(
+        &st.db,
+        Event::new("work_session.policy")
+            .by(&caller)
+            .detail(serde_json::to_value(&p).map_err(ApiError::internal)?),
+    )
+    .await?;
+    Ok(Json(serde_json::to_value(&p).map_err(ApiError::internal)?))
+}
