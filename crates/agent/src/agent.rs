@@ -27,6 +27,8 @@ pub struct Agent {
     pub terminals: Terminals,
     /// This program, started as the requested account for file operations.
     pub helper: Arc<PathBuf>,
+    /// Sudo grants of work sessions; set up when the agent runs.
+    pub sudo: std::sync::OnceLock<crate::sudo::Sudo>,
 }
 
 impl Agent {
@@ -51,12 +53,17 @@ impl Agent {
             cfg,
             key,
             helper: Arc::new(helper),
+            sudo: std::sync::OnceLock::new(),
         })
     }
 
     /// Serve until `shutdown` turns true, then stop running commands (their
     /// results are spooled and delivered after the next start).
     pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let _ = self.sudo.set(crate::sudo::Sudo::start(
+            &self.cfg.data_dir,
+            self.link.clone(),
+        ));
         crate::link::run(self.clone(), shutdown).await;
         let n = self.runner.running();
         if n > 0 {

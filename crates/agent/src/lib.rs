@@ -22,6 +22,7 @@ pub mod provision;
 pub mod pty;
 pub mod register;
 pub mod spool;
+pub mod sudo;
 pub mod sysinfo;
 pub mod tls;
 

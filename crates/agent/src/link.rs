@@ -399,6 +399,11 @@ fn dispatch(agent: &Agent, mux: &Mux, c: Control) {
         }
         Control::RunCommand(spec) => agent.runner.submit(spec),
         Control::CommandAck { id } => agent.runner.ack(&id),
+        Control::SyncSudo { grants } => {
+            if let Some(sudo) = agent.sudo.get() {
+                sudo.submit(grants);
+            }
+        }
         Control::CancelCommand { id, reason } => {
             if !agent.runner.cancel(&id, &reason) {
                 debug!(id, "cancel for a command that is not running");

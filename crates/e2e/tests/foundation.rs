@@ -35,10 +35,11 @@ fn docs_agent(gw: &mut Gateway, name: &str) -> Agent {
     let opts = AgentOpts {
         private_namespace: true,
         setup: vec![
-            "useradd -m -s /bin/sh admin".into(),
+            // `admin` is provisioned by the agent on first use, with the
+            // central UID the gateway gave it (the first person: 20000).
             "useradd -m -s /bin/sh docker".into(),
             "mkdir -p /opt/my-app".into(),
-            "chown admin:admin /opt/my-app".into(),
+            "chown 20000:20000 /opt/my-app".into(),
             "mount -t tmpfs tmpfs /usr/local/bin".into(),
             format!("install -m 755 '{}' /usr/local/bin/docker", stub.display()),
             "touch /opt/docker-calls && chmod 666 /opt/docker-calls".into(),

@@ -199,6 +199,87 @@ fn nothing_reaches_a_server_without_an_active_session() {
         .as_str()
         .unwrap()
         .contains("/recording/"));
+    // Sudo only inside a session with the sudo scope: not in one without
+    // it, and gone when the session ends.
+    let id3 = request(&alice, "command", "1h");
+    ok(&admin, &["work-session", "approve", &id3]);
+    ok(&alice, &["work-session", "use", &id3]);
+    let out = alice.run(&["websh", "web-1", "sudo -n id -u"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    ok(&alice, &["work-session", "complete", &id3]);
+
+    let id4 = request(&alice, "command,sudo", "1h");
+    ok(&admin, &["work-session", "approve", &id4]);
+    ok(&alice, &["work-session", "use", &id4]);
+    // The grant travels to the agent on approval; wait until it is there.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = alice.run(&["websh", "web-1", "sudo -n id -u"]);
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sudo never worked: {}",
+            text(&out)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ok(&alice, &["work-session", "complete", &id4]);
+    // Gone: the drop-in is removed (the agent checks with the next sync;
+    // the session refuses commands at once anyway).
+    let id5 = request(&alice, "command", "1h");
+    ok(&admin, &["work-session", "approve", &id5]);
+    ok(&alice, &["work-session", "use", &id5]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = alice.run(&[
+            "websh",
+            "web-1",
+            "sudo -n true 2>/dev/null && echo SUDO-WORKS; ls /etc/sudoers.d",
+        ]);
+        let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !listing.contains("SUDO-WORKS") && !listing.contains("alpacon-") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sudo outlived its session: {}",
+            text(&out)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The use was audited on the session's timeline, with the grant.
+    let tl = json_of(&alice, &["work-session", "timeline", &id4]);
+    let actions: Vec<&str> = tl["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["action"].as_str())
+        .collect();
+    for a in [
+        "sudo.grant",
+        "sudo.use",
+        "sudo.revoke",
+        "work_session.completed",
+    ] {
+        assert!(actions.contains(&a), "{a} missing from {actions:?}");
+    }
+    let used = tl["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["action"] == "sudo.use")
+        .unwrap();
+    assert!(
+        used["detail"]["entry"]
+            .as_str()
+            .unwrap()
+            .contains("COMMAND=/usr/bin/id"),
+        "{used}"
+    );
+
     // Another member never sees it.
     ok(
         &admin,

@@ -488,9 +488,20 @@ async fn registration_and_servers(app: &TestApp) {
         .iter()
         .map(|e| e["action"].as_str().unwrap())
         .collect();
-    assert_eq!(actions, vec!["server.delete", "server.register"]);
-    assert_eq!(v["results"][1]["client_ip"], TEST_CLIENT_IP);
-    assert_eq!(v["results"][1]["detail"]["registration_token"], "prod");
+    // (bob's look before his group had the server was refused and audited;
+    // the admin's group assignment names the server too.)
+    assert_eq!(
+        actions,
+        vec![
+            "server.delete",
+            "group.server_add",
+            "server.read",
+            "server.register"
+        ]
+    );
+    assert_eq!(v["results"][2]["result"], "error");
+    assert_eq!(v["results"][3]["client_ip"], TEST_CLIENT_IP);
+    assert_eq!(v["results"][3]["detail"]["registration_token"], "prod");
     let failed = audit_actions(app, &admin, "?action=server.register_failed").await;
     assert_eq!(failed.len(), 6);
     assert!(failed.iter().all(|(_, r)| r == "error"));
@@ -504,7 +515,7 @@ async fn registration_and_servers(app: &TestApp) {
         .unwrap()
         .iter()
         .all(|e| e["user"] == "bob"));
-    assert_eq!(v["count"], 1); // bob's login
+    assert_eq!(v["count"], 2); // bob's login and his refused look at web-1
 }
 
 async fn users_list_is_for_admins(app: &TestApp) {

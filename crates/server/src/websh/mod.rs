@@ -1012,8 +1012,15 @@ async fn attach(
 ) -> Result<Response, ApiError> {
     let row = fetch(&state, &id).await?;
     let access = access(&state, &caller, &row).await?;
-    // The server must still be within the caller's groups.
-    servers::resolve_for(&state, &caller, &row.server_id, "websh.attach").await?;
+    // Whoever may type reaches the server: it must be within their groups.
+    // Read-only viewers of a share link were let in by the owner and only
+    // watch; admins reach every server anyway.
+    if !matches!(
+        access,
+        Access::Watcher | Access::Participant { read_only: true }
+    ) {
+        servers::resolve_for(&state, &caller, &row.server_id, "websh.attach").await?;
+    }
     // Token ACLs (acl.rs): server ACL; no terminal with a command ACL.
     crate::acl::enforce_terminal(
         &state,
