@@ -121,6 +121,21 @@ pub enum Control {
     },
 }
 
+impl Control {
+    /// The first protocol version with this message: a peer that negotiated
+    /// an older one cannot decode it and must not be sent it.
+    pub fn since_version(&self) -> u16 {
+        match self {
+            Control::LockAccount { .. }
+            | Control::AccountLocked { .. }
+            | Control::SyncSudo { .. }
+            | Control::SudoUsed { .. }
+            | Control::SudoFailed { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
 /// One person's sudo on one server for the life of a work session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SudoGrant {
@@ -470,6 +485,14 @@ mod tests {
         for m in msgs {
             let s = serde_json::to_vec(&m).unwrap();
             assert_eq!(serde_json::from_slice::<Control>(&s).unwrap(), m);
+            // Everything here is newer than version 1, except commands.
+            let want = if matches!(m, Control::RunCommand(_)) {
+                1
+            } else {
+                2
+            };
+            assert_eq!(m.since_version(), want, "{m:?}");
+            assert!(m.since_version() <= crate::PROTOCOL_VERSION);
         }
     }
 

@@ -3,8 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The newest protocol version this build speaks. 2 added managed
+/// accounts (`LockAccount`, `AccountLocked`) and sudo grants (`SyncSudo`,
+/// `SudoUsed`, `SudoFailed`); see `Control::since_version`.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Everything this build speaks.
 pub const SUPPORTED: VersionRange = VersionRange {

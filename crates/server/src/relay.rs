@@ -45,6 +45,8 @@ pub struct Link {
     pub mux: Mux,
     pub conn: u64,
     pub server_name: String,
+    /// The protocol version negotiated with this agent.
+    pub version: u16,
 }
 
 pub struct Relay {
@@ -102,9 +104,21 @@ impl Relay {
     }
 
     /// Sends a control message if the server is connected; false otherwise.
+    /// A message newer than the agent's protocol is not sent (an older
+    /// agent could not decode it); that counts as not delivered.
     pub async fn send_control(&self, server_id: &str, c: Control) -> bool {
         match self.link(server_id) {
-            Some(link) => link.mux.send_control(c).await.is_ok(),
+            Some(link) if c.since_version() <= link.version => {
+                link.mux.send_control(c).await.is_ok()
+            }
+            Some(link) => {
+                tracing::warn!(
+                    server = %link.server_name,
+                    "agent speaks protocol {} and cannot take {c:?}; upgrade alpamon",
+                    link.version
+                );
+                false
+            }
             None => false,
         }
     }
@@ -296,6 +310,7 @@ async fn serve_agent(state: AppState, mut ws: WebSocket, ip: String) {
             mux: mux.clone(),
             conn,
             server_name: server_name.clone(),
+            version: a.version,
         },
     );
     if let Some(old) = previous {
