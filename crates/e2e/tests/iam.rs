@@ -68,6 +68,7 @@ fn ended(t: &mut Interactive, since: Instant, what: &str) {
         .wait(Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("{what}: the terminal did not end: {e}"));
     assert!(!status.success(), "{what}: {}", t.stderr());
+    assert!(t.stderr().contains("ended:"), "{what}: {}", t.stderr());
     eprintln!(
         "{what}: terminal ended {} ms after the change",
         since.elapsed().as_millis()

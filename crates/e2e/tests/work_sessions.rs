@@ -8,6 +8,23 @@ use serde_json::{json, Value};
 
 const PW: &str = "alice's long password";
 
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The TOTP code at unix time `at`, computed by oathtool.
+fn oathtool(secret: &str, at: u64) -> String {
+    let out = std::process::Command::new("oathtool")
+        .args(["--totp", "-b", "-N", &format!("@{at}"), secret])
+        .output()
+        .expect("oathtool is installed (scripts/test installs it)");
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 fn login(gw: &Gateway, user: &str, password: &str) -> Cli {
     let cli = Cli::new().unwrap();
     let out = cli.run(&[
@@ -144,7 +161,11 @@ fn nothing_reaches_a_server_without_an_active_session() {
     assert!(!status.success());
     let v = json_of(&alice, &["work-session", "describe", &id]);
     assert_eq!(v["status"], "expired", "{v}");
-    eprintln!("terminal ended at expiry: {}", t.stderr());
+    assert!(
+        t.stderr().contains("work session expired"),
+        "{}",
+        t.stderr()
+    );
     refused(&alice, &["websh", "web-1", "id"], "has ended");
 
     // Revocation ends a live terminal too.
@@ -208,8 +229,48 @@ fn nothing_reaches_a_server_without_an_active_session() {
     assert_ne!(out.status.code(), Some(0), "{}", text(&out));
     ok(&alice, &["work-session", "complete", &id3]);
 
-    let id4 = request(&alice, "command,sudo", "1h");
-    ok(&admin, &["work-session", "approve", &id4]);
+    // (limited to one command: sudo runs `id`, nothing else)
+    let v = json_of(
+        &alice,
+        &[
+            "work-session",
+            "create",
+            "--purpose",
+            "INC-2385: check who we are",
+            "--server",
+            "web-1",
+            "--scope",
+            "command,sudo",
+            "--sudo-command",
+            "/usr/bin/id",
+        ],
+    );
+    let id4 = v["id"].as_str().unwrap().to_string();
+    // An approver with a second factor must have verified it recently:
+    // carol enrolls TOTP in another login, so this one is not verified.
+    ok(
+        &admin,
+        &[
+            "user",
+            "create",
+            "carol",
+            "--password",
+            "carol's long password",
+            "--staff",
+        ],
+    );
+    let carol = login(&gw, "carol", "carol's long password");
+    let carol2 = login(&gw, "carol", "carol's long password");
+    let enrolled = json_of(&carol2, &["mfa", "totp", "enroll"]);
+    let secret = enrolled["secret"].as_str().unwrap().to_string();
+    let t = now_secs();
+    ok(&carol2, &["mfa", "totp", "verify", &oathtool(&secret, t)]);
+    let out = carol.run(&["work-session", "approve", &id4]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("mfa verify"), "{}", text(&out));
+    ok(&carol, &["mfa", "verify", &oathtool(&secret, t + 30)]);
+    let v = json_of(&carol, &["work-session", "approve", &id4]);
+    assert_eq!(v["status"], "active", "{v}");
     ok(&alice, &["work-session", "use", &id4]);
     // The grant travels to the agent on approval; wait until it is there.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -226,6 +287,13 @@ fn nothing_reaches_a_server_without_an_active_session() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    let out = alice.run(&["websh", "web-1", "sudo -n true"]);
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "only /usr/bin/id: {}",
+        text(&out)
+    );
     ok(&alice, &["work-session", "complete", &id4]);
     // Gone: the drop-in is removed (the agent checks with the next sync;
     // the session refuses commands at once anyway).

@@ -128,6 +128,9 @@ struct LiveState {
     rows: u16,
     cols: u16,
     ended: Option<Ending>,
+    /// Why the gateway hung the session up (revocation, expiry), so that
+    /// the shell's exit is reported to clients as that, not as a plain exit.
+    terminated: Option<String>,
     last_activity: i64,
 }
 
@@ -207,6 +210,7 @@ impl Live {
             if st.ended.is_none() && st.agent.is_none() {
                 st.ended = Some(Ending::Closed(reason.to_string()));
             }
+            st.terminated.get_or_insert_with(|| reason.to_string());
             st.agent.clone()
         };
         match agent {
@@ -420,7 +424,8 @@ async fn drive(
                     }
                 }
                 Some(Event::Closed(Close::Ok(StreamResult::Exited { code }))) => {
-                    break Some(Ending::Exit(code));
+                    let why = live.st().terminated.clone();
+                    break Some(why.map_or(Ending::Exit(code), Ending::Closed));
                 }
                 Some(Event::Closed(Close::Ok(other))) => {
                     break Some(Ending::Closed(format!("unexpected result {other:?}")));
@@ -582,6 +587,7 @@ fn new_live(
             rows: row.rows,
             cols: row.cols,
             ended: None,
+            terminated: None,
             last_activity: now_ms(),
         }),
         changed: Notify::new(),
