@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::task::JoinHandle;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::account::RunAs;
 use crate::helper::Reply;
@@ -197,8 +197,10 @@ pub async fn serve(stream: Stream, open: Open, helper: Arc<PathBuf>) {
     let (tx, mut rx) = stream.split();
     let (op, path, user) = match &open {
         Open::FileWrite { path, account, .. } => ("upload", path.clone(), account.username.clone()),
-        Open::FileRead { path, account } => ("download", path.clone(), account.username.clone()),
-        Open::Mkdir { path, account } => ("mkdir", path.clone(), account.username.clone()),
+        Open::FileRead { path, account, .. } => {
+            ("download", path.clone(), account.username.clone())
+        }
+        Open::Mkdir { path, account, .. } => ("mkdir", path.clone(), account.username.clone()),
         Open::Stat { path, account, .. } => ("stat", path.clone(), account.username.clone()),
         // Terminals are served by `pty` (see `link`); not a file operation.
         Open::Pty { .. } | Open::PtyAttach { .. } => {
@@ -206,19 +208,38 @@ pub async fn serve(stream: Stream, open: Open, helper: Arc<PathBuf>) {
             return;
         }
     };
+    // The token's file ACL on the real path (symlinks resolved).
+    let confined = match &open {
+        Open::FileWrite { path, confine, .. } | Open::Mkdir { path, confine, .. } => {
+            crate::confine::check(path, true, confine)
+        }
+        Open::FileRead { path, confine, .. } | Open::Stat { path, confine, .. } => {
+            crate::confine::check(path, false, confine)
+        }
+        Open::Pty { .. } | Open::PtyAttach { .. } => Ok(()),
+    };
+    if let Err(e) = confined {
+        warn!(op, path = %path, user = %user, "refused: {}", e.detail);
+        tx.close(Close::Err(e));
+        return;
+    }
     let result = match open {
         Open::FileWrite {
             path,
             account,
             overwrite,
             mode,
+            ..
         } => write(&tx, &mut rx, &helper, &path, &account, overwrite, mode).await,
-        Open::FileRead { path, account } => read(&tx, &helper, &path, &account).await,
-        Open::Mkdir { path, account } => one_shot(&helper, &account, "__mkdir", &path, &[]).await,
+        Open::FileRead { path, account, .. } => read(&tx, &helper, &path, &account).await,
+        Open::Mkdir { path, account, .. } => {
+            one_shot(&helper, &account, "__mkdir", &path, &[]).await
+        }
         Open::Stat {
             path,
             account,
             recursive,
+            ..
         } => {
             let flags: &[&str] = if recursive { &["--recursive"] } else { &[] };
             one_shot(&helper, &account, "__stat", &path, flags)

@@ -14,6 +14,7 @@
 pub mod account;
 pub mod agent;
 pub mod config;
+pub mod confine;
 pub mod exec;
 pub mod files;
 pub mod helper;

@@ -218,6 +218,7 @@ async fn upload(mux: &Mux, path: &Path, user: &str, data: &[u8], overwrite: bool
             account: account(user),
             overwrite,
             mode: None,
+            confine: Vec::new(),
         },
     )
     .await
@@ -255,6 +256,7 @@ async fn file_streams_through_the_helper() {
         .open(Open::Mkdir {
             path: target.parent().unwrap().to_str().unwrap().into(),
             account: account(&user),
+            confine: Vec::new(),
         })
         .await
     {
@@ -283,6 +285,7 @@ async fn file_streams_through_the_helper() {
         Open::FileRead {
             path: target.to_str().unwrap().into(),
             account: account(&user),
+            confine: Vec::new(),
         },
     )
     .await
@@ -305,6 +308,7 @@ async fn file_streams_through_the_helper() {
         Open::FileRead {
             path: dir.path().to_str().unwrap().into(),
             account: account(&user),
+            confine: Vec::new(),
         },
     )
     .await
@@ -317,6 +321,7 @@ async fn file_streams_through_the_helper() {
             path: dir.path().to_str().unwrap().into(),
             account: account(&user),
             recursive: true,
+            confine: Vec::new(),
         })
         .await
         .unwrap();
@@ -355,6 +360,7 @@ async fn file_streams_through_the_helper() {
             account: account(&user),
             overwrite: false,
             mode: None,
+            confine: Vec::new(),
         },
     )
     .await

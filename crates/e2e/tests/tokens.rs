@@ -100,3 +100,84 @@ fn a_command_acl_allows_exactly_what_it_lists() {
     let out = ci.run(&["websh", "ci-box", "echo", "deploy", "again"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+#[test]
+fn a_file_acl_allows_its_paths_and_no_symlink_leads_out() {
+    assert!(is_root(), "needs a private mount namespace");
+    let mut gw = Gateway::start().unwrap();
+    let opts = AgentOpts {
+        private_namespace: true,
+        // `admin` is provisioned on first use with UID 20000.
+        setup: vec![
+            "mkdir -p /opt/app /opt/other".into(),
+            "chown 20000:20000 /opt/app /opt/other".into(),
+            "ln -s /etc /opt/app/link".into(),
+        ],
+        url: None,
+    };
+    let agent = Agent::register(&mut gw, "files-box", opts).unwrap();
+    gw.wait_connected("files-box", true)
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let admin = Cli::new().unwrap();
+    let ca = gw.ca();
+    let ca = ca.to_str().unwrap();
+    let out = admin.run(&[
+        "login",
+        &gw.url,
+        "-u",
+        "admin",
+        "-p",
+        &gw.admin_password,
+        "--ca-cert",
+        ca,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = admin.run(&["token", "create", "--name", "deploy", "--output", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let key = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = admin.run(&["token", "acl", "file", "add", "deploy", "/opt/app/*"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let ci = Cli::new().unwrap();
+    let out = ci.run(&["login", &gw.url, "-t", &key, "--ca-cert", ca]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::write(ci.dir.path().join("f"), "payload").unwrap();
+
+    // What the ACL lists works both ways.
+    let out = ci.run(&["cp", "f", "files-box:/opt/app/f"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = ci.run(&["cp", "files-box:/opt/app/f", "back"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(ci.dir.path().join("back")).unwrap(),
+        b"payload"
+    );
+
+    // Anything else is refused (exit code 3), by name or through a link.
+    for args in [
+        vec!["cp", "f", "files-box:/opt/other/f"],
+        vec!["cp", "files-box:/etc/hostname", "h"],
+        vec!["cp", "f", "files-box:/opt/app/../other/f"],
+        vec!["cp", "f", "files-box:/opt/app/link/evil"],
+        vec!["cp", "files-box:/opt/app/link/hostname", "h2"],
+    ] {
+        let out = ci.run(&args);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", text(&out));
+    }
+    // Nothing was written outside.
+    let out = admin.run(&[
+        "websh",
+        "files-box",
+        "test -e /etc/evil || test -e /opt/other/f || echo CLEAN",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "CLEAN\n",
+        "{}",
+        text(&out)
+    );
+    assert!(!ci.dir.path().join("h2").exists());
+}

@@ -46,6 +46,7 @@ fn read_open() -> Open {
             groupname: None,
             managed: None,
         },
+        confine: Vec::new(),
     }
 }
 

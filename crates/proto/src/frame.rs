@@ -188,6 +188,7 @@ mod tests {
                         groupname: None,
                         managed: None,
                     },
+                    confine: Vec::new(),
                 },
             },
             Frame::Accept {

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod b64;
 pub mod flow;
 pub mod frame;
+pub mod glob;
 pub mod msg;
 pub mod pty;
 pub mod version;
@@ -18,5 +19,6 @@ pub mod websh;
 
 pub use flow::{FlowError, RecvWindow, SendCredit, INITIAL_WINDOW};
 pub use frame::{Frame, FrameError, MAX_DATA, MAX_FRAME};
+pub use glob::glob_match;
 pub use msg::*;
 pub use version::{negotiate, VersionRange, PROTOCOL_VERSION, SUPPORTED};

@@ -241,6 +241,11 @@ pub enum Open {
         /// Permission bits for a new file (e.g. 0o644); `None` keeps the umask default.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mode: Option<u32>,
+        /// ACL patterns (`glob_match`) the *real* path, symlinks resolved,
+        /// must match; empty: no limit. The gateway checks the path it was
+        /// given; this closes the way around it through a symlink.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        confine: Vec<String>,
     },
     /// Read a file: the agent answers `Accept` with `StreamInfo::File`, then
     /// streams the content, then `Close` with `StreamResult::Read`.
@@ -248,12 +253,22 @@ pub enum Open {
         path: String,
         #[serde(flatten)]
         account: Account,
+        /// ACL patterns (`glob_match`) the *real* path, symlinks resolved,
+        /// must match; empty: no limit. The gateway checks the path it was
+        /// given; this closes the way around it through a symlink.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        confine: Vec<String>,
     },
     /// Create a directory (and its parents); answered by `Close`.
     Mkdir {
         path: String,
         #[serde(flatten)]
         account: Account,
+        /// ACL patterns (`glob_match`) the *real* path, symlinks resolved,
+        /// must match; empty: no limit. The gateway checks the path it was
+        /// given; this closes the way around it through a symlink.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        confine: Vec<String>,
     },
     /// Start an interactive terminal: a login shell on a new PTY, as the
     /// account. The agent answers `Accept(StreamInfo::Pty)`, then streams the
@@ -281,6 +296,11 @@ pub enum Open {
         account: Account,
         #[serde(default)]
         recursive: bool,
+        /// ACL patterns (`glob_match`) the *real* path, symlinks resolved,
+        /// must match; empty: no limit. The gateway checks the path it was
+        /// given; this closes the way around it through a symlink.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        confine: Vec<String>,
     },
 }
 
@@ -401,6 +421,8 @@ pub enum ErrorCode {
     AccountConflict,
     /// The managed account could not be created or updated.
     ProvisionFailed,
+    /// The real path (symlinks resolved) is outside the token's file ACL.
+    OutsideAcl,
 }
 
 impl ErrorCode {
@@ -421,6 +443,7 @@ impl ErrorCode {
             ErrorCode::Protocol => "protocol",
             ErrorCode::AccountConflict => "account_conflict",
             ErrorCode::ProvisionFailed => "provision_failed",
+            ErrorCode::OutsideAcl => "outside_acl",
         }
     }
 }
@@ -538,19 +561,23 @@ mod tests {
                 account: account.clone(),
                 overwrite: false,
                 mode: None,
+                confine: Vec::new(),
             },
             Open::FileRead {
                 path: "/tmp/x".into(),
                 account: account.clone(),
+                confine: Vec::new(),
             },
             Open::Mkdir {
                 path: "/tmp/d".into(),
                 account: account.clone(),
+                confine: Vec::new(),
             },
             Open::Stat {
                 path: "/tmp".into(),
                 account: account.clone(),
                 recursive: true,
+                confine: Vec::new(),
             },
         ] {
             let v = serde_json::to_vec(&o).unwrap();
@@ -702,6 +729,7 @@ mod tests {
             },
             overwrite: true,
             mode: Some(0o600),
+            confine: Vec::new(),
         };
         let v = serde_json::to_value(&o).unwrap();
         assert_eq!(v["username"], "alice");
@@ -749,6 +777,7 @@ mod tests {
             ErrorCode::Protocol,
             ErrorCode::AccountConflict,
             ErrorCode::ProvisionFailed,
+            ErrorCode::OutsideAcl,
         ] {
             assert_eq!(serde_json::to_value(c).unwrap(), json!(c.as_str()));
         }

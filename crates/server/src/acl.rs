@@ -250,30 +250,7 @@ pub fn validate_command_pattern(pattern: &str) -> Result<String, String> {
     Ok(canonical)
 }
 
-/// `*` matches any run of characters (including none); everything else
-/// matches itself. Iterative with one backtrack point: linear-ish, no
-/// recursion blow-up on many stars.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t) = (pattern.as_bytes(), text.as_bytes());
-    let (mut pi, mut ti) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&b| b == b'*')
-}
+pub use alpacon_proto::glob_match;
 
 /// One command ACL entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -578,6 +555,23 @@ pub async fn load_policy(
         servers,
         files,
     }))
+}
+
+/// The caller's file ACL patterns that allow `op`, for the agent to check
+/// the real path against (empty: the caller has no file ACL).
+pub async fn confine_patterns(
+    state: &AppState,
+    caller: &Caller,
+    op: FileOp,
+) -> Result<Vec<String>, ApiError> {
+    let Some(p) = load_policy(state, caller).await? else {
+        return Ok(Vec::new());
+    };
+    Ok(p.files
+        .iter()
+        .filter(|a| a.action.allows(op))
+        .map(|a| a.pattern.clone())
+        .collect())
 }
 
 /// Records the refusal as a failed `action` event and returns the 403.

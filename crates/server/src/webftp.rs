@@ -55,6 +55,7 @@ pub fn agent_error(e: StreamError) -> ApiError {
         ErrorCode::Invalid => (StatusCode::BAD_REQUEST, "invalid"),
         ErrorCode::AccountConflict => (StatusCode::CONFLICT, "account_conflict"),
         ErrorCode::ProvisionFailed => (StatusCode::BAD_GATEWAY, "provision_failed"),
+        ErrorCode::OutsideAcl => (StatusCode::FORBIDDEN, crate::acl::CODE_FILE),
         ErrorCode::Cancelled | ErrorCode::Io if e.detail.contains("link") => {
             (StatusCode::SERVICE_UNAVAILABLE, "server_offline")
         }
@@ -80,6 +81,9 @@ struct Checked {
     account: Account,
     path: String,
     work_session: Option<String>,
+    /// The token's file ACL patterns for this operation, which the agent
+    /// checks against the real path (`Open::*::confine`).
+    confine: Vec<String>,
 }
 
 async fn check(
@@ -135,6 +139,7 @@ async fn check(
         },
         path: t.path.clone(),
         work_session,
+        confine: crate::acl::confine_patterns(state, caller, op).await?,
     })
 }
 
@@ -289,6 +294,7 @@ async fn upload(
             account: c.account.clone(),
             overwrite,
             mode,
+            confine: c.confine.clone(),
         },
     )
     .await;
@@ -409,6 +415,7 @@ async fn download(
         Open::FileRead {
             path: c.path.clone(),
             account: c.account.clone(),
+            confine: c.confine.clone(),
         },
     )
     .await;
@@ -588,6 +595,7 @@ async fn mkdir(
             .open(Open::Mkdir {
                 path: c.path.clone(),
                 account: c.account.clone(),
+                confine: c.confine.clone(),
             })
             .await
             .map_err(|e| ApiError::unavailable("server_offline", e.to_string()))?;
@@ -631,6 +639,7 @@ async fn stat(
             path: c.path.clone(),
             account: c.account.clone(),
             recursive,
+            confine: c.confine.clone(),
         })
         .await
         .map_err(|e| ApiError::unavailable("server_offline", e.to_string()))?;
