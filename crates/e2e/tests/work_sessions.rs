@@ -348,6 +348,46 @@ fn nothing_reaches_a_server_without_an_active_session() {
         "{used}"
     );
 
+    // Files inside a session with the file scope; sudo that simply runs
+    // out with its session is gone from the server too.
+    let id6 = request(&alice, "command,file,sudo", "8s");
+    ok(&admin, &["work-session", "approve", &id6]);
+    ok(&alice, &["work-session", "use", &id6]);
+    ok(&alice, &["cp", "f", "web-1:/tmp/from-alice"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !alice
+        .run(&["websh", "web-1", "sudo -n id -u"])
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "sudo never worked in {id6}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while json_of(&alice, &["work-session", "describe", &id6])["status"] != "expired" {
+        assert!(Instant::now() < deadline, "{id6} never expired");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = admin.run(&[
+        "websh",
+        "-u",
+        "root",
+        "web-1",
+        "ls /etc/sudoers.d; sudo -l -U alice | tail -1",
+    ]);
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!listing.contains("alpacon-"), "{listing}");
+    assert!(listing.contains("not allowed"), "{listing}");
+    let tl = json_of(&alice, &["work-session", "timeline", &id6]);
+    let transfer = tl["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["kind"] == "transfer")
+        .unwrap_or_else(|| panic!("no transfer on {tl}"));
+    assert_eq!(transfer["path"], "/tmp/from-alice");
+    assert_eq!(transfer["status"], "completed");
+
     // Another member never sees it.
     ok(
         &admin,
