@@ -271,6 +271,15 @@ fn nothing_reaches_a_server_without_an_active_session() {
     ok(&carol, &["mfa", "verify", &oathtool(&secret, t + 30)]);
     let v = json_of(&carol, &["work-session", "approve", &id4]);
     assert_eq!(v["status"], "active", "{v}");
+    // More time is asked for and approved again; nothing changes before.
+    let before = v["expires_at"].as_str().unwrap().to_string();
+    let v = json_of(&alice, &["work-session", "extend", &id4, "--by", "30m"]);
+    assert_eq!(v["extension_requested_seconds"], 1800, "{v}");
+    assert_eq!(v["expires_at"], before.as_str(), "{v}");
+    let v = json_of(&carol, &["work-session", "approve-extension", &id4]);
+    let after = chrono::DateTime::parse_from_rfc3339(v["expires_at"].as_str().unwrap()).unwrap();
+    let before = chrono::DateTime::parse_from_rfc3339(&before).unwrap();
+    assert_eq!((after - before).num_seconds(), 1800, "{v}");
     ok(&alice, &["work-session", "use", &id4]);
     // The grant travels to the agent on approval; wait until it is there.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -405,6 +405,13 @@ async fn accept_invitation(
 /// A self-contained page for the link: shows the invitation and posts the
 /// chosen username and password to the accept endpoint.
 async fn invite_page(Path(key): Path<String>) -> Response {
+    // The key is pasted into a script: only a well-formed key (letters,
+    // digits, '-') ever is, so a crafted link cannot inject markup.
+    let key = if looks_like_key(&key, KEY_PREFIX) {
+        key
+    } else {
+        String::new()
+    };
     let key_json = serde_json::to_string(&key).unwrap_or_else(|_| "\"\"".into());
     let html = INVITE_PAGE.replace("__KEY__", &key_json);
     let mut resp = html.into_response();
@@ -461,6 +468,22 @@ $('f').onsubmit = async (e) => {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_page_never_echoes_a_crafted_key() {
+        let resp = invite_page(Path("x</script><script>alert(1)</script>".into())).await;
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let html = String::from_utf8_lossy(&body);
+        assert!(!html.contains("alert(1)"));
+        assert!(html.contains("const key = \"\";"));
+        let resp = invite_page(Path("alpinv-Abc123".into())).await;
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("const key = \"alpinv-Abc123\";"));
+    }
 
     #[test]
     fn an_invitation_works_once_and_until_it_expires() {
