@@ -278,6 +278,32 @@ pub async fn end(st: &AppState, rev: &Revocation, reason: &str) -> Result<Ended,
     Ok(ended)
 }
 
+/// Tokens that expired while something they opened is still running: end
+/// it, as if the token had been disabled at its expiry.
+pub async fn end_expired_tokens(st: &AppState) -> Result<usize, ApiError> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT t.id FROM api_tokens t
+         WHERE t.expires_at IS NOT NULL AND t.expires_at <= $1 AND (
+             EXISTS (SELECT 1 FROM websh_sessions w WHERE w.token_id = t.id AND w.status = 'open')
+          OR EXISTS (SELECT 1 FROM commands c WHERE c.token_id = t.id AND c.status IN ('queued', 'sent'))
+          OR EXISTS (SELECT 1 FROM transfers x WHERE x.token_id = t.id AND x.status = 'running'))",
+    )
+    .bind(now_ms())
+    .fetch_all(&st.db.pool)
+    .await?;
+    for id in &ids {
+        end(
+            st,
+            &Revocation::Token {
+                token_id: id.clone(),
+            },
+            "the API token expired",
+        )
+        .await?;
+    }
+    Ok(ids.len())
+}
+
 /// Commands revoked while their agent was away: cancelled again when it
 /// comes back (it may have received them before the revocation).
 pub async fn recancel_on_connect(st: &AppState, server_id: &str) {
@@ -367,6 +393,52 @@ mod tests {
             keep: None,
         };
         assert!(!covers(&admin, &owner("u1", None), "s2"));
+    }
+
+    #[tokio::test]
+    async fn an_expired_token_ends_what_it_left_open() {
+        let app = crate::testutil::TestApp::new().await;
+        let db = &app.state.db;
+        let admin: String = sqlx::query_scalar("SELECT id FROM users WHERE username = 'admin'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        let now = now_ms();
+        for (id, exp) in [("t-old", now - 1000), ("t-live", now + 3_600_000)] {
+            sqlx::query(
+                "INSERT INTO api_tokens (id, user_id, name, key_hash, created_at, expires_at)
+                 VALUES ($1, $2, $1, $1, $3, $4)",
+            )
+            .bind(id)
+            .bind(&admin)
+            .bind(now)
+            .bind(exp)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "INSERT INTO websh_sessions (id, server_id, user_id, username, rows_, cols, status,
+                     created_at, token_id, last_activity_at)
+                 VALUES ($1, 's', $2, 'admin', 24, 80, 'open', $3, $4, $3)",
+            )
+            .bind(format!("w-{id}"))
+            .bind(&admin)
+            .bind(now)
+            .bind(id)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        }
+        assert_eq!(end_expired_tokens(&app.state).await.unwrap(), 1);
+        let status = |id: &'static str| {
+            sqlx::query_scalar::<_, String>("SELECT status FROM websh_sessions WHERE id = $1")
+                .bind(id)
+                .fetch_one(&db.pool)
+        };
+        assert_eq!(status("w-t-old").await.unwrap(), "closed");
+        assert_eq!(status("w-t-live").await.unwrap(), "open");
+        // Nothing left to end: idempotent.
+        assert_eq!(end_expired_tokens(&app.state).await.unwrap(), 0);
     }
 
     #[tokio::test]

@@ -543,15 +543,23 @@ async fn after(st: &AppState, ws: &Session, n: &Life, reason: &str) -> Result<()
     Ok(())
 }
 
-/// Starts due sessions and expires ended ones, every `TICK`.
+/// Starts due sessions and expires ended ones, every `TICK` (and ends what
+/// expired API tokens still have open).
 pub fn spawn_ticker(st: AppState) {
     tokio::spawn(async move {
         let mut iv = tokio::time::interval(TICK);
         iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        for n in 0u64.. {
             iv.tick().await;
             if let Err(e) = tick(&st).await {
                 tracing::warn!("work session ticker: {}", e.detail);
+            }
+            // Expired API tokens end what they still have open (once a
+            // second is within the "one second" of every revocation).
+            if n % 5 == 0 {
+                if let Err(e) = revoke::end_expired_tokens(&st).await {
+                    tracing::warn!("token expiry: {}", e.detail);
+                }
             }
         }
     });
