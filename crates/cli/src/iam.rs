@@ -105,8 +105,21 @@ pub enum GroupCommand {
     /// Delete a group; its members lose the servers it gave them.
     #[command(visible_alias = "rm")]
     Delete { group: String },
+    /// Who is in a group: `member add|delete|ls|role`.
+    Member {
+        #[command(subcommand)]
+        op: MemberOp,
+    },
+    /// Let the group's members reach a server.
+    AddServer { group: String, server: String },
+    /// Take a server away from the group.
+    RemoveServer { group: String, server: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberOp {
     /// Add a user to a group.
-    AddMember {
+    Add {
         group: String,
         user: String,
         /// member, manager or owner.
@@ -115,17 +128,17 @@ pub enum GroupCommand {
     },
     /// Remove a user from a group: what they have open on servers they no
     /// longer reach ends at once.
-    RemoveMember { group: String, user: String },
-    /// Change a member's role.
-    SetRole {
+    #[command(visible_alias = "rm", visible_alias = "remove")]
+    Delete { group: String, user: String },
+    /// List a group's members.
+    #[command(visible_alias = "list")]
+    Ls { group: String },
+    /// Change a member's role (member, manager, owner).
+    Role {
         group: String,
         user: String,
         role: String,
     },
-    /// Let the group's members reach a server.
-    AddServer { group: String, server: String },
-    /// Take a server away from the group.
-    RemoveServer { group: String, server: String },
 }
 
 fn seg<'a>(base: &[&'a str], rest: &[&'a str]) -> Vec<&'a str> {
@@ -466,45 +479,7 @@ pub async fn run_group(ctx: &Ctx, cmd: GroupCommand) -> Result<u8> {
                 println!("Deleted group {group}.");
             }
         }
-        GroupCommand::AddMember { group, user, role } => {
-            let m: Value = client
-                .post(
-                    MEMBERSHIPS,
-                    &json!({"group": group, "user": user, "role": role}),
-                )
-                .await?;
-            if ctx.json() {
-                print_json(&m)?;
-            } else {
-                println!(
-                    "Added {} to {} as {}.",
-                    text(&m, &["username"]),
-                    text(&m, &["group_name"]),
-                    text(&m, &["role"])
-                );
-            }
-        }
-        GroupCommand::RemoveMember { group, user } => {
-            let id = membership_id(ctx, &group, &user).await?;
-            let url = client.endpoint(&seg(MEMBERSHIPS, &[&id]));
-            let v: Value = client
-                .send_json(client.request(reqwest::Method::DELETE, url))
-                .await?;
-            if ctx.json() {
-                print_json(&v)?;
-            } else {
-                println!("Removed {user} from {group}.");
-            }
-        }
-        GroupCommand::SetRole { group, user, role } => {
-            let id = membership_id(ctx, &group, &user).await?;
-            let m = patch(ctx, &seg(MEMBERSHIPS, &[&id]), json!({"role": role})).await?;
-            if ctx.json() {
-                print_json(&m)?;
-            } else {
-                println!("{user} is now {} of {group}.", text(&m, &["role"]));
-            }
-        }
+        GroupCommand::Member { op } => return run_member(ctx, &client, op).await,
         GroupCommand::AddServer { group, server } => {
             let v: Value = client
                 .post(
@@ -527,6 +502,69 @@ pub async fn run_group(ctx: &Ctx, cmd: GroupCommand) -> Result<u8> {
             } else {
                 println!("Members of {group} no longer reach {server}.");
             }
+        }
+    }
+    Ok(0)
+}
+
+async fn run_member(ctx: &Ctx, client: &crate::client::Client, op: MemberOp) -> Result<u8> {
+    match op {
+        MemberOp::Add { group, user, role } => {
+            let m: Value = client
+                .post(
+                    MEMBERSHIPS,
+                    &json!({"group": group, "user": user, "role": role}),
+                )
+                .await?;
+            if ctx.json() {
+                print_json(&m)?;
+            } else {
+                println!(
+                    "Added {} to {} as {}.",
+                    text(&m, &["username"]),
+                    text(&m, &["group_name"]),
+                    text(&m, &["role"])
+                );
+            }
+        }
+        MemberOp::Delete { group, user } => {
+            let id = membership_id(ctx, &group, &user).await?;
+            let url = client.endpoint(&seg(MEMBERSHIPS, &[&id]));
+            let v: Value = client
+                .send_json(client.request(reqwest::Method::DELETE, url))
+                .await?;
+            if ctx.json() {
+                print_json(&v)?;
+            } else {
+                println!("Removed {user} from {group}.");
+            }
+        }
+        MemberOp::Role { group, user, role } => {
+            let id = membership_id(ctx, &group, &user).await?;
+            let m = patch(ctx, &seg(MEMBERSHIPS, &[&id]), json!({"role": role})).await?;
+            if ctx.json() {
+                print_json(&m)?;
+            } else {
+                println!("{user} is now {} of {group}.", text(&m, &["role"]));
+            }
+        }
+        MemberOp::Ls { group } => {
+            let items = client
+                .list(MEMBERSHIPS, &[("group", group.as_str())], None)
+                .await?;
+            if ctx.json() {
+                print_json(&items)?;
+                return Ok(0);
+            }
+            let mut t = Table::new(&["USERNAME", "ROLE", "SINCE"]);
+            for m in &items {
+                t.row(vec![
+                    text(m, &["username"]),
+                    text(m, &["role"]),
+                    output::time(m, &["created_at"]),
+                ]);
+            }
+            t.print()?;
         }
     }
     Ok(0)

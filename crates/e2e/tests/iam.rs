@@ -98,7 +98,10 @@ fn members_reach_their_groups_servers_and_lose_them_at_once() {
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("no server named"), "{}", text(&out));
 
-    ok(&admin, &["group", "add-member", "ops", "alice"]);
+    ok(&admin, &["group", "member", "add", "ops", "alice"]);
+    let members = json_of(&admin, &["group", "member", "ls", "ops"]);
+    assert_eq!(members[0]["username"], "alice", "{members}");
+    assert_eq!(members[0]["role"], "member", "{members}");
     let servers = json_of(&alice, &["server", "ls"]);
     let names: Vec<&str> = servers
         .as_array()
@@ -142,13 +145,13 @@ fn members_reach_their_groups_servers_and_lose_them_at_once() {
     // Leaving the group ends the live terminal.
     let mut t = open_terminal(&alice, "web-1");
     let since = Instant::now();
-    ok(&admin, &["group", "remove-member", "ops", "alice"]);
+    ok(&admin, &["group", "member", "delete", "ops", "alice"]);
     ended(&mut t, since, "removed from the group");
     let out = alice.run(&["websh", "web-1", "id"]);
     assert!(!out.status.success(), "{}", text(&out));
 
     // Disabling the user ends the terminal and their API session.
-    ok(&admin, &["group", "add-member", "ops", "alice"]);
+    ok(&admin, &["group", "member", "add", "ops", "alice"]);
     let mut t = open_terminal(&alice, "web-1");
     let since = Instant::now();
     ok(&admin, &["user", "disable", "alice"]);
@@ -196,7 +199,7 @@ fn members_reach_their_groups_servers_and_lose_them_at_once() {
 
     // A service identity: no password, an `alpst-` token, its own account.
     ok(&admin, &["user", "create", "deployer", "--service"]);
-    ok(&admin, &["group", "add-member", "ops", "deployer"]);
+    ok(&admin, &["group", "member", "add", "ops", "deployer"]);
     let tok = json_of(
         &admin,
         &["token", "create", "--name", "ci", "--service", "deployer"],

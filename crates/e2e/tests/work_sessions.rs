@@ -105,7 +105,7 @@ fn nothing_reaches_a_server_without_an_active_session() {
     ok(&admin, &["user", "create", "alice", "--password", PW]);
     ok(&admin, &["group", "create", "ops"]);
     ok(&admin, &["group", "add-server", "ops", "web-1"]);
-    ok(&admin, &["group", "add-member", "ops", "alice"]);
+    ok(&admin, &["group", "member", "add", "ops", "alice"]);
     let (s, v) = gw
         .call(
             "PUT",
