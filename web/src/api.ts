@@ -3,6 +3,8 @@
 
 const KEY = 'alpacon.key';
 const USER = 'alpacon.user';
+const WORK_SESSION = 'alpacon.workSession';
+const WHOAMI = 'alpacon.whoami';
 
 export interface Page<T> {
   count: number;
@@ -69,11 +71,15 @@ export function getUsername(): string {
 export function setSession(key: string, username: string): void {
   sessionStorage.setItem(KEY, key);
   sessionStorage.setItem(USER, username);
+  sessionStorage.removeItem(WHOAMI);
 }
 
 export function clearSession(): void {
   sessionStorage.removeItem(KEY);
   sessionStorage.removeItem(USER);
+  sessionStorage.removeItem(WORK_SESSION);
+  sessionStorage.removeItem(WHOAMI);
+  announceWorkSession();
 }
 
 /** Called when the gateway no longer accepts our key (set by main). */
@@ -97,13 +103,19 @@ async function errorFrom(resp: Response): Promise<ApiError> {
   return new ApiError(resp.status, code, detail);
 }
 
+export interface RequestOpts {
+  signal?: AbortSignal;
+  auth?: boolean;
+  headers?: Record<string, string>;
+}
+
 export async function request(
   method: string,
   path: string,
   body?: unknown,
-  opts: { signal?: AbortSignal; auth?: boolean } = {},
+  opts: RequestOpts = {},
 ): Promise<Response> {
-  const headers: Record<string, string> = { Accept: 'application/json' };
+  const headers: Record<string, string> = { Accept: 'application/json', ...opts.headers };
   const key = getKey();
   if (opts.auth !== false && key) headers.Authorization = `Token ${key}`;
   if (body !== undefined) headers['Content-Type'] = 'application/json';
@@ -132,7 +144,7 @@ export async function api<T>(
   method: string,
   path: string,
   body?: unknown,
-  opts: { signal?: AbortSignal; auth?: boolean } = {},
+  opts: RequestOpts = {},
 ): Promise<T> {
   const resp = await request(method, path, body, opts);
   if (resp.status === 204) return undefined as T;
@@ -166,13 +178,14 @@ export function getServer(id: string, signal?: AbortSignal): Promise<Server> {
   return api<Server>('GET', `/api/servers/servers/${encodeURIComponent(id)}/`, undefined, { signal });
 }
 
+/** Opens a terminal; inside the work session in use, if any. */
 export function createSession(req: {
   server: string;
   rows: number;
   cols: number;
   username?: string;
 }): Promise<WebshSession> {
-  return api<WebshSession>('POST', '/api/websh/sessions/', req);
+  return api<WebshSession>('POST', '/api/websh/sessions/', req, { headers: workSessionHeader() });
 }
 
 export function listSessions(page: number, signal?: AbortSignal): Promise<Page<WebshSession>> {
@@ -232,4 +245,169 @@ export function sessionIsLive(s: WebshSession): boolean {
   if (typeof s.exit_code === 'number') return false;
   const st = (s.status ?? '').toLowerCase();
   return !['closed', 'exited', 'ended', 'finished', 'terminated', 'expired', 'error'].includes(st);
+}
+
+// ---------------------------------------------------------------------------
+// Who we are
+// ---------------------------------------------------------------------------
+
+export interface Whoami {
+  id: string;
+  username: string;
+  is_superuser: boolean;
+  is_staff: boolean;
+  [k: string]: unknown;
+}
+
+/** The signed-in user (cached for the tab's session). */
+export async function whoami(signal?: AbortSignal): Promise<Whoami> {
+  const cached = sessionStorage.getItem(WHOAMI);
+  if (cached) {
+    try {
+      return JSON.parse(cached) as Whoami;
+    } catch {
+      /* fetch again */
+    }
+  }
+  const w = await api<Whoami>('GET', '/api/auth/whoami/', undefined, { signal });
+  sessionStorage.setItem(WHOAMI, JSON.stringify(w));
+  return w;
+}
+
+export const isAdmin = (w: Whoami): boolean => !!(w.is_staff || w.is_superuser);
+
+// ---------------------------------------------------------------------------
+// Work sessions
+// ---------------------------------------------------------------------------
+
+export const SCOPES = ['websh', 'command', 'file', 'sudo', 'tunnel'] as const;
+export type Scope = (typeof SCOPES)[number];
+
+export type WorkStatus = 'pending' | 'approved' | 'active' | 'completed' | 'expired' | 'revoked' | 'rejected' | 'cancelled';
+
+export interface WorkSession {
+  id: string;
+  requester: string;
+  purpose: string;
+  status: WorkStatus | string;
+  scopes: string[];
+  sudo_commands?: string[];
+  servers: { id: string; name: string }[];
+  duration_seconds: number;
+  starts_at?: string | null;
+  activated_at?: string | null;
+  expires_at?: string | null;
+  extension_requested_seconds?: number | null;
+  created_at?: string;
+  decided_at?: string | null;
+  decided_by?: string | null;
+  decision_note?: string | null;
+  ended_at?: string | null;
+  end_reason?: string | null;
+}
+
+export interface TimelineItem {
+  kind: 'event' | 'terminal' | 'command' | 'transfer' | string;
+  timestamp: string;
+  [k: string]: unknown;
+}
+
+export interface WorkPolicy {
+  required_for: 'nobody' | 'members' | 'everyone';
+  required_groups: string[];
+  auto_approve_superusers: boolean;
+  max_duration_hours: number;
+}
+
+const WS = '/api/work-sessions/sessions/';
+const wsPath = (id: string, action = '') => `${WS}${encodeURIComponent(id)}/${action ? action + '/' : ''}`;
+
+export function listWorkSessions(page: number, status: string, signal?: AbortSignal): Promise<Page<WorkSession>> {
+  const q = new URLSearchParams({ page: String(page), page_size: '50' });
+  if (status) q.set('status', status);
+  return api<Page<WorkSession>>('GET', `${WS}?${q}`, undefined, { signal });
+}
+
+export function getWorkSession(id: string, signal?: AbortSignal): Promise<WorkSession> {
+  return api<WorkSession>('GET', wsPath(id), undefined, { signal });
+}
+
+export function requestWorkSession(req: {
+  purpose: string;
+  servers: string[];
+  scopes: string[];
+  duration: string;
+  starts_at?: string;
+  sudo_commands?: string[];
+}): Promise<WorkSession> {
+  return api<WorkSession>('POST', WS, req);
+}
+
+export type WorkAction = 'approve' | 'reject' | 'cancel' | 'revoke' | 'complete' | 'extend' | 'approve-extension' | 'reject-extension';
+
+export function workSessionAction(id: string, action: WorkAction, body?: Record<string, unknown>): Promise<WorkSession> {
+  return api<WorkSession>('POST', wsPath(id, action), body);
+}
+
+export function workSessionTimeline(id: string, signal?: AbortSignal): Promise<{ session: WorkSession; results: TimelineItem[] }> {
+  return api('GET', wsPath(id, 'timeline'), undefined, { signal });
+}
+
+export function getWorkPolicy(signal?: AbortSignal): Promise<WorkPolicy> {
+  return api<WorkPolicy>('GET', '/api/work-sessions/policy/', undefined, { signal });
+}
+
+export function putWorkPolicy(p: WorkPolicy): Promise<WorkPolicy> {
+  return api<WorkPolicy>('PUT', '/api/work-sessions/policy/', p);
+}
+
+/** The work session this tab works in: later terminals open inside it. */
+export interface WorkSessionInUse {
+  id: string;
+  purpose: string;
+  servers: string[];
+  expires_at: string | null;
+}
+
+export function workSessionInUse(): WorkSessionInUse | null {
+  const raw = sessionStorage.getItem(WORK_SESSION);
+  if (!raw) return null;
+  try {
+    const v = JSON.parse(raw) as WorkSessionInUse;
+    return v && typeof v.id === 'string' ? v : null;
+  } catch {
+    return null;
+  }
+}
+
+export function setWorkSessionInUse(ws: WorkSession | null): void {
+  if (ws) {
+    const v: WorkSessionInUse = {
+      id: ws.id,
+      purpose: ws.purpose,
+      servers: ws.servers.map((s) => s.name || s.id),
+      expires_at: ws.expires_at ?? null,
+    };
+    sessionStorage.setItem(WORK_SESSION, JSON.stringify(v));
+  } else {
+    sessionStorage.removeItem(WORK_SESSION);
+  }
+  announceWorkSession();
+}
+
+/** Fired on window when the work session in use changes. */
+export const WORK_SESSION_EVENT = 'alpacon:work-session';
+
+function announceWorkSession(): void {
+  window.dispatchEvent(new Event(WORK_SESSION_EVENT));
+}
+
+function workSessionHeader(): Record<string, string> {
+  const ws = workSessionInUse();
+  return ws ? { 'X-Alpacon-Work-Session': ws.id } : {};
+}
+
+/** Refusals about work sessions (`work_session_required`, `_inactive`, …). */
+export function isWorkSessionRefusal(e: unknown): e is ApiError {
+  return e instanceof ApiError && e.status === 403 && e.code.startsWith('work_session_');
 }

@@ -5,18 +5,33 @@
 //   #/sessions              terminal sessions and their recordings
 //   #/sessions/ID           a live terminal (reloading re-attaches)
 //   #/sessions/ID/replay    the recording of session ID
+//   #/work-sessions         work sessions: list, request form (?server=NAME)
+//   #/work-sessions/policy  the work-session policy (admins change it)
+//   #/work-sessions/ID      one work session and its timeline
 
 import '@xterm/xterm/css/xterm.css';
 import './style.css';
 
-import { clearSession, getKey, getUsername, logout, setUnauthorizedHandler } from './api';
+import {
+  clearSession,
+  getKey,
+  getUsername,
+  logout,
+  setUnauthorizedHandler,
+  setWorkSessionInUse,
+  workSessionInUse,
+  WORK_SESSION_EVENT,
+} from './api';
 import { loginPage } from './pages/login';
 import { replayPage } from './pages/replay';
 import { serversPage } from './pages/servers';
 import { sessionsPage } from './pages/sessions';
 import { terminalPage } from './pages/terminal';
+import { workSessionPage } from './pages/worksession';
+import { workSessionsPage } from './pages/worksessions';
+import { workPolicyPage } from './pages/wspolicy';
 import { navigate } from './nav';
-import { h } from './ui';
+import { dateTime, h, shortId } from './ui';
 
 export interface PageContext {
   /** Where the page renders. */
@@ -46,6 +61,9 @@ const routes: Route[] = [
   { pattern: /^\/sessions$/, page: sessionsPage, nav: 'sessions' },
   { pattern: /^\/sessions\/([^/]+)$/, page: terminalPage, nav: 'sessions', wide: true },
   { pattern: /^\/sessions\/([^/]+)\/replay$/, page: replayPage, nav: 'sessions', wide: true },
+  { pattern: /^\/work-sessions$/, page: workSessionsPage, nav: 'work' },
+  { pattern: /^\/work-sessions\/policy$/, page: workPolicyPage, nav: 'work' },
+  { pattern: /^\/work-sessions\/([^/]+)$/, page: workSessionPage, nav: 'work' },
 ];
 
 const app = document.getElementById('app')!;
@@ -57,18 +75,71 @@ function parseHash(): { path: string; query: URLSearchParams } {
   return { path: path || '/servers', query: new URLSearchParams(qs ?? '') };
 }
 
+/** The work session this tab's terminals open in, with a way to stop. */
+const chipSlot = h('div', { class: 'ws-chip-slot' });
+function drawWorkSessionChip(): void {
+  const ws = workSessionInUse();
+  if (!ws) {
+    chipSlot.replaceChildren();
+    return;
+  }
+  const until = ws.expires_at ? `, until ${dateTime(ws.expires_at)}` : '';
+  chipSlot.replaceChildren(
+    h(
+      'div',
+      { class: 'ws-chip', id: 'ws-in-use', 'data-id': ws.id, role: 'status' },
+      h(
+        'a',
+        {
+          href: `#/work-sessions/${encodeURIComponent(ws.id)}`,
+          class: 'ws-chip-link',
+          title: `Terminals you open run in work session ${shortId(ws.id)}: ${ws.purpose} (${ws.servers.join(', ')}${until})`,
+        },
+        h('span', { class: 'dot dot-ok', 'aria-hidden': 'true' }),
+        h('span', { class: 'ws-chip-label' }, 'Work session'),
+        h('span', { class: 'ws-chip-purpose' }, ws.purpose),
+      ),
+      h(
+        'button',
+        {
+          class: 'ws-chip-stop',
+          type: 'button',
+          id: 'ws-stop',
+          title: 'Stop using this work session',
+          'aria-label': 'Stop using this work session',
+          onclick: () => setWorkSessionInUse(null),
+        },
+        '×',
+      ),
+    ),
+  );
+}
+window.addEventListener(WORK_SESSION_EVENT, drawWorkSessionChip);
+
 function topbar(active: string | undefined): HTMLElement {
-  const link = (id: string, href: string, text: string) =>
-    h('a', { href, class: 'nav-link' + (active === id ? ' active' : ''), 'aria-current': active === id ? 'page' : null }, text);
+  const link = (id: string, href: string, text: string, short?: string) =>
+    h(
+      'a',
+      {
+        href,
+        class: 'nav-link' + (active === id ? ' active' : ''),
+        'aria-current': active === id ? 'page' : null,
+        'aria-label': short ? text : null,
+        'data-nav': id,
+      },
+      short ? [h('span', { class: 'nav-long' }, text), h('span', { class: 'nav-short', 'aria-hidden': 'true' }, short)] : text,
+    );
+  drawWorkSessionChip();
   const user = getUsername();
   return h(
     'header',
     { class: 'topbar' },
     h('a', { class: 'brand', href: '#/servers', 'aria-label': 'Alpacon home' }, h('span', { class: 'brand-mark' }, '>_'), h('span', { class: 'brand-name' }, 'Alpacon')),
-    h('nav', { class: 'nav' }, link('servers', '#/servers', 'Servers'), link('sessions', '#/sessions', 'Sessions')),
+    h('nav', { class: 'nav' }, link('servers', '#/servers', 'Servers'), link('sessions', '#/sessions', 'Sessions'), link('work', '#/work-sessions', 'Work sessions', 'Work')),
     h(
       'div',
       { class: 'topbar-right' },
+      chipSlot,
       user ? h('span', { class: 'user', title: `Signed in as ${user}` }, user) : null,
       h(
         'button',

@@ -17,6 +17,12 @@
 //   ALPACON_CHROMIUM   default: /usr/bin/chromium
 //   ALPACON_ARTIFACTS  directory for screenshots (default: a new temp dir)
 //   ALPACON_SKIP_REPLAY=1  skip the recording replay step
+//   ALPACON_WORK_SESSIONS=1  also test the work-session workflow. It CHANGES the
+//                      gateway: sets the work-session policy to "members"
+//                      (restored at the end), creates a member user, a group
+//                      holding ALPACON_SERVER, and a work session. Use it
+//                      against a throw-away gateway (crates/e2e/tests/console.rs).
+//   ALPACON_MEMBER     the member's username there (default: wsm<random>)
 //   ALPACON_TIMEOUT_MS per-step timeout (default 30000)
 //
 // Exits 0 when every step passed; otherwise 1, with the step, the error,
@@ -119,8 +125,8 @@ async function shot(p, name) {
   log(`screenshot ${file}`);
 }
 
-async function login(p, password) {
-  await p.fill('#username', USER);
+async function login(p, password, user = USER) {
+  await p.fill('#username', user);
   await p.fill('#password', password);
   await p.click('#login-submit');
 }
@@ -341,6 +347,8 @@ async function main() {
       await shot(page, 'desktop-replay.png');
     }
 
+    if (env.ALPACON_WORK_SESSIONS) await workSessions(browser, page);
+
     step = 'no uncaught errors in the page';
     if (pageErrors.length) throw new Error(`uncaught errors in the page:\n${indent(pageErrors.join('\n'))}`);
     await desk.close();
@@ -351,6 +359,180 @@ async function main() {
     throw e;
   } finally {
     await browser.close().catch(() => {});
+  }
+}
+
+/**
+ * The work-session workflow: the admin (`admin`, a signed-in page) sets the
+ * policy to "members" in the console and gives a new member the server
+ * through a group (API); the member's terminal is refused with the way to
+ * request a session; the member requests one in the form; the admin
+ * approves it in the console; the member uses it and the terminal works;
+ * the timeline shows the request, the approval and the terminal.
+ */
+async function workSessions(browser, admin) {
+  step = 'work sessions: set-up through the API';
+  const adminKey = await admin.evaluate(() => sessionStorage.getItem('alpacon.key'));
+  if (!adminKey) throw new Error('the admin page holds no session key');
+  const call = async (method, path, body) => {
+    const r = await admin.request.fetch(BASE + path, {
+      method,
+      headers: { Authorization: `Token ${adminKey}`, Accept: 'application/json' },
+      data: body,
+    });
+    const text = await r.text();
+    let json = text;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      /* keep the text */
+    }
+    if (r.status() >= 300) throw new Error(`${method} ${path} answered ${r.status()}: ${text}`);
+    return json;
+  };
+  const member = env.ALPACON_MEMBER || 'wsm' + Date.now().toString(36);
+  const memberPassword = `${member}'s console password ${Math.random().toString(36).slice(2)}`;
+  const group = `${member}-ops`;
+  const policyBefore = await call('GET', '/api/work-sessions/policy/');
+  let memberCtx = null;
+  try {
+    step = 'work sessions: the admin sets the policy to "members" in the console';
+    await admin.goto(BASE + '/#/work-sessions/policy');
+    await admin.waitForSelector('#ws-policy:not([hidden])');
+    await admin.selectOption('#policy-required-for', 'members');
+    await admin.click('#policy-save');
+    await admin.waitForSelector('#policy-saved:not([hidden])');
+    const pol = await call('GET', '/api/work-sessions/policy/');
+    if (pol.required_for !== 'members') throw new Error(`the policy reads ${JSON.stringify(pol)} after saving`);
+    log(`policy: ${(await admin.textContent('#policy-summary')).trim()}`);
+    await shot(admin, 'ws-policy.png');
+
+    step = 'work sessions: a member reaches the server through a group (API)';
+    await call('POST', '/api/iam/users/', { username: member, password: memberPassword });
+    await call('POST', '/api/iam/groups/', { name: group });
+    await call('POST', `/api/iam/groups/${encodeURIComponent(group)}/servers/`, { server: SERVER });
+    await call('POST', '/api/iam/memberships/', { group, user: member });
+    log(`member ${member} in group ${group}, which holds ${SERVER}`);
+
+    step = 'work sessions: the member signs in';
+    memberCtx = await browser.newContext({ viewport: { width: 1280, height: 800 }, ignoreHTTPSErrors: true });
+    const mp = await memberCtx.newPage();
+    page = mp;
+    watch(mp);
+    mp.setDefaultTimeout(TIMEOUT);
+    await mp.goto(BASE + '/#/servers');
+    await mp.waitForSelector('#username');
+    await login(mp, memberPassword, member);
+    const openBtn = `#servers tr[data-name="${SERVER}"][data-connected="true"] button.open-terminal`;
+    await mp.waitForSelector(openBtn);
+
+    step = 'work sessions: without a session the terminal is refused with the way to request one';
+    await mp.click(openBtn);
+    await mp.waitForSelector('#work-session-refusal');
+    const code = await mp.getAttribute('#work-session-refusal', 'data-code');
+    const refusal = (await mp.innerText('#work-session-refusal')).replace(/\s+/g, ' ').trim();
+    if (code !== 'work_session_required') throw new Error(`refused with ${code}: ${refusal}`);
+    if (!refusal.includes('needs an active work session')) throw new Error(`the refusal does not say why: ${refusal}`);
+    if (await mp.isVisible('#terminal')) throw new Error('a terminal is shown beside the refusal');
+    log(`refused: "${refusal.slice(0, 160)}"`);
+    await shot(mp, 'ws-refused.png');
+
+    step = 'work sessions: the member requests a session in the form';
+    await mp.click('#request-work-session');
+    await mp.waitForSelector('#ws-request:not([hidden])');
+    await mp.waitForSelector(`#ws-servers input[name="ws-server"][value="${SERVER}"]:checked`);
+    if (!(await mp.isChecked('#ws-scopes input[value="websh"]'))) throw new Error('the websh scope is not preselected');
+    await mp.fill('#ws-purpose', 'console e2e: look at the box');
+    await mp.selectOption('#ws-duration', '1h');
+    await shot(mp, 'ws-request.png');
+    await mp.click('#ws-submit');
+    const pendingRow = `#work-sessions tr[data-status="pending"][data-requester="${member}"]`;
+    await mp.waitForSelector(pendingRow);
+    const wsId = await mp.getAttribute(pendingRow, 'data-id');
+    if (await mp.$(`#work-sessions tr[data-id="${wsId}"] button.ws-approve`)) throw new Error('the requester is offered "Approve"');
+    log(`requested work session ${wsId}`);
+
+    step = 'work sessions: the admin approves it in the console';
+    await admin.goto(BASE + '/#/work-sessions');
+    await admin.click(`#work-sessions tr[data-id="${wsId}"] button.ws-approve`);
+    await admin.waitForSelector(`#work-sessions tr[data-id="${wsId}"][data-status="active"]`);
+    log('approved; the session is active');
+    await shot(admin, 'ws-approved.png');
+
+    step = 'work sessions: the member uses it (shown in the header bar)';
+    await mp.click(`#work-sessions tr[data-id="${wsId}"][data-status="active"] button.ws-use`);
+    await mp.waitForSelector(`#ws-in-use[data-id="${wsId}"]`);
+    if (!(await mp.isVisible('#ws-stop'))) throw new Error('no way to stop using the session');
+
+    step = 'work sessions: the terminal opens inside the session';
+    await mp.click('a[data-nav="servers"]');
+    await mp.click(openBtn);
+    await mp.waitForFunction(() => document.querySelector('#conn-state')?.textContent === 'Connected');
+    await mp.waitForFunction(() => /^#\/sessions\/[^/]+$/.test(location.hash));
+    const termId = decodeURIComponent((await mp.evaluate(() => location.hash)).split('/')[2]);
+    await waitForTerm('the shell prompt', (t) => t.trim().length > 0);
+    await mp.click('#terminal');
+    await mp.keyboard.type('id -un');
+    await mp.keyboard.press('Enter');
+    await waitForTerm(`a line "${member}"`, (t) => countLine(t, member) >= 1);
+    log(`the terminal runs as ${member} (terminal ${termId})`);
+    await shot(mp, 'ws-terminal.png');
+    await mp.keyboard.type('exit');
+    await mp.keyboard.press('Enter');
+    await mp.waitForFunction(() => document.querySelector('#conn-state')?.textContent === 'Ended');
+
+    step = 'work sessions: the timeline shows the request, the approval and the terminal';
+    await mp.click('#ws-in-use a');
+    await mp.waitForSelector(`#ws-timeline li[data-kind="terminal"][data-id="${termId}"]`);
+    const kinds = await mp.$$eval('#ws-timeline li.tl', (els) => els.map((e) => e.dataset.action || e.dataset.kind));
+    const at = (k) => kinds.indexOf(k);
+    if (!(at('work_session.request') >= 0 && at('work_session.request') < at('work_session.approve') && at('work_session.approve') < at('terminal'))) {
+      throw new Error(`the timeline reads ${JSON.stringify(kinds)}`);
+    }
+    const approval = (await mp.textContent('#ws-timeline li[data-action="work_session.approve"]')).replace(/\s+/g, ' ');
+    if (!approval.includes(USER)) throw new Error(`the approval does not name ${USER}: ${approval}`);
+    log(`timeline: ${kinds.join(' → ')}`);
+    await shot(mp, 'ws-timeline.png');
+
+    step = 'work sessions: the member asks for more time; the admin grants it';
+    mp.once('dialog', (d) => d.accept('30m'));
+    await mp.click('#ws-detail-actions button.ws-extend');
+    await mp.waitForSelector('#ws-timeline li[data-action="work_session.extend_request"]');
+    await admin.goto(BASE + `/#/work-sessions/${encodeURIComponent(wsId)}`);
+    await admin.click('#ws-detail-actions button.ws-approve-extension');
+    await admin.waitForSelector('#ws-timeline li[data-action="work_session.extend"]');
+    await mp.waitForSelector('#ws-timeline li[data-action="work_session.extend"]');
+    const extended = await call('GET', `/api/work-sessions/sessions/${wsId}/`);
+    if (extended.duration_seconds !== 5400) throw new Error(`after the extension: ${JSON.stringify(extended)}`);
+    log('extended by 30 min (asked in the console, approved in the console)');
+
+    step = 'work sessions: the list and the header fit a phone';
+    await mp.setViewportSize({ width: 390, height: 844 });
+    await mp.click('a[data-nav="work"]');
+    await mp.waitForSelector(`#work-sessions tr[data-id="${wsId}"].in-use`);
+    await noHorizontalOverflow(mp, 'work sessions with one in use (phone)');
+    await shot(mp, 'ws-phone.png');
+    await mp.setViewportSize({ width: 1280, height: 800 });
+    await mp.click(`#work-sessions tr[data-id="${wsId}"] a.ws-timeline`);
+    await mp.waitForSelector('#ws-detail-actions button.ws-complete');
+
+    step = 'work sessions: the member completes it';
+    mp.once('dialog', (d) => d.accept());
+    await mp.click('#ws-detail-actions button.ws-complete');
+    await mp.waitForSelector('#ws-timeline li[data-action="work_session.completed"]');
+    await mp.waitForSelector('#ws-in-use', { state: 'detached' });
+    log('completed; the header no longer shows a session in use');
+
+    step = 'work sessions: after it, the terminal is refused again';
+    await mp.click('a[data-nav="servers"]');
+    await mp.click(openBtn);
+    await mp.waitForSelector('#work-session-refusal[data-code="work_session_required"]');
+    log('refused again once the session is over');
+    page = admin;
+    await memberCtx.close();
+  } finally {
+    // (On failure the member's page stays open for the diagnosis.) Put the policy back (a failure here must not hide the first one).
+    await call('PUT', '/api/work-sessions/policy/', policyBefore).catch((e) => log(`could not restore the policy: ${e}`));
   }
 }
 

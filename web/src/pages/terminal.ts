@@ -1,8 +1,19 @@
-import { ApiError, createSession, getServer, getSession, sessionServerName, sessionUser } from '../api';
+import {
+  ApiError,
+  createSession,
+  getServer,
+  getSession,
+  isWorkSessionRefusal,
+  sessionServerName,
+  sessionUser,
+  setWorkSessionInUse,
+  workSessionInUse,
+} from '../api';
 import type { Page } from '../main';
 import { setHashQuietly } from '../nav';
 import { bufferText, makeTerminal } from '../term';
 import { h, shortId } from '../ui';
+import { requestHref } from '../worksession';
 import { WebshClient, type ConnState } from '../websh';
 
 declare global {
@@ -147,7 +158,8 @@ export const terminalPage: Page = (ctx) => {
 
   const start = (id: string) => {
     sessionId = id;
-    sub.textContent = `session ${shortId(id)}${runAs ? ` · as ${runAs}` : ''}`;
+    const ws = workSessionInUse();
+    sub.textContent = `session ${shortId(id)}${runAs ? ` · as ${runAs}` : ''}${creating && ws ? ` · work session ${shortId(ws.id)}` : ''}`;
     endBtn.disabled = false;
     client = new WebshClient(id, {
       output: (data, done) => term.write(data, done),
@@ -206,13 +218,70 @@ export const terminalPage: Page = (ctx) => {
     showBanner(msg, 'error', [h('a', { class: 'btn btn-sm btn-ghost', href: '#/servers' }, 'Back to servers')]);
   };
 
+  /**
+   * The gateway wants a (different) work session: say so plainly, with the
+   * way to get one, instead of an empty terminal.
+   */
+  const refused = (e: ApiError, serverName: string) => {
+    const inUse = workSessionInUse();
+    pill.textContent = 'Refused';
+    pill.className = 'pill pill-ended';
+    endBtn.hidden = true;
+    detachLink.hidden = true;
+    wrap.hidden = true;
+    keybar.hidden = true;
+    const heading =
+      e.code === 'work_session_required'
+        ? `${serverName} needs a work session`
+        : inUse
+          ? `The work session in use does not give access to ${serverName}`
+          : 'Work session refused';
+    const actions: HTMLElement[] = [
+      h('a', { class: 'btn btn-primary', id: 'request-work-session', href: requestHref(serverName) }, `Request a work session for ${serverName}`),
+    ];
+    if (inUse) {
+      actions.push(
+        h('a', { class: 'btn btn-ghost', href: `#/work-sessions/${encodeURIComponent(inUse.id)}` }, `Work session ${shortId(inUse.id)}`),
+        h(
+          'button',
+          {
+            class: 'btn btn-ghost',
+            type: 'button',
+            id: 'stop-work-session',
+            onclick: (ev: Event) => {
+              setWorkSessionInUse(null);
+              (ev.currentTarget as HTMLButtonElement).disabled = true;
+            },
+          },
+          'Stop using it',
+        ),
+      );
+    }
+    actions.push(h('a', { class: 'btn btn-ghost', href: '#/work-sessions' }, 'Your work sessions'));
+    ctx.main.append(
+      h(
+        'section',
+        { class: 'card refusal', id: 'work-session-refusal', role: 'alert', 'data-code': e.code },
+        h('h2', {}, heading),
+        h('p', { class: 'refusal-detail' }, e.message),
+        h(
+          'p',
+          { class: 'muted small' },
+          'Request a session with its purpose; once an admin approves it, press “Use” on it and open the terminal again.',
+        ),
+        h('div', { class: 'form-actions' }, actions),
+      ),
+    );
+  };
+
   if (creating) {
-    getServer(serverId)
+    const serverName = getServer(serverId)
       .then((s) => {
         title.textContent = s.name;
         ctx.title(s.name);
+        return s.name;
       })
-      .catch(() => {});
+      .catch(() => serverId);
     safeFit();
     createSession({ server: serverId, rows: term.rows, cols: term.cols, ...(runAs ? { username: runAs } : {}) })
       .then((s) => {
@@ -220,11 +289,17 @@ export const terminalPage: Page = (ctx) => {
         setHashQuietly(`#/sessions/${encodeURIComponent(s.id)}`);
         start(s.id);
       })
-      .catch((e) => {
-        if (!disposed) {
-          title.textContent = 'Could not open a terminal';
-          fail(e);
+      .catch(async (e) => {
+        if (disposed) return;
+        if (isWorkSessionRefusal(e)) {
+          const name = await serverName;
+          if (disposed) return;
+          title.textContent = name;
+          refused(e, name);
+          return;
         }
+        title.textContent = 'Could not open a terminal';
+        fail(e);
       });
   } else {
     start(sessionId);
