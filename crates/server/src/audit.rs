@@ -140,6 +140,22 @@ pub async fn record(db: &Db, ev: Event) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// `caller.require_admin()`, with the refusal audited as a failed `action`.
+pub async fn require_admin(st: &AppState, caller: &Caller, action: &str) -> Result<(), ApiError> {
+    if let Err(e) = caller.require_admin() {
+        record(
+            &st.db,
+            Event::new(action)
+                .failed()
+                .by(caller)
+                .detail(json!({"reason": e.code})),
+        )
+        .await?;
+        return Err(e);
+    }
+    Ok(())
+}
+
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/audit/events/", get(list_events))
 }

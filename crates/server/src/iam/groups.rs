@@ -368,7 +368,7 @@ async fn create_group(
     caller: Caller,
     Json(b): Json<CreateGroup>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    caller.require_admin()?;
+    crate::audit::require_admin(&st, &caller, "group.create").await?;
     if !valid_group_name(&b.name) {
         return Err(ApiError::bad_request(
             "group name must start with a lowercase letter or '_' and contain only a-z, 0-9, '_', '-', '.' (at most 32): it becomes a group on servers",

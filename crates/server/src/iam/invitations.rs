@@ -201,7 +201,7 @@ async fn list_invitations(
     Query(pp): Query<PageParams>,
     uri: Uri,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require_admin()?;
+    crate::audit::require_admin(&st, &caller, "invitation.list").await?;
     let page = pp.page()?;
     let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM invitations")
         .fetch_one(&st.db.pool)
@@ -225,7 +225,7 @@ async fn delete_invitation(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require_admin()?;
+    crate::audit::require_admin(&st, &caller, "invitation.delete").await?;
     let n = sqlx::query("DELETE FROM invitations WHERE id = $1")
         .bind(&id)
         .execute(&st.db.pool)

@@ -372,7 +372,7 @@ async fn update_user(
     crate::api::Path(ident): crate::api::Path<String>,
     Json(b): Json<UpdateUser>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require_admin()?;
+    crate::audit::require_admin(&st, &caller, "user.update").await?;
     let u = find_user(&st.db, &ident)
         .await?
         .ok_or_else(|| no_such_user(&ident))?;
@@ -463,7 +463,7 @@ async fn delete_user(
     caller: Caller,
     crate::api::Path(ident): crate::api::Path<String>,
 ) -> Result<axum::http::StatusCode, ApiError> {
-    caller.require_admin()?;
+    crate::audit::require_admin(&st, &caller, "user.delete").await?;
     let u = find_user(&st.db, &ident)
         .await?
         .ok_or_else(|| no_such_user(&ident))?;
@@ -539,7 +539,7 @@ async fn create_user(
     caller: Caller,
     Json(b): Json<CreateUser>,
 ) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
-    caller.require_admin()?;
+    crate::audit::require_admin(&st, &caller, "user.create").await?;
     if b.is_superuser && !caller.is_superuser {
         return Err(ApiError::forbidden(
             "permission_denied",
@@ -622,7 +622,7 @@ async fn list_users(
     Query(pp): Query<PageParams>,
     uri: Uri,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require_admin()?;
+    crate::audit::require_admin(&st, &caller, "user.list").await?;
     let page = pp.page()?;
     let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
         .fetch_one(&st.db.pool)

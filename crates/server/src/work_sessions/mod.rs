@@ -1321,7 +1321,7 @@ async fn put_policy(
     caller: Caller,
     Json(p): Json<Policy>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require_admin()?;
+    crate::audit::require_admin(&st, &caller, "work_session.policy").await?;
     if caller.token_id.is_some() {
         return Err(ApiError::forbidden(
             "token_not_allowed",
