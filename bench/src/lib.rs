@@ -131,6 +131,9 @@ pub fn run(opts: &Options) -> Report {
                 if let Some(why) = &env.sshd_missing {
                     rep.note(format!("OpenSSH columns are empty: {why}"));
                 }
+                if let Some(path) = std::env::var_os("BENCH_HOLD") {
+                    hold(&env, path.as_ref());
+                }
                 if has(Section::Footprint) {
                     section(&mut rep, Section::Footprint, |r| footprint::run(&env, r));
                 }
@@ -166,6 +169,32 @@ pub fn run(opts: &Options) -> Report {
         section(&mut rep, Section::Scale, |r| scale::run(q, max, r));
     }
     rep
+}
+
+/// With `BENCH_HOLD=FILE`, writes shell variables describing the running
+/// environment (the CLI's config and home, the gateway's and the agent's
+/// pids, a scratch directory) to FILE and waits until FILE is removed: for
+/// profiling one piece by hand (`perf record -p`, `strace -c -f`) on the
+/// same setup the sections use.
+fn hold(env: &setup::Env, path: &std::path::Path) {
+    let cfg = env.cli.config();
+    let text = format!(
+        "export ALPACON_CONFIG={}\nexport HOME={}\nGW_PID={}\nAGENT_PID={}\nWORK={}\nSERVER={}\n",
+        cfg.display(),
+        env.cli.dir.path().display(),
+        env.gw.pid().unwrap_or(0),
+        env.agent.pid().unwrap_or(0),
+        env.work.path().display(),
+        setup::SERVER,
+    );
+    if let Err(e) = std::fs::write(path, text) {
+        eprintln!("bench: cannot write {}: {e}", path.display());
+        return;
+    }
+    eprintln!("bench: holding; remove {} to go on", path.display());
+    while path.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// With `BENCH_SAMPLES_DIR` set, writes raw samples (µs, in the order

@@ -30,6 +30,20 @@ use crate::helper::Reply;
 const MAX_REPLY: u64 = 64 * 1024 * 1024;
 /// Stderr kept from a helper for error messages.
 const MAX_STDERR: usize = 16 * 1024;
+/// What a download reads from its helper at a time: one frame. (Larger
+/// buffers come from mmap, and their fresh pages cost more than the reads
+/// they save.)
+const READ_CHUNK: usize = MAX_DATA;
+/// A download's pipe from its helper: the default 64 KiB makes helper and
+/// agent wake each other every 64 KiB.
+const PIPE_SIZE: libc::c_int = 1024 * 1024;
+
+/// Enlarges a pipe's buffer; best effort (the default size works too).
+fn widen_pipe(fd: &impl std::os::fd::AsRawFd) {
+    // SAFETY: fcntl on a descriptor we own, with an integer argument.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+}
+
 /// How long an aborted upload's helper gets to clean up before it is killed.
 const ABORT_GRACE: Duration = Duration::from_secs(10);
 
@@ -401,10 +415,11 @@ async fn read(
     if tx.accept(StreamInfo::File { size, mode }).await.is_err() {
         return Err(link_gone());
     }
+    widen_pipe(h.stdout.get_ref());
     let mut hasher = Sha256::new();
     let mut bytes: u64 = 0;
     loop {
-        let mut buf = BytesMut::with_capacity(MAX_DATA);
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let n = h
             .stdout
             .read_buf(&mut buf)

@@ -7,6 +7,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use alpacon_mux::io::Buffered;
 use alpacon_mux::{Incoming, Mux, Side};
 use alpacon_proto::{auth, negotiate, Control, Frame, Open, MAX_FRAME, SUPPORTED};
 use bytes::Bytes;
@@ -15,11 +16,12 @@ use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{Connector, WebSocketStream};
 use tracing::{debug, error, info, warn};
 
@@ -140,6 +142,9 @@ pub async fn run(agent: Arc<Agent>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
+/// Most bytes of frames written before a flush.
+const WRITE_BURST: usize = 512 * 1024;
+
 fn ws_config() -> WebSocketConfig {
     // Room for the largest frame plus WebSocket framing.
     WebSocketConfig::default()
@@ -163,18 +168,48 @@ async fn connect_and_serve(agent: &Agent, url: &str, shutdown: watch::Receiver<b
     } else {
         Connector::Plain
     };
-    let connect = tokio_tungstenite::connect_async_tls_with_config(
-        req,
-        Some(ws_config()),
-        true,
-        Some(connector),
-    );
+    let connect = async {
+        let socket = tcp_connect(&req).await?;
+        tokio_tungstenite::client_async_tls_with_config(
+            req,
+            socket,
+            Some(ws_config()),
+            Some(connector),
+        )
+        .await
+    };
     let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
         Ok(Ok((ws, _resp))) => ws,
         Ok(Err(e)) => return LinkError::Connect(e.to_string()),
         Err(_) => return LinkError::Connect("timed out".into()),
     };
     serve(agent, ws, shutdown).await
+}
+
+/// The link's TCP connection (what `connect_async` would open), with
+/// `TCP_NODELAY` (keystrokes must not wait for delayed ACKs) and
+/// read-ahead/gathered writes under TLS (`alpacon_mux::io::Buffered`).
+async fn tcp_connect(
+    req: &tokio_tungstenite::tungstenite::handshake::client::Request,
+) -> Result<Buffered<TcpStream>, WsError> {
+    use tokio_tungstenite::tungstenite::error::UrlError;
+    let uri = req.uri();
+    let host = uri.host().ok_or(WsError::Url(UrlError::NoHostName))?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port = uri
+        .port_u16()
+        .or(match uri.scheme_str() {
+            Some("wss") => Some(443),
+            Some("ws") => Some(80),
+            _ => None,
+        })
+        .ok_or(WsError::Url(UrlError::UnsupportedUrlScheme))?;
+    let socket = TcpStream::connect((host, port)).await?;
+    socket.set_nodelay(true)?;
+    Ok(Buffered::new(socket))
 }
 
 type Ws<S> = WebSocketStream<S>;
@@ -287,18 +322,32 @@ where
     let (mux, mut io) = Mux::new(Side::Agent);
     let (mut sink, mut stream) = ws.split();
     let mut writer = tokio::spawn(async move {
-        while let Some(frame) = io.next_frame().await {
-            let bytes: Bytes = frame.encode();
-            if bytes.len() > MAX_FRAME {
-                // The peer would reject it and drop the whole link.
-                error!(
-                    stream = frame.stream(),
-                    "dropping a {} byte frame over the limit",
-                    bytes.len()
-                );
-                continue;
+        // Frames already queued go out together, with one flush: a bulk
+        // transfer then costs a few large writes instead of one per frame,
+        // and a lone frame (a keystroke's echo) is flushed at once.
+        while let Some(first) = io.next_frame().await {
+            let mut next = Some(first);
+            let mut burst = 0usize;
+            while let Some(frame) = next.take() {
+                let bytes: Bytes = frame.encode();
+                if bytes.len() > MAX_FRAME {
+                    // The peer would reject it and drop the whole link.
+                    error!(
+                        stream = frame.stream(),
+                        "dropping a {} byte frame over the limit",
+                        bytes.len()
+                    );
+                } else {
+                    burst += bytes.len();
+                    sink.feed(Message::Binary(bytes))
+                        .await
+                        .map_err(|e| format!("write failed: {e}"))?;
+                }
+                if burst < WRITE_BURST {
+                    next = io.try_next_frame();
+                }
             }
-            sink.send(Message::Binary(bytes))
+            sink.flush()
                 .await
                 .map_err(|e| format!("write failed: {e}"))?;
         }

@@ -19,7 +19,6 @@ use reqwest::{Body, Method};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 
 use crate::client::{append_query, Client};
@@ -685,29 +684,32 @@ async fn download_file(
         .tempfile_in(dir)
         .with_context(|| format!("creating a file in {}", dir.display()))?;
     let (file, tmp_path) = tmp.into_parts();
-    let mut file = tokio::fs::File::from_std(file);
     let bar = Progress::new(progress, local, expected);
-    let mut hasher = Sha256::new();
+    let mut sink = FileSink::start(file);
     let mut received = 0u64;
     let mut body = resp.bytes_stream();
+    let mut batch = sink.buffer();
+    let write_err = |e: std::io::Error| anyhow!(e).context(format!("writing {}", local.display()));
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| client.transport_error(e))?;
-        hasher.update(&chunk);
         received += chunk.len() as u64;
-        file.write_all(&chunk)
-            .await
-            .with_context(|| format!("writing {}", local.display()))?;
+        batch.extend_from_slice(&chunk);
+        if batch.len() >= WRITE_BATCH {
+            sink.write(batch).await.map_err(write_err)?;
+            batch = sink.buffer();
+        }
         bar.inc(chunk.len() as u64);
     }
-    file.flush().await?;
-    drop(file);
+    if !batch.is_empty() {
+        sink.write(batch).await.map_err(write_err)?;
+    }
+    let local_sha = sink.finish().await.map_err(write_err)?;
     bar.finish();
     if let Some(expected) = expected {
         if received != expected {
             bail!("the transfer was cut short: {received} of {expected} bytes");
         }
     }
-    let local_sha = hex::encode(hasher.finalize());
     let remote_sha = transfer_sha256(client, &transfer_id).await?;
     if !remote_sha.eq_ignore_ascii_case(&local_sha) {
         bail!(
@@ -720,6 +722,88 @@ async fn download_file(
         .map_err(|e| e.error)
         .with_context(|| format!("writing {}", local.display()))?;
     Ok(())
+}
+
+/// What a download gathers before handing it to the file: HTTP/2 delivers
+/// the body in frames of at most 16 KiB, and hashing and writing each one
+/// separately (through tokio's blocking pool, a thread hand-off per frame)
+/// cost more CPU than the rest of the client.
+const WRITE_BATCH: usize = 1024 * 1024;
+/// Batches in flight to the writer thread (memory: this many + 2 batches).
+const WRITE_QUEUE: usize = 4;
+
+/// Hashes and writes a download on a thread of its own, so the async side
+/// (TLS, HTTP/2) and the file side run side by side. Buffers go back to the
+/// async side for reuse.
+struct FileSink {
+    tx: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<String>>>,
+}
+
+impl FileSink {
+    fn start(file: std::fs::File) -> FileSink {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+        let (back, spare) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut file = file;
+            let mut hasher = Sha256::new();
+            while let Some(mut buf) = rx.blocking_recv() {
+                hasher.update(&buf);
+                file.write_all(&buf)?;
+                buf.clear();
+                let _ = back.send(buf);
+            }
+            file.flush()?;
+            Ok(hex::encode(hasher.finalize()))
+        });
+        FileSink {
+            tx: Some(tx),
+            spare,
+            thread: Some(thread),
+        }
+    }
+
+    /// An empty buffer to fill, reused when one came back.
+    fn buffer(&self) -> Vec<u8> {
+        self.spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(WRITE_BATCH + 64 * 1024))
+    }
+
+    async fn write(&mut self, buf: Vec<u8>) -> std::io::Result<()> {
+        let sent = match &self.tx {
+            Some(tx) => tx.send(buf).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            Ok(())
+        } else {
+            // The thread stopped: its error says why.
+            Err(self
+                .join()
+                .await
+                .err()
+                .unwrap_or_else(|| std::io::Error::other("the file writer stopped")))
+        }
+    }
+
+    /// Waits for everything to be written; the sha256 of what was.
+    async fn finish(mut self) -> std::io::Result<String> {
+        self.join().await
+    }
+
+    async fn join(&mut self) -> std::io::Result<String> {
+        self.tx = None;
+        let Some(t) = self.thread.take() else {
+            return Err(std::io::Error::other("the file writer stopped"));
+        };
+        tokio::task::spawn_blocking(move || t.join())
+            .await
+            .map_err(std::io::Error::other)?
+            .unwrap_or_else(|_| Err(std::io::Error::other("the file writer panicked")))
+    }
 }
 
 /// The agent reports the checksum when the stream closes, which can land

@@ -30,6 +30,8 @@ use bytes::Bytes;
 use thiserror::Error;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
+pub mod io;
+
 /// Frames of data and control messages queued for the socket before senders
 /// have to wait.
 const OUT_QUEUE: usize = 64;
@@ -99,13 +101,17 @@ struct Slot {
     shared: Arc<Shared>,
 }
 
-type Queued = (Frame, Option<OwnedSemaphorePermit>);
+/// Frames wait in their queues boxed: tokio's channels allocate their first
+/// block of 32 slots up front, and a `Frame` slot is a few hundred bytes
+/// (the largest control message inline), which every idle agent link would
+/// pay for twice. A box per frame costs nothing next to its payload.
+type Queued = (Box<Frame>, Option<OwnedSemaphorePermit>);
 
 struct Inner {
     side: Side,
     out: mpsc::UnboundedSender<Queued>,
     permits: Arc<Semaphore>,
-    urgent: mpsc::UnboundedSender<Frame>,
+    urgent: mpsc::UnboundedSender<Box<Frame>>,
     streams: Mutex<HashMap<u32, Slot>>,
     next_id: AtomicU32,
     closed: AtomicBool,
@@ -119,12 +125,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Inner {
     fn urgent(&self, f: Frame) {
-        let _ = self.urgent.send(f);
+        let _ = self.urgent.send(Box::new(f));
     }
 
     /// Queue in order without waiting (for `Eof`/`Close`).
     fn ordered(&self, f: Frame) {
-        let _ = self.out.send((f, None));
+        let _ = self.out.send((Box::new(f), None));
     }
 
     /// Queue in order, waiting while the queue is full.
@@ -136,7 +142,7 @@ impl Inner {
             .await
             .map_err(|_| MuxError::LinkClosed)?;
         self.out
-            .send((f, Some(permit)))
+            .send((Box::new(f), Some(permit)))
             .map_err(|_| MuxError::LinkClosed)
     }
 
@@ -159,7 +165,7 @@ pub struct Mux {
 /// The writer's side: yields frames to put on the socket.
 pub struct MuxIo {
     out: mpsc::UnboundedReceiver<Queued>,
-    urgent: mpsc::UnboundedReceiver<Frame>,
+    urgent: mpsc::UnboundedReceiver<Box<Frame>>,
 }
 
 impl MuxIo {
@@ -168,9 +174,19 @@ impl MuxIo {
     pub async fn next_frame(&mut self) -> Option<Frame> {
         tokio::select! {
             biased;
-            Some(f) = self.urgent.recv() => Some(f),
-            q = self.out.recv() => q.map(|(f, _permit)| f),
+            Some(f) = self.urgent.recv() => Some(*f),
+            q = self.out.recv() => q.map(|(f, _permit)| *f),
         }
+    }
+
+    /// A frame that is ready now, urgent ones first; `None` when none is
+    /// queued. A writer takes these after [`MuxIo::next_frame`] to write a
+    /// burst of frames with one flush.
+    pub fn try_next_frame(&mut self) -> Option<Frame> {
+        if let Ok(f) = self.urgent.try_recv() {
+            return Some(*f);
+        }
+        self.out.try_recv().ok().map(|(f, _permit)| *f)
     }
 }
 

@@ -323,3 +323,23 @@ async fn window_overrun_closes_only_that_stream() {
         }
     }
 }
+
+#[test]
+fn queue_slots_are_small() {
+    // Each channel allocates 32 slots per link up front (see `Queued`).
+    assert!(std::mem::size_of::<Queued>() <= 32);
+    assert!(std::mem::size_of::<Box<Frame>>() <= 8);
+}
+
+#[tokio::test]
+async fn try_next_frame_takes_what_is_queued() {
+    let (m, mut io) = Mux::new(Side::Gateway);
+    assert!(io.try_next_frame().is_none());
+    m.send_control(Control::Ping { seq: 1 }).await.unwrap();
+    m.send_control(Control::Ping { seq: 2 }).await.unwrap();
+    let f = io.next_frame().await.unwrap();
+    assert!(matches!(f, Frame::Control(Control::Ping { seq: 1 })));
+    let f = io.try_next_frame().unwrap();
+    assert!(matches!(f, Frame::Control(Control::Ping { seq: 2 })));
+    assert!(io.try_next_frame().is_none());
+}

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use alpacon_mux::io::Buffered;
 use anyhow::Context;
 use axum_server::tls_rustls::RustlsConfig;
 use axum_server::Handle;
@@ -18,6 +19,35 @@ use crate::{iam, tls};
 
 /// How long in-flight requests (and agent links) get to finish on shutdown.
 const GRACE: Duration = Duration::from_secs(10);
+
+/// HTTP/2 settings (see `Gateway::start`).
+const H2_MAX_FRAME: u32 = alpacon_proto::MAX_DATA as u32;
+const H2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const H2_CONN_WINDOW: u32 = 4 * 1024 * 1024;
+const H2_SEND_BUF: usize = 1024 * 1024;
+
+/// Prepares every accepted connection before TLS:
+/// - `TCP_NODELAY`: terminal keystrokes and API answers are small writes
+///   that must not wait for the peer's delayed ACK (~40 ms);
+/// - [`Buffered`]: reads in 64 KiB pieces instead of rustls' 4 KiB, and
+///   one write per flush instead of one per TLS record; idle connections
+///   (most agent links) hold no buffer.
+#[derive(Clone, Copy, Debug, Default)]
+struct TransportAcceptor;
+
+impl<S> axum_server::accept::Accept<tokio::net::TcpStream, S> for TransportAcceptor {
+    type Stream = Buffered<tokio::net::TcpStream>;
+    type Service = S;
+    type Future = std::future::Ready<std::io::Result<(Self::Stream, S)>>;
+
+    fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
+        std::future::ready(
+            stream
+                .set_nodelay(true)
+                .map(|()| (Buffered::new(stream), service)),
+        )
+    }
+}
 
 /// A running gateway.
 pub struct Gateway {
@@ -100,15 +130,24 @@ impl Gateway {
         crate::work_sessions::spawn_ticker(state.clone());
         let app = router(state.clone());
         let handle = Handle::new();
-        // TCP_NODELAY: terminal keystrokes and API answers are small writes
-        // that must not wait for the peer's delayed ACK (~40 ms).
         let tls = RustlsConfig::from_config(Arc::new(rustls_cfg));
-        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
-            .acceptor(axum_server::accept::NoDelayAcceptor::new());
-        let server = axum_server::from_tcp(listener)
+        let acceptor =
+            axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(TransportAcceptor);
+        let mut server = axum_server::from_tcp(listener)
             .acceptor(acceptor)
-            .handle(handle.clone())
-            .serve(app.into_make_service_with_connect_info::<SocketAddr>());
+            .handle(handle.clone());
+        // HTTP/2 (the CLI, API clients): frames and windows sized for
+        // file transfers. Uploads come in frames of up to MAX_DATA (what one
+        // agent frame carries) instead of 16 KiB; the windows only say how
+        // much a peer may send ahead, memory is used as data actually waits.
+        server
+            .http_builder()
+            .http2()
+            .max_frame_size(H2_MAX_FRAME)
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONN_WINDOW)
+            .max_send_buf_size(H2_SEND_BUF);
+        let server = server.serve(app.into_make_service_with_connect_info::<SocketAddr>());
         let task = tokio::spawn(server);
         tracing::info!(
             "alpacon-server {} listening on {listen}, public URL {}",

@@ -38,6 +38,8 @@ use crate::servers::{self, SystemUpdate};
 pub const HEARTBEAT_SECS: u32 = 15;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 const PRESENCE_WRITE_EVERY: Duration = Duration::from_secs(60);
+/// Most bytes of frames written to an agent before a flush.
+const WRITE_BURST: usize = 512 * 1024;
 
 /// A live, authenticated agent link.
 #[derive(Clone)]
@@ -342,8 +344,23 @@ async fn serve_agent(state: AppState, mut ws: WebSocket, ip: String) {
 
     let (mut sink, mut source) = ws.split();
     let writer = tokio::spawn(async move {
-        while let Some(f) = io.next_frame().await {
-            if sink.send(Message::Binary(f.encode())).await.is_err() {
+        // Frames already queued go out together with one flush (see
+        // `alpacon_mux::io::Buffered` under the TLS stream); a lone frame is
+        // flushed at once.
+        'link: while let Some(first) = io.next_frame().await {
+            let mut next = Some(first);
+            let mut burst = 0usize;
+            while let Some(f) = next.take() {
+                let bytes = f.encode();
+                burst += bytes.len();
+                if sink.feed(Message::Binary(bytes)).await.is_err() {
+                    break 'link;
+                }
+                if burst < WRITE_BURST {
+                    next = io.try_next_frame();
+                }
+            }
+            if sink.flush().await.is_err() {
                 break;
             }
         }
