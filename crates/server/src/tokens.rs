@@ -221,7 +221,7 @@ async fn remove(
         .bind(&id)
         .execute(&st.db.pool)
         .await?;
-    end_open_terminals(&st, &id, "token deleted").await?;
+    end_open(&st, &id, "token deleted").await?;
     audit::record(
         &st.db,
         Event::new("token.delete")
@@ -284,7 +284,7 @@ async fn update(
         .execute(&st.db.pool)
         .await?;
     if !body.enabled {
-        end_open_terminals(&st, &id, "token disabled").await?;
+        end_open(&st, &id, "token disabled").await?;
     }
     let row = sqlx::query(&format!("SELECT {COLUMNS} FROM api_tokens WHERE id = $1"))
         .bind(&id)
@@ -302,7 +302,7 @@ async fn update(
 }
 
 /// Ends everything a token has open (it was disabled or deleted).
-async fn end_open_terminals(st: &AppState, token_id: &str, reason: &str) -> Result<(), ApiError> {
+async fn end_open(st: &AppState, token_id: &str, reason: &str) -> Result<(), ApiError> {
     let rev = crate::revoke::Revocation::Token {
         token_id: token_id.to_string(),
     };

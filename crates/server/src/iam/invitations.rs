@@ -143,9 +143,7 @@ async fn create_invitation(
             return Err(ApiError::bad_request(format!("invalid username {u:?}")));
         }
     }
-    if b.email.len() > 254 || b.email.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(ApiError::bad_request("email must be one address"));
-    }
+    super::check_email(&b.email)?;
     let hours = b.expires_in_hours.unwrap_or(DEFAULT_HOURS);
     if !(1..=MAX_HOURS).contains(&hours) {
         return Err(ApiError::bad_request(format!(
@@ -329,7 +327,7 @@ async fn accept_invitation(
             "password must be at least 10 characters",
         ));
     }
-    super::check_profile("", &b.full_name, "/bin/bash")?;
+    super::check_full_name(&b.full_name)?;
     // Claim the invitation first: two concurrent accepts cannot both win.
     let claimed = sqlx::query(
         "UPDATE invitations SET accepted_at = $1 WHERE id = $2 AND accepted_at IS NULL",

@@ -295,13 +295,17 @@ pub fn valid_shell(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-' | '.'))
 }
 
-fn check_profile(email: &str, full_name: &str, shell: &str) -> Result<(), ApiError> {
+pub(crate) fn check_email(email: &str) -> Result<(), ApiError> {
     if email.len() > 254 || email.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(ApiError::bad_request(
             "email must be one address of at most 254 characters",
         ));
     }
-    // full_name goes into the GECOS field: no ':' or ','.
+    Ok(())
+}
+
+/// `full_name` goes into the GECOS field on servers: no ':' or ','.
+pub(crate) fn check_full_name(full_name: &str) -> Result<(), ApiError> {
     if full_name.len() > 100
         || full_name
             .chars()
@@ -311,6 +315,12 @@ fn check_profile(email: &str, full_name: &str, shell: &str) -> Result<(), ApiErr
             "full_name must be at most 100 characters without ':' or ','",
         ));
     }
+    Ok(())
+}
+
+fn check_profile(email: &str, full_name: &str, shell: &str) -> Result<(), ApiError> {
+    check_email(email)?;
+    check_full_name(full_name)?;
     if !valid_shell(shell) {
         return Err(ApiError::bad_request(format!(
             "shell must be an absolute path such as /bin/bash, not {shell:?}"

@@ -54,13 +54,40 @@ pub struct Session {
     pub scopes: Vec<Scope>,
     pub sudo_commands: Vec<String>,
     pub life: Life,
-    pub server_ids: Vec<String>,
+    pub servers: Vec<SessionServer>,
     pub created_at: i64,
     pub decided_at: Option<i64>,
     pub decided_by: Option<String>,
     pub decision_note: Option<String>,
     pub ended_at: Option<i64>,
     pub end_reason: Option<String>,
+}
+
+/// A server a session covers, with its name for display and audit.
+#[derive(Debug, Clone)]
+pub struct SessionServer {
+    pub id: String,
+    pub name: String,
+}
+
+/// The servers of session `id`, with their names, in one query.
+async fn session_servers(db: &Db, id: &str) -> Result<Vec<SessionServer>, ApiError> {
+    let rows = sqlx::query(
+        "SELECT ws.server_id, s.name FROM work_session_servers ws
+         JOIN servers s ON s.id = ws.server_id
+         WHERE ws.session_id = $1 ORDER BY ws.server_id",
+    )
+    .bind(id)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(SessionServer {
+                id: r.try_get("server_id")?,
+                name: r.try_get("name")?,
+            })
+        })
+        .collect()
 }
 
 const SELECT: &str = "SELECT w.*, u.username AS requester,
@@ -84,16 +111,10 @@ async fn load(db: &Db, id: &str) -> Result<Option<Session>, ApiError> {
     else {
         return Ok(None);
     };
-    let server_ids: Vec<String> = sqlx::query_scalar(
-        "SELECT server_id FROM work_session_servers WHERE session_id = $1 ORDER BY server_id",
-    )
-    .bind(id)
-    .fetch_all(&db.pool)
-    .await?;
-    Ok(Some(from_row(&r, server_ids)?))
+    Ok(Some(from_row(&r, session_servers(db, id).await?)?))
 }
 
-fn from_row(r: &AnyRow, server_ids: Vec<String>) -> Result<Session, ApiError> {
+fn from_row(r: &AnyRow, servers: Vec<SessionServer>) -> Result<Session, ApiError> {
     let status: String = r.try_get("status")?;
     Ok(Session {
         id: r.try_get("id")?,
@@ -112,7 +133,7 @@ fn from_row(r: &AnyRow, server_ids: Vec<String>) -> Result<Session, ApiError> {
             expires_at: r.try_get("expires_at")?,
             extension_ms: r.try_get("extension_ms")?,
         },
-        server_ids,
+        servers,
         created_at: r.try_get("created_at")?,
         decided_at: r.try_get("decided_at")?,
         decided_by: r.try_get("decider")?,
@@ -122,16 +143,13 @@ fn from_row(r: &AnyRow, server_ids: Vec<String>) -> Result<Session, ApiError> {
     })
 }
 
-async fn to_json(db: &Db, s: &Session) -> Result<Value, ApiError> {
-    let mut servers = Vec::new();
-    for id in &s.server_ids {
-        let name = servers::get_by_id(db, id)
-            .await?
-            .map(|r| r.name)
-            .unwrap_or_default();
-        servers.push(json!({"id": id, "name": name}));
-    }
-    Ok(json!({
+fn to_json(s: &Session) -> Value {
+    let servers: Vec<Value> = s
+        .servers
+        .iter()
+        .map(|x| json!({"id": x.id, "name": x.name}))
+        .collect();
+    json!({
         "id": s.id,
         "requester": s.requester,
         "purpose": s.purpose,
@@ -150,7 +168,7 @@ async fn to_json(db: &Db, s: &Session) -> Result<Value, ApiError> {
         "decision_note": s.decision_note,
         "ended_at": rfc3339_opt(s.ended_at),
         "end_reason": s.end_reason,
-    }))
+    })
 }
 
 /// Writes `n` over the session's lifecycle columns if it is still in
@@ -211,7 +229,12 @@ pub async fn authorize(
     let server = servers::resolve_for(st, caller, ident, action).await?;
     let Some(ws_id) = caller.work_session.clone() else {
         let p = policy(&st.db).await?;
-        let groups = server_groups(&st.db, &server.id).await?;
+        // The server's groups matter only when the policy names any.
+        let groups = if p.required_groups.is_empty() {
+            Vec::new()
+        } else {
+            server_groups(&st.db, &server.id).await?
+        };
         if state::required(&p, caller.is_admin(), &groups) {
             let detail = format!(
                 "{} needs an active work session; request one with `alpacon work-session create --purpose \"...\" --server {} --scope {}`, then `alpacon work-session use ID`",
@@ -245,11 +268,12 @@ pub async fn authorize(
         )
         .await);
     };
+    let server_ids: Vec<String> = ws.servers.iter().map(|s| s.id.clone()).collect();
     let g = state::Grant {
         requester_id: &ws.requester_id,
         status: ws.life.status,
         expires_at: ws.life.expires_at,
-        server_ids: &ws.server_ids,
+        server_ids: &server_ids,
         scopes: &ws.scopes,
     };
     if let Err(r) = state::check_use(
@@ -317,12 +341,16 @@ async fn on_activated(st: &AppState, ws: &Session, n: &Life) -> Result<(), ApiEr
         return Ok(());
     }
     let expires = n.expires_at.unwrap_or_else(now_ms);
-    for server_id in &ws.server_ids {
-        let id = format!("ws-{}", &ws.id.replace('-', "")[..16.min(ws.id.len())]);
-        let grant_id = format!(
-            "{id}-{}",
-            &server_id.replace('-', "")[..8.min(server_id.len())]
-        );
+    // Grant ids name sudoers.d files: plain characters, unique per session
+    // and server.
+    let plain = |s: &str, n: usize| s.chars().filter(|c| *c != '-').take(n).collect::<String>();
+    let prefix = format!("ws-{}", plain(&ws.id, 16));
+    for SessionServer {
+        id: server_id,
+        name,
+    } in &ws.servers
+    {
+        let grant_id = format!("{prefix}-{}", plain(server_id, 8));
         sqlx::query(
             "INSERT INTO sudo_grants (id, session_id, server_id, username, commands, expires_at,
                  active, created_at)
@@ -338,14 +366,10 @@ async fn on_activated(st: &AppState, ws: &Session, n: &Life) -> Result<(), ApiEr
         .bind(now_ms())
         .execute(&st.db.pool)
         .await?;
-        let name = servers::get_by_id(&st.db, server_id)
-            .await?
-            .map(|s| s.name)
-            .unwrap_or_default();
         record(
             st,
             Event::new("sudo.grant")
-                .server(server_id, &name)
+                .server(server_id, name)
                 .detail(json!({
                     "grant_id": grant_id, "username": ws.requester,
                     "commands": ws.sudo_commands, "expires_at": rfc3339(expires),
@@ -388,14 +412,15 @@ async fn on_ended(
         .execute(&st.db.pool)
         .await?;
     for server_id in &servers {
-        let name = servers::get_by_id(&st.db, server_id)
-            .await?
-            .map(|s| s.name)
-            .unwrap_or_default();
+        let name = ws
+            .servers
+            .iter()
+            .find(|s| s.id == *server_id)
+            .map_or("", |s| s.name.as_str());
         record(
             st,
             Event::new("sudo.revoke")
-                .server(server_id, &name)
+                .server(server_id, name)
                 .detail(json!({"username": ws.requester})),
             &ws.id,
         )
@@ -536,8 +561,8 @@ async fn after(st: &AppState, ws: &Session, n: &Life, reason: &str) -> Result<()
             .bind(&ws.id)
             .execute(&st.db.pool)
             .await?;
-        for s in &ws.server_ids {
-            sync_sudo(st, s).await;
+        for s in &ws.servers {
+            sync_sudo(st, &s.id).await;
         }
     }
     Ok(())
@@ -817,7 +842,7 @@ async fn create(
     } else {
         load(&st.db, &id).await?.ok_or_else(|| not_found(&id))?
     };
-    Ok((StatusCode::CREATED, Json(to_json(&st.db, &ws).await?)))
+    Ok((StatusCode::CREATED, Json(to_json(&ws))))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -860,12 +885,7 @@ async fn list(
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
         let id: String = r.try_get("id")?;
-        let server_ids: Vec<String> =
-            sqlx::query_scalar("SELECT server_id FROM work_session_servers WHERE session_id = $1")
-                .bind(&id)
-                .fetch_all(&st.db.pool)
-                .await?;
-        out.push(to_json(&st.db, &from_row(r, server_ids)?).await?);
+        out.push(to_json(&from_row(r, session_servers(&st.db, &id).await?)?));
     }
     Ok(page_response(count, out, page, &uri))
 }
@@ -876,7 +896,7 @@ async fn describe(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let ws = visible(&st, &caller, &id).await?;
-    Ok(Json(to_json(&st.db, &ws).await?))
+    Ok(Json(to_json(&ws)))
 }
 
 /// Approvers are staff and superusers, never the requester (policy may
@@ -951,7 +971,7 @@ async fn approve(
         let mut keep = Vec::new();
         for s in svs {
             let row = servers::resolve(&st.db, s).await?;
-            if !ws.server_ids.contains(&row.id) {
+            if !ws.servers.iter().any(|s| s.id == row.id) {
                 return Err(ApiError::bad_request(format!(
                     "{} was not requested; approval can only narrow the servers",
                     row.name
@@ -962,7 +982,12 @@ async fn approve(
         if keep.is_empty() {
             return Err(ApiError::bad_request("keep at least one server, or reject"));
         }
-        for s in ws.server_ids.iter().filter(|s| !keep.contains(s)) {
+        for s in ws
+            .servers
+            .iter()
+            .map(|s| &s.id)
+            .filter(|s| !keep.contains(s))
+        {
             sqlx::query(
                 "DELETE FROM work_session_servers WHERE session_id = $1 AND server_id = $2",
             )
@@ -1002,7 +1027,7 @@ async fn approve(
         "approved",
     )
     .await?;
-    Ok(Json(to_json(&st.db, &ws).await?))
+    Ok(Json(to_json(&ws)))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1038,7 +1063,7 @@ async fn reject(
         &id,
     )
     .await?;
-    Ok(Json(to_json(&st.db, &ws).await?))
+    Ok(Json(to_json(&ws)))
 }
 
 async fn cancel(
@@ -1058,7 +1083,7 @@ async fn cancel(
     if was == Status::Pending {
         record(&st, Event::new("work_session.cancelled").by(&caller), &id).await?;
     }
-    Ok(Json(to_json(&st.db, &ws).await?))
+    Ok(Json(to_json(&ws)))
 }
 
 async fn revoke_session(
@@ -1084,7 +1109,7 @@ async fn revoke_session(
             .unwrap_or_default()
     );
     let ws = transition(&st, &id, Ev::Revoke { now: now_ms() }, &reason).await?;
-    Ok(Json(to_json(&st.db, &ws).await?))
+    Ok(Json(to_json(&ws)))
 }
 
 async fn complete(
@@ -1098,7 +1123,7 @@ async fn complete(
     }
     let reason = format!("completed by {}", caller.username);
     let ws = transition(&st, &id, Ev::Complete { now: now_ms() }, &reason).await?;
-    Ok(Json(to_json(&st.db, &ws).await?))
+    Ok(Json(to_json(&ws)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -1132,7 +1157,7 @@ async fn extend(
         &id,
     )
     .await?;
-    Ok(Json(to_json(&st.db, &ws).await?))
+    Ok(Json(to_json(&ws)))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1164,7 +1189,7 @@ async fn approve_extension(
         &id,
     )
     .await?;
-    Ok(Json(to_json(&st.db, &ws).await?))
+    Ok(Json(to_json(&ws)))
 }
 
 async fn reject_extension(
@@ -1181,7 +1206,7 @@ async fn reject_extension(
         &id,
     )
     .await?;
-    Ok(Json(to_json(&st.db, &ws).await?))
+    Ok(Json(to_json(&ws)))
 }
 
 /// One ordered timeline: the session's own events (request, approval,
@@ -1304,13 +1329,12 @@ async fn timeline(
         })
         .collect();
     Ok(Json(json!({
-        "session": to_json(&st.db, &ws).await?,
+        "session": to_json(&ws),
         "results": results,
     })))
 }
 
-async fn get_policy(State(st): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
-    let _ = caller;
+async fn get_policy(State(st): State<AppState>, _caller: Caller) -> Result<Json<Value>, ApiError> {
     Ok(Json(
         serde_json::to_value(policy(&st.db).await?).map_err(ApiError::internal)?,
     ))
