@@ -96,8 +96,13 @@ fn init_logging() {
         .init();
 }
 
+/// One thread: the agent's work is I/O on one link, and hand-offs between
+/// worker threads (a futex and an eventfd write per wake) cost more than the
+/// work itself — a keystroke's echo was 20–30% faster end to end, and the
+/// agent spent less CPU per copied GiB both ways (BENCHMARKS.md). What blocks
+/// (account tools, the command spool) runs on the blocking pool.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")

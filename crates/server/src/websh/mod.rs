@@ -4,10 +4,12 @@
 //! Per open session the gateway runs one *driver* task that keeps a stream to
 //! the agent's PTY attached (re-attaching after link loss), writes the output
 //! to the session's raw log and recording, and acknowledges it to the agent.
-//! Clients attach over WebSockets and read the raw log from their own offset,
-//! so any number of them, fast or slow, cost no memory beyond a read buffer.
+//! Clients attach over WebSockets and read from their own offset: the newest
+//! output from memory (`tail`), anything older from the raw log, so any number
+//! of them, fast or slow, cost no memory beyond a read buffer.
 
 pub mod recording;
+mod tail;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,7 +32,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::any::AnyRow;
 use sqlx::Row;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use std::io::Write as _;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{oneshot, Notify};
 
 use crate::api::{page_response, Json, PageParams, Path, Query};
@@ -42,11 +45,14 @@ use crate::db::{new_id, now_ms, rfc3339, rfc3339_opt};
 use crate::error::ApiError;
 use crate::servers;
 use recording::{typed_lines, CastWriter};
+use tail::{OutputTail, TailRead, TAIL_MAX};
 
 /// Input kept for resending to the agent after a link loss.
 const INPUT_REPLAY: usize = 256 * 1024;
 /// Acknowledge output to the agent at least this often (bytes).
 const ACK_EVERY: u64 = 64 * 1024;
+/// ... or after this long without output.
+const IDLE_ACK_AFTER: Duration = Duration::from_millis(50);
 const OPEN_TIMEOUT: Duration = Duration::from_secs(20);
 pub const IDLE_MIN_SECS: i64 = 600;
 pub const IDLE_MAX_SECS: i64 = 86_400;
@@ -114,6 +120,9 @@ const RESTORED_INPUT_BASE: u64 = 1 << 40;
 struct LiveState {
     /// Output bytes in the raw log.
     recorded: u64,
+    /// The newest of them (written to the log first, so whatever was
+    /// evicted from here can be read there).
+    tail: OutputTail,
     /// The furthest any client has acknowledged reading.
     fastest_ack: u64,
     /// Input taken from clients, per client id (so a reconnecting client
@@ -197,6 +206,7 @@ impl Live {
         let mut st = self.st();
         if offset > st.fastest_ack && offset <= st.recorded {
             st.fastest_ack = offset;
+            st.tail.trim_to(offset);
             drop(st);
             self.changed.notify_waiters();
         }
@@ -368,16 +378,26 @@ async fn drive(
         live.changed.notify_waiters();
         tracing::info!(session = %live.id, "terminal attached to the agent");
 
-        let mut raw = match tokio::fs::OpenOptions::new()
+        // Written in place, not through tokio's blocking pool: an append to
+        // the page cache takes microseconds, a hand-off to another thread and
+        // back (per output chunk) took longer than the rest of a keystroke's
+        // round trip.
+        let mut raw = match std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&live.raw_path)
-            .await
         {
             Ok(f) => f,
             Err(e) => return Ending::Closed(format!("cannot write the session log: {e}")),
         };
         let mut unacked = 0u64;
+        // Output the clients have caught up with is acknowledged once the
+        // terminal has been quiet for a moment, not per chunk: an ack per
+        // echoed keystroke would cross the link right behind the echo, in
+        // the way of the next keystroke.
+        let idle_ack = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(idle_ack);
+        let mut ack_armed = false;
         let outcome = loop {
             // End-to-end flow control: take output only while the fastest
             // client keeps up (see `may_read_more`).
@@ -397,26 +417,35 @@ async fn drive(
                 }
                 notified.await;
             }
-            match rx.recv().await {
-                Some(Event::Data(d)) => {
-                    // tokio's File writes in the background: flush so the
-                    // bytes are in the log before readers are told so.
-                    if let Err(e) = async {
-                        raw.write_all(&d).await?;
-                        raw.flush().await
+            let ev = tokio::select! {
+                biased;
+                ev = rx.recv() => ev,
+                _ = &mut idle_ack, if ack_armed => {
+                    ack_armed = false;
+                    if unacked > 0 && rx_idle(&live.st()) {
+                        unacked = 0;
+                        let recorded = live.st().recorded;
+                        let _ = tx.send(PtyIn::Ack { offset: recorded }.encode()).await;
                     }
-                    .await
-                    {
+                    continue;
+                }
+            };
+            match ev {
+                Some(Event::Data(d)) => {
+                    // In the log before readers are told of it.
+                    if let Err(e) = raw.write_all(&d) {
                         break Some(Ending::Closed(format!("cannot write the session log: {e}")));
                     }
-                    live.record(|w| w.output(&d));
                     let recorded = {
                         let mut st = live.st();
+                        st.tail.push(&d);
                         st.recorded += d.len() as u64;
+                        debug_assert_eq!(st.tail.end(), st.recorded);
                         st.last_activity = now_ms();
                         st.recorded
                     };
                     live.changed.notify_waiters();
+                    live.record(|w| w.output(&d));
                     unacked += d.len() as u64;
                     if unacked >= ACK_EVERY {
                         unacked = 0;
@@ -437,16 +466,16 @@ async fn drive(
                 Some(Event::Accepted(_) | Event::Eof) => {}
                 None => break None,
             }
-            // Caught up with the agent for now: let it free its buffer.
-            if unacked > 0 && rx_idle(&live.st()) {
-                unacked = 0;
-                let recorded = live.st().recorded;
-                let _ = tx.send(PtyIn::Ack { offset: recorded }.encode()).await;
+            // Caught up with the agent for now: let it free its buffer soon.
+            if unacked > 0 && !ack_armed && rx_idle(&live.st()) {
+                idle_ack
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + IDLE_ACK_AFTER);
+                ack_armed = true;
             }
         };
         live.st().agent = None;
         live.changed.notify_waiters();
-        let _ = raw.flush().await;
         match outcome {
             Some(e) => return e,
             None => {
@@ -579,6 +608,7 @@ fn new_live(
         raw_path: raw_path(state, &row.id),
         st: Mutex::new(LiveState {
             recorded,
+            tail: OutputTail::new(recorded, TAIL_MAX),
             fastest_ack: recorded,
             client_input: HashMap::new(),
             input: ReplayBuffer::new(INPUT_REPLAY),
@@ -1198,16 +1228,34 @@ async fn stream_output(
         if let Some(n) = notified.as_mut().as_pin_mut() {
             n.enable();
         }
-        let (recorded, ended, agent) = match live {
+        let (recorded, ended, agent, newest) = match live {
             Some(l) => {
                 let st = l.st();
-                (st.recorded, st.ended.clone(), Some(st.agent.is_some()))
+                let newest = match st.tail.read(pos, buf.len()) {
+                    TailRead::Bytes(b) if !b.is_empty() => Some(b),
+                    _ => None,
+                };
+                (
+                    st.recorded,
+                    st.ended.clone(),
+                    Some(st.agent.is_some()),
+                    newest,
+                )
             }
             None => {
                 let len = tokio::fs::metadata(raw).await.map(|m| m.len()).unwrap_or(0);
-                (len, Some(stored_ending(state, id).await), None)
+                (len, Some(stored_ending(state, id).await), None, None)
             }
         };
+        if let Some(b) = newest {
+            // The log file, if open, is no longer at `pos`.
+            file = None;
+            pos += b.len() as u64;
+            sink.send(Message::Binary(Bytes::from(b)))
+                .await
+                .map_err(|_| ())?;
+            continue;
+        }
         if pos < recorded {
             if file.is_none() {
                 let mut f = tokio::fs::File::open(raw).await.map_err(|_| ())?;
