@@ -453,6 +453,11 @@ fn dispatch(agent: &Agent, mux: &Mux, c: Control) {
                 sudo.submit(grants);
             }
         }
+        Control::HangUp { session } => {
+            if !agent.terminals.hang_up(&session) {
+                debug!(session, "hang-up for a terminal that is gone");
+            }
+        }
         Control::CancelCommand { id, reason } => {
             if !agent.runner.cancel(&id, &reason) {
                 debug!(id, "cancel for a command that is not running");

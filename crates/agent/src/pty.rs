@@ -47,7 +47,7 @@ use nix::unistd::{Group, Pid};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -128,6 +128,9 @@ struct Attach {
 
 struct Entry {
     attach: mpsc::UnboundedSender<Attach>,
+    /// The gateway's out-of-band `HangUp` (a permit is kept until the
+    /// driver looks, so none is lost).
+    hang_up: Arc<Notify>,
     stats: Arc<Mutex<TerminalStats>>,
 }
 
@@ -161,6 +164,17 @@ impl Terminals {
     /// Session ids of the live terminals.
     pub fn sessions(&self) -> Vec<String> {
         lock(&self.inner.map).keys().cloned().collect()
+    }
+
+    /// The gateway's `HangUp`: false if there is no such terminal.
+    pub fn hang_up(&self, session: &str) -> bool {
+        match lock(&self.inner.map).get(session) {
+            Some(e) => {
+                e.hang_up.notify_one();
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn stats(&self, session: &str) -> Option<TerminalStats> {
@@ -250,10 +264,12 @@ impl Terminals {
             stream,
             output_offset: 0,
         });
+        let hang_up = Arc::new(Notify::new());
         map.insert(
             session.clone(),
             Entry {
                 attach: tx,
+                hang_up: hang_up.clone(),
                 stats: stats.clone(),
             },
         );
@@ -278,6 +294,7 @@ impl Terminals {
             stalled_since: None,
             conn: None,
             attach_rx: rx,
+            hang_up_asked: hang_up,
             detached_since: None,
             hangup_at: None,
             hung_up: false,
@@ -540,6 +557,7 @@ enum Ev {
     Wrote(io::Result<usize>),
     Exited(io::Result<ExitStatus>),
     DrainOver,
+    HangUpAsked,
     HangupDue,
     IdleDue,
 }
@@ -566,6 +584,7 @@ struct Driver {
     stalled_since: Option<Instant>,
     conn: Option<Conn>,
     attach_rx: mpsc::UnboundedReceiver<Attach>,
+    hang_up_asked: Arc<Notify>,
     detached_since: Option<Instant>,
     /// After a hang-up: when to SIGKILL what is left.
     hangup_at: Option<Instant>,
@@ -695,6 +714,7 @@ impl Driver {
         let scratch = &mut self.scratch[..room];
         tokio::select! {
             a = self.attach_rx.recv() => Ev::Attach(a),
+            _ = self.hang_up_asked.notified(), if !self.hung_up => Ev::HangUpAsked,
             e = maybe(rx.map(|r| r.recv())), if can_recv => Ev::Stream(e),
             r = maybe(sending) => Ev::Sent(r),
             r = maybe(master.map(|m| m.async_io(Interest::READABLE, move |fd| sys_read(fd, scratch)))),
@@ -714,6 +734,10 @@ impl Driver {
         match ev {
             Ev::Attach(Some(a)) => self.attach(a),
             Ev::Attach(None) => {}
+            Ev::HangUpAsked => {
+                info!(session = %self.session, "terminal hung up by the gateway");
+                self.hang_up();
+            }
             Ev::Stream(e) => self.on_stream(e),
             Ev::Sent(Ok(())) => {
                 if let Some(c) = &mut self.conn {
@@ -1196,6 +1220,34 @@ mod tests {
             assert!(start.elapsed() < T, "{left} processes of the session left");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The gateway's out-of-band `HangUp` reaches a terminal whose stream
+    /// is stuck behind input its program does not read.
+    #[tokio::test]
+    async fn hang_up_passes_unread_input() {
+        let (gw, terms, _) = wire();
+        let (mut st, _) = open_pty(&gw, "s").await;
+        let mut got = Vec::new();
+        input(&st, "stty -icanon -echo; echo DEAF-$((2*3)); sleep 1000\r").await;
+        until(&mut st, &mut got, "DEAF-6").await;
+        // More input than the PTY and the driver take: the sender blocks.
+        let tx = st.tx.clone();
+        let typing = tokio::spawn(async move {
+            let chunk = Bytes::from(vec![b'x'; 32 << 10]);
+            loop {
+                if tx.send(PtyIn::Input(chunk.clone()).encode()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!typing.is_finished());
+        assert!(terms.hang_up("s"));
+        assert!(!terms.hang_up("no-such-session"));
+        let c = closed(&mut st).await;
+        assert_eq!(c, Close::Ok(StreamResult::Exited { code: 129 }));
+        typing.abort();
     }
 
     /// The shell exits while nothing is attached: the tail and the exit code

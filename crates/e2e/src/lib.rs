@@ -663,6 +663,12 @@ impl Interactive {
         Ok(())
     }
 
+    /// The child's stdin, for writing from another thread (a write that
+    /// may block); `write` fails afterwards.
+    pub fn take_stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.stdin.take()
+    }
+
     pub fn output(&self) -> Vec<u8> {
         self.out.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }

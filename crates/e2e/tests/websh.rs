@@ -321,6 +321,92 @@ fn a_flood_keeps_memory_bounded_and_ctrl_c_stops_it() {
     term.wait(Duration::from_secs(30)).unwrap();
 }
 
+/// A program that reads no input, and more input than every buffer on the
+/// way holds: the terminal's stream is stuck behind that input. Closing the
+/// session must still let the client go at once and end the program on the
+/// server (the gateway's hang-up travels out of band).
+#[test]
+fn closing_reaches_a_terminal_that_reads_no_input() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let mut gw = Gateway::start().unwrap();
+    let _agent = agent(&mut gw, "deaf", None);
+    let cli = cli_for(&mut gw, None);
+    let mut term = piped_websh(&cli, &["-u", "docker", "deaf"]);
+    let marker = 7000 + rand_suffix() % 1000;
+    term.write(format!("stty -icanon -echo; echo READY; sleep {marker}\n").as_bytes())
+        .unwrap();
+    term.wait_for("READY", Duration::from_secs(30)).unwrap();
+    let sleeping = || {
+        Command::new("pgrep")
+            .args(["-x", "-f", &format!("sleep {marker}")])
+            .status()
+            .unwrap()
+            .success()
+    };
+    let start = Instant::now();
+    while !sleeping() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "sleep never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Type far more than the PTY, the agent, the link's window and the
+    // gateway buffer, until the CLI's stdin no longer takes any.
+    const TOTAL: usize = 16 << 20;
+    let written = Arc::new(AtomicUsize::new(0));
+    let mut stdin = term.take_stdin().unwrap();
+    let w = written.clone();
+    std::thread::spawn(move || {
+        let chunk = vec![b'x'; 16 << 10];
+        while w.load(Ordering::SeqCst) < TOTAL {
+            if stdin.write_all(&chunk).is_err() {
+                return;
+            }
+            w.fetch_add(chunk.len(), Ordering::SeqCst);
+        }
+    });
+    let mut last = 0;
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = written.load(Ordering::SeqCst);
+        assert!(
+            now < TOTAL,
+            "all {now} bytes of input went through: nothing is stuck"
+        );
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+
+    let id = newest_session(&mut gw)["id"].as_str().unwrap().to_string();
+    let (s, v) = gw
+        .call("POST", &format!("/api/websh/sessions/{id}/close/"), None)
+        .unwrap();
+    assert_eq!(s, 200, "{v}");
+    // The client hears why and exits; the program on the server is gone.
+    term.wait(Duration::from_secs(30)).unwrap();
+    let err = String::from_utf8_lossy(&term.err.lock().unwrap()).into_owned();
+    assert!(err.contains("closed by"), "client said: {err}");
+    let start = Instant::now();
+    while sleeping() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "sleep {marker} still runs after the session was closed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, v) = gw
+        .call("GET", &format!("/api/websh/sessions/{id}/"), None)
+        .unwrap();
+    assert_eq!(v["status"], "closed", "{v}");
+}
+
 #[test]
 fn recordings_replay_exactly_what_the_client_saw() {
     let mut gw = Gateway::start().unwrap();

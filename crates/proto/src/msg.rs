@@ -119,6 +119,14 @@ pub enum Control {
         grant_id: String,
         error: String,
     },
+
+    // ---- terminals -----------------------------------------------------
+    /// Gateway → agent: hang up a terminal now (closed, revoked, expired).
+    /// Sent here rather than as `PtyIn::Terminate` on the terminal's own
+    /// stream, where it would wait behind input a program is not reading.
+    HangUp {
+        session: String,
+    },
 }
 
 impl Control {
@@ -131,6 +139,7 @@ impl Control {
             | Control::SyncSudo { .. }
             | Control::SudoUsed { .. }
             | Control::SudoFailed { .. } => 2,
+            Control::HangUp { .. } => 3,
             _ => 1,
         }
     }
@@ -628,15 +637,18 @@ mod tests {
                 grant_id: "g-1".into(),
                 error: "visudo -c failed".into(),
             },
+            Control::HangUp {
+                session: "s-1".into(),
+            },
         ];
         for m in msgs {
             let s = serde_json::to_vec(&m).unwrap();
             assert_eq!(serde_json::from_slice::<Control>(&s).unwrap(), m);
             // Newer than version 1, except commands.
-            let want = if matches!(m, Control::RunCommand(_)) {
-                1
-            } else {
-                2
+            let want = match m {
+                Control::RunCommand(_) => 1,
+                Control::HangUp { .. } => 3,
+                _ => 2,
             };
             assert_eq!(m.since_version(), want, "{m:?}");
             assert!(m.since_version() <= crate::PROTOCOL_VERSION);

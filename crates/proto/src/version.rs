@@ -5,8 +5,9 @@ use serde::{Deserialize, Serialize};
 
 /// The newest protocol version this build speaks. 2 added managed
 /// accounts (`LockAccount`, `AccountLocked`) and sudo grants (`SyncSudo`,
-/// `SudoUsed`, `SudoFailed`); see `Control::since_version`.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// `SudoUsed`, `SudoFailed`); 3 added `HangUp` (terminals hung up out of
+/// band); see `Control::since_version`.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Everything this build speaks.
 pub const SUPPORTED: VersionRange = VersionRange {

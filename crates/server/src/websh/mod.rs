@@ -19,7 +19,7 @@ use std::time::Duration;
 use alpacon_mux::{Event, StreamSender};
 use alpacon_proto::pty::PtyIn;
 use alpacon_proto::websh::{may_read_more, ClientMsg, ReplayBuffer, ServerMsg};
-use alpacon_proto::{Account, Close, ErrorCode, Open, StreamInfo, StreamResult, MAX_DATA};
+use alpacon_proto::{Account, Close, Control, ErrorCode, Open, StreamInfo, StreamResult, MAX_DATA};
 use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
@@ -171,6 +171,9 @@ impl Live {
     async fn input(&self, client: &str, bytes: Bytes) {
         let agent = {
             let mut st = self.st();
+            if st.terminated.is_some() {
+                return;
+            }
             *st.client_input.entry(client.to_string()).or_default() += bytes.len() as u64;
             st.input.push_evicting(&bytes);
             st.last_activity = now_ms();
@@ -213,8 +216,9 @@ impl Live {
     }
 
     /// Asks the agent to hang up the shell; the driver records the ending
-    /// when the agent confirms (or right away if it is unreachable).
-    async fn terminate(&self, reason: &str) {
+    /// when the agent confirms (or right away if it is unreachable). Clients
+    /// are let go at once, with the reason: no more output, no more input.
+    async fn terminate(&self, state: &AppState, reason: &str) {
         let agent = {
             let mut st = self.st();
             if st.ended.is_none() && st.agent.is_none() {
@@ -223,12 +227,23 @@ impl Live {
             st.terminated.get_or_insert_with(|| reason.to_string());
             st.agent.clone()
         };
-        match agent {
-            Some(tx) => {
-                let _ = tx.send(PtyIn::Terminate.encode()).await;
+        self.changed.notify_waiters();
+        let Some(tx) = agent else { return };
+        // Out of band where the agent understands it: the terminal's stream
+        // may be stuck behind input the program in it does not read.
+        let hang_up = Control::HangUp {
+            session: self.id.clone(),
+        };
+        if let Some(link) = state.relay.link(&self.server_id) {
+            if hang_up.since_version() <= link.version {
+                let _ = link.mux.send_control(hang_up).await;
             }
-            None => self.changed.notify_waiters(),
         }
+        // In band for older agents; never waited on, as it may not get
+        // through.
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(OPEN_TIMEOUT, tx.send(PtyIn::Terminate.encode())).await;
+        });
     }
 }
 
@@ -649,8 +664,11 @@ pub async fn reaper(state: AppState) {
             let idle = now - l.st().last_activity;
             if idle > timeout * 1000 {
                 tracing::info!(session = %l.id, "closing idle terminal");
-                l.terminate(&format!("idle for more than {} minutes", timeout / 60))
-                    .await;
+                l.terminate(
+                    &state,
+                    &format!("idle for more than {} minutes", timeout / 60),
+                )
+                .await;
             }
         }
     }
@@ -1004,7 +1022,7 @@ async fn close(
 /// Terminates a session and waits (briefly) until it is recorded as closed.
 pub async fn close_live(state: &AppState, id: &str, reason: &str) {
     if let Some(live) = state.relay.websh.get(id) {
-        live.terminate(reason).await;
+        live.terminate(state, reason).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while state.relay.websh.get(id).is_some() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1231,16 +1249,23 @@ async fn stream_output(
         let (recorded, ended, agent, newest) = match live {
             Some(l) => {
                 let st = l.st();
-                let newest = match st.tail.read(pos, buf.len()) {
-                    TailRead::Bytes(b) if !b.is_empty() => Some(b),
-                    _ => None,
-                };
-                (
-                    st.recorded,
-                    st.ended.clone(),
-                    Some(st.agent.is_some()),
-                    newest,
-                )
+                if let Some(why) = &st.terminated {
+                    // Hung up by the gateway: the clients go now, with the
+                    // reason, whatever the agent still has to say.
+                    let e = st.ended.clone().unwrap_or(Ending::Closed(why.clone()));
+                    (pos, Some(e), None, None)
+                } else {
+                    let newest = match st.tail.read(pos, buf.len()) {
+                        TailRead::Bytes(b) if !b.is_empty() => Some(b),
+                        _ => None,
+                    };
+                    (
+                        st.recorded,
+                        st.ended.clone(),
+                        Some(st.agent.is_some()),
+                        newest,
+                    )
+                }
             }
             None => {
                 let len = tokio::fs::metadata(raw).await.map(|m| m.len()).unwrap_or(0);
