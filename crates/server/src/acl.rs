@@ -36,7 +36,7 @@ use serde_json::{json, Value};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::api::{page_response, Json, PageParams, Path, Query};
+use crate::api::{page_response, Bind, Json, Listing, PageParams, Path, Query};
 use crate::app::AppState;
 use crate::audit::{self, Event};
 use crate::auth::Caller;
@@ -886,31 +886,15 @@ async fn list_kind(
         None if caller.is_admin() => ("1 = 1", None),
         None => ("t.user_id = $1", Some(caller.user_id.clone())),
     };
-    let n = if arg.is_some() { 1 } else { 0 };
-    let count_sql = format!(
-        "SELECT COUNT(*) FROM {} a JOIN api_tokens t ON t.id = a.token_id WHERE {cond}",
-        kind.table()
-    );
-    let mut cq = sqlx::query_scalar::<_, i64>(&count_sql);
-    if let Some(a) = &arg {
-        cq = cq.bind(a);
+    let (count, rows) = Listing {
+        count_from: &format!("{} a JOIN api_tokens t ON t.id = a.token_id", kind.table()),
+        select: kind.select(),
+        filter: &format!("WHERE {cond}"),
+        order_by: "a.created_at DESC, a.id DESC",
+        binds: arg.as_deref().map(Bind::Text).into_iter().collect(),
     }
-    let count = cq.fetch_one(&state.db.pool).await?;
-    let sql = format!(
-        "{} WHERE {cond} ORDER BY a.created_at DESC, a.id DESC LIMIT ${} OFFSET ${}",
-        kind.select(),
-        n + 1,
-        n + 2
-    );
-    let mut lq = sqlx::query(&sql);
-    if let Some(a) = &arg {
-        lq = lq.bind(a);
-    }
-    let rows = lq
-        .bind(page.limit())
-        .bind(page.offset())
-        .fetch_all(&state.db.pool)
-        .await?;
+    .fetch(&state.db, page)
+    .await?;
     let results = rows
         .iter()
         .map(|r| kind.json(r))

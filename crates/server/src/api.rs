@@ -10,8 +10,10 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use sqlx::any::AnyRow;
 
 use crate::app::AppState;
+use crate::db::Db;
 use crate::error::ApiError;
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
@@ -177,6 +179,78 @@ pub fn page_response<T: Serialize>(
     }))
 }
 
+/// A bind value for a [`Listing`]'s filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bind<'a> {
+    Text(&'a str),
+    /// `NULL` when `None`, for `($n IS NULL OR col = $n)` filters.
+    OptText(Option<&'a str>),
+    Int(i64),
+}
+
+/// One paginated list: `SELECT COUNT(*) FROM {count_from} {filter}` for the
+/// total, and `{select} {filter} ORDER BY {order_by} LIMIT $n+1 OFFSET $n+2`
+/// for the page, both with `binds` as `$1..$n`.
+#[derive(Debug, Clone)]
+pub struct Listing<'a> {
+    /// The table(s) counted, e.g. `"commands c"`.
+    pub count_from: &'a str,
+    /// `SELECT <columns> FROM <tables and joins>` for the rows.
+    pub select: &'a str,
+    /// `WHERE ...` over `$1..$n`, or empty for every row.
+    pub filter: &'a str,
+    pub order_by: &'a str,
+    pub binds: Vec<Bind<'a>>,
+}
+
+impl Listing<'_> {
+    fn count_sql(&self) -> String {
+        format!("SELECT COUNT(*) FROM {} {}", self.count_from, self.filter)
+    }
+
+    /// LIMIT and OFFSET take the placeholders after the caller's binds.
+    fn page_sql(&self) -> String {
+        let n = self.binds.len();
+        format!(
+            "{} {} ORDER BY {} LIMIT ${} OFFSET ${}",
+            self.select,
+            self.filter,
+            self.order_by,
+            n + 1,
+            n + 2
+        )
+    }
+
+    /// The total count and the rows of `page`.
+    pub async fn fetch(&self, db: &Db, page: Page) -> Result<(i64, Vec<AnyRow>), ApiError> {
+        let count_sql = self.count_sql();
+        let mut cq = sqlx::query_scalar::<_, i64>(&count_sql);
+        for b in &self.binds {
+            cq = match *b {
+                Bind::Text(v) => cq.bind(v),
+                Bind::OptText(v) => cq.bind(v),
+                Bind::Int(v) => cq.bind(v),
+            };
+        }
+        let count = cq.fetch_one(&db.pool).await?;
+        let page_sql = self.page_sql();
+        let mut q = sqlx::query(&page_sql);
+        for b in &self.binds {
+            q = match *b {
+                Bind::Text(v) => q.bind(v),
+                Bind::OptText(v) => q.bind(v),
+                Bind::Int(v) => q.bind(v),
+            };
+        }
+        let rows = q
+            .bind(page.limit())
+            .bind(page.offset())
+            .fetch_all(&db.pool)
+            .await?;
+        Ok((count, rows))
+    }
+}
+
 fn page_link(uri: &Uri, page: u32) -> String {
     let mut pairs: Vec<String> = uri
         .query()
@@ -253,5 +327,103 @@ mod tests {
         // Past the end: previous points at the last real page.
         let Json(v) = page_response(15, Vec::<i32>::new(), Page { page: 9, size: 10 }, &uri);
         assert_eq!(v["previous"], "/api/x/?page=2");
+    }
+
+    #[test]
+    fn listing_numbers_limit_and_offset_after_the_binds() {
+        let mut l = Listing {
+            count_from: "t",
+            select: "SELECT id FROM t",
+            filter: "",
+            order_by: "id",
+            binds: vec![],
+        };
+        assert_eq!(l.count_sql(), "SELECT COUNT(*) FROM t ");
+        assert_eq!(
+            l.page_sql(),
+            "SELECT id FROM t  ORDER BY id LIMIT $1 OFFSET $2"
+        );
+        l.filter = "WHERE a = $1 AND ($2 IS NULL OR b = $2) AND c = $3";
+        l.binds = vec![Bind::Text("x"), Bind::OptText(None), Bind::Int(1)];
+        assert_eq!(
+            l.page_sql(),
+            "SELECT id FROM t WHERE a = $1 AND ($2 IS NULL OR b = $2) AND c = $3 \
+             ORDER BY id LIMIT $4 OFFSET $5"
+        );
+        assert_eq!(
+            l.count_sql(),
+            "SELECT COUNT(*) FROM t WHERE a = $1 AND ($2 IS NULL OR b = $2) AND c = $3"
+        );
+    }
+
+    #[tokio::test]
+    async fn listing_counts_and_pages_on_sqlite() {
+        let d = tempfile::tempdir().unwrap();
+        let db = Db::connect(&crate::db::sqlite_url(&d.path().join("a.db")))
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE things (id TEXT PRIMARY KEY, tag TEXT, n BIGINT NOT NULL)")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        for i in 0..7i64 {
+            sqlx::query("INSERT INTO things (id, tag, n) VALUES ($1, $2, $3)")
+                .bind(format!("t{i}"))
+                .bind(if i % 2 == 0 { "even" } else { "odd" })
+                .bind(i)
+                .execute(&db.pool)
+                .await
+                .unwrap();
+        }
+        let ids = |rows: &[AnyRow]| -> Vec<String> {
+            use sqlx::Row;
+            rows.iter().map(|r| r.get::<String, _>("id")).collect()
+        };
+        let filter = "WHERE ($1 IS NULL OR tag = $1) AND n >= $2 AND id <> $3";
+        let listing = |tag: Option<&'static str>| Listing {
+            count_from: "things",
+            select: "SELECT id FROM things",
+            filter,
+            order_by: "n DESC",
+            binds: vec![Bind::OptText(tag), Bind::Int(1), Bind::Text("t5")],
+        };
+        // n >= 1 and not t5: t1, t2, t3, t4, t6.
+        let (count, rows) = listing(None)
+            .fetch(&db, Page { page: 1, size: 2 })
+            .await
+            .unwrap();
+        assert_eq!(count, 5);
+        assert_eq!(ids(&rows), ["t6", "t4"]);
+        let (count, rows) = listing(None)
+            .fetch(&db, Page { page: 3, size: 2 })
+            .await
+            .unwrap();
+        assert_eq!(count, 5);
+        assert_eq!(ids(&rows), ["t1"]);
+        let (count, rows) = listing(Some("odd"))
+            .fetch(&db, Page { page: 1, size: 10 })
+            .await
+            .unwrap();
+        assert_eq!(count, 2);
+        assert_eq!(ids(&rows), ["t3", "t1"]);
+        // Past the end: the count still, no rows.
+        let (count, rows) = listing(Some("even"))
+            .fetch(&db, Page { page: 2, size: 10 })
+            .await
+            .unwrap();
+        assert_eq!((count, rows.len()), (3, 0));
+        // No filter, no binds.
+        let (count, rows) = Listing {
+            count_from: "things",
+            select: "SELECT id FROM things",
+            filter: "",
+            order_by: "n",
+            binds: vec![],
+        }
+        .fetch(&db, Page { page: 2, size: 3 })
+        .await
+        .unwrap();
+        assert_eq!(count, 7);
+        assert_eq!(ids(&rows), ["t3", "t4", "t5"]);
     }
 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::Row;
 
-use crate::api::{page_response, Json, PageParams, Query};
+use crate::api::{page_response, Bind, Json, Listing, PageParams, Query};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::db::{new_id, now_ms, rfc3339, Db};
@@ -217,30 +217,17 @@ async fn list_events(
         format!("WHERE {}", conds.join(" AND "))
     };
 
-    let count_sql = format!("SELECT COUNT(*) FROM audit_events {where_}");
-    let mut q = sqlx::query_scalar::<_, i64>(&count_sql);
-    for a in &args {
-        q = q.bind(a);
-    }
-    let count = q.fetch_one(&st.db.pool).await?;
-
-    let n = args.len();
-    let list_sql = format!(
-        "SELECT id, ts, action, result, actor_username, token_name, server_id, server_name,
+    let (count, rows) = Listing {
+        count_from: "audit_events",
+        select: "SELECT id, ts, action, result, actor_username, token_name, server_id, server_name,
                 client_ip, detail, work_session_id
-         FROM audit_events {where_} ORDER BY seq DESC LIMIT ${} OFFSET ${}",
-        n + 1,
-        n + 2
-    );
-    let mut q = sqlx::query(&list_sql);
-    for a in &args {
-        q = q.bind(a);
+         FROM audit_events",
+        filter: &where_,
+        order_by: "seq DESC",
+        binds: args.iter().map(|a| Bind::Text(a)).collect(),
     }
-    let rows = q
-        .bind(page.limit())
-        .bind(page.offset())
-        .fetch_all(&st.db.pool)
-        .await?;
+    .fetch(&st.db, page)
+    .await?;
     let mut results = Vec::with_capacity(rows.len());
     for r in &rows {
         let detail: String = r.try_get("detail")?;

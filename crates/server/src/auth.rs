@@ -74,6 +74,8 @@ pub struct Caller {
     pub client_ip: String,
     /// The work session the request acts in (`X-Alpacon-Work-Session`).
     pub work_session: Option<String>,
+    /// A login session that may only enroll MFA (read with the session).
+    pub enroll_only: bool,
 }
 
 impl Caller {
@@ -178,12 +180,8 @@ impl FromRequestParts<AppState> for Caller {
             .filter(|v| !v.is_empty());
         // A session that may only enroll MFA (the workspace enforces it and
         // the user had none at login) reaches nothing else.
-        if let Some(sid) = &caller.session_id {
-            if !crate::mfa::enroll_only_allows(parts.uri.path())
-                && crate::mfa::session_is_enroll_only(&state.db, sid).await?
-            {
-                return Err(crate::mfa::enrollment_required());
-            }
+        if caller.enroll_only && !crate::mfa::enroll_only_allows(parts.uri.path()) {
+            return Err(crate::mfa::enrollment_required());
         }
         parts.extensions.insert(caller.clone());
         Ok(caller)
@@ -280,10 +278,11 @@ pub async fn authenticate(db: &Db, key: &str, client_ip: String) -> Result<Calle
             session_id: None,
             client_ip,
             work_session: None,
+            enroll_only: false,
         })
     } else if key.starts_with(SESSION_PREFIX) {
         let row = sqlx::query(
-            "SELECT s.id, s.expires_at, s.last_used_at,
+            "SELECT s.id, s.expires_at, s.last_used_at, s.mfa_enroll_only,
                     u.id AS user_id, u.username, u.is_superuser, u.is_staff, u.is_active
              FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.key_hash = $1",
@@ -320,6 +319,7 @@ pub async fn authenticate(db: &Db, key: &str, client_ip: String) -> Result<Calle
             session_id: Some(session_id),
             client_ip,
             work_session: None,
+            enroll_only: row.try_get::<i64, _>("mfa_enroll_only")? != 0,
         })
     } else {
         Err(invalid_token(
@@ -441,6 +441,7 @@ mod tests {
             session_id: Some("s".into()),
             client_ip: "127.0.0.1".into(),
             work_session: None,
+            enroll_only: false,
         }
     }
 

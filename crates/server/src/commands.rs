@@ -26,7 +26,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use tokio::sync::Notify;
 
-use crate::api::{page_response, Json, PageParams, Path, Query};
+use crate::api::{page_response, Bind, Json, Listing, PageParams, Path, Query};
 use crate::app::AppState;
 use crate::audit::{self, Event};
 use crate::auth::Caller;
@@ -478,21 +478,18 @@ async fn list(
     let mine = (!caller.is_admin()).then(|| caller.user_id.clone());
     let filter = "WHERE ($1 IS NULL OR c.server_id = $1) AND ($2 IS NULL OR c.status = $2)
                   AND ($3 IS NULL OR c.requested_by = $3)";
-    let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM commands c {filter}"))
-        .bind(&server_id)
-        .bind(&q.status)
-        .bind(&mine)
-        .fetch_one(&state.db.pool)
-        .await?;
-    let rows = sqlx::query(&format!(
-        "{SELECT} {filter} ORDER BY c.created_at DESC, c.id DESC LIMIT $4 OFFSET $5"
-    ))
-    .bind(&server_id)
-    .bind(&q.status)
-    .bind(&mine)
-    .bind(page.limit())
-    .bind(page.offset())
-    .fetch_all(&state.db.pool)
+    let (count, rows) = Listing {
+        count_from: "commands c",
+        select: SELECT,
+        filter,
+        order_by: "c.created_at DESC, c.id DESC",
+        binds: vec![
+            Bind::OptText(server_id.as_deref()),
+            Bind::OptText(q.status.as_deref()),
+            Bind::OptText(mine.as_deref()),
+        ],
+    }
+    .fetch(&state.db, page)
     .await?;
     let results = rows
         .iter()

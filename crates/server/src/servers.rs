@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::api::{page_response, Json, PageParams, Path, Query};
+use crate::api::{page_response, Bind, Json, Listing, PageParams, Path, Query};
 use crate::app::AppState;
 use crate::audit::{self, Event};
 use crate::auth::{
@@ -327,22 +327,18 @@ async fn list_servers(
             SELECT gs.server_id FROM group_servers gs
             JOIN memberships m ON m.group_id = gs.group_id WHERE m.user_id = $3))";
     let all = caller.is_admin() as i64;
-    let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM servers s {filter}"))
-        .bind(&name)
-        .bind(all)
-        .bind(&caller.user_id)
-        .fetch_one(&st.db.pool)
-        .await?;
-    let rows = sqlx::query(&format!(
-        "SELECT {SERVER_COLUMNS} FROM servers s {filter}
-         ORDER BY s.created_at DESC, s.id DESC LIMIT $4 OFFSET $5"
-    ))
-    .bind(&name)
-    .bind(all)
-    .bind(&caller.user_id)
-    .bind(page.limit())
-    .bind(page.offset())
-    .fetch_all(&st.db.pool)
+    let (count, rows) = Listing {
+        count_from: "servers s",
+        select: &format!("SELECT {SERVER_COLUMNS} FROM servers s"),
+        filter,
+        order_by: "s.created_at DESC, s.id DESC",
+        binds: vec![
+            Bind::OptText(name.as_deref()),
+            Bind::Int(all),
+            Bind::Text(&caller.user_id),
+        ],
+    }
+    .fetch(&st.db, page)
     .await?;
     let mut results = Vec::with_capacity(rows.len());
     for r in &rows {
@@ -410,16 +406,16 @@ async fn list_reg_tokens(
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
     let page = pp.page()?;
-    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM registration_tokens")
-        .fetch_one(&st.db.pool)
-        .await?;
-    let rows = sqlx::query(&format!(
-        "SELECT {REG_COLUMNS} FROM registration_tokens t LEFT JOIN users u ON u.id = t.created_by
-         ORDER BY t.created_at DESC, t.id DESC LIMIT $1 OFFSET $2"
-    ))
-    .bind(page.limit())
-    .bind(page.offset())
-    .fetch_all(&st.db.pool)
+    let (count, rows) = Listing {
+        count_from: "registration_tokens",
+        select: &format!(
+            "SELECT {REG_COLUMNS} FROM registration_tokens t LEFT JOIN users u ON u.id = t.created_by"
+        ),
+        filter: "",
+        order_by: "t.created_at DESC, t.id DESC",
+        binds: vec![],
+    }
+    .fetch(&st.db, page)
     .await?;
     let results = rows
         .iter()

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::api::{page_response, Json, PageParams, Path, Query};
+use crate::api::{page_response, Bind, Json, Listing, PageParams, Path, Query};
 use crate::app::AppState;
 use crate::audit::{self, Event};
 use crate::auth::{generate_key, hash_key, Caller, API_TOKEN_PREFIX};
@@ -88,21 +88,14 @@ async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let page = pp.page()?;
     let admin = caller.is_admin() as i64;
-    let count: i64 =
-        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM api_tokens WHERE {MANAGED}"))
-            .bind(&caller.user_id)
-            .bind(admin)
-            .fetch_one(&st.db.pool)
-            .await?;
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM api_tokens WHERE {MANAGED}
-         ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
-    ))
-    .bind(&caller.user_id)
-    .bind(admin)
-    .bind(page.limit())
-    .bind(page.offset())
-    .fetch_all(&st.db.pool)
+    let (count, rows) = Listing {
+        count_from: "api_tokens",
+        select: &format!("SELECT {COLUMNS} FROM api_tokens"),
+        filter: &format!("WHERE {MANAGED}"),
+        order_by: "created_at DESC, id DESC",
+        binds: vec![Bind::Text(&caller.user_id), Bind::Int(admin)],
+    }
+    .fetch(&st.db, page)
     .await?;
     let results = rows.iter().map(token_json).collect::<Result<Vec<_>, _>>()?;
     Ok(page_response(count, results, page, &uri))

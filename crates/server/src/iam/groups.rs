@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::api::{page_response, Json, PageParams, Path, Query};
+use crate::api::{page_response, Bind, Json, Listing, PageParams, Path, Query};
 use crate::app::AppState;
 use crate::audit::{self, Event};
 use crate::auth::Caller;
@@ -328,22 +328,19 @@ async fn list_groups(
     let filter = "WHERE $1 = 1 OR EXISTS (SELECT 1 FROM memberships m
                       WHERE m.group_id = g.id AND m.user_id = $2)";
     let all = caller.is_admin() as i64;
-    let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM iam_groups g {filter}"))
-        .bind(all)
-        .bind(&caller.user_id)
-        .fetch_one(&st.db.pool)
-        .await?;
-    let rows = sqlx::query(&format!(
-        "SELECT {GROUP_COLUMNS},
+    let (count, rows) = Listing {
+        count_from: "iam_groups g",
+        select: &format!(
+            "SELECT {GROUP_COLUMNS},
                 (SELECT COUNT(*) FROM memberships m WHERE m.group_id = g.id) AS members,
                 (SELECT COUNT(*) FROM group_servers s WHERE s.group_id = g.id) AS servers
-         FROM iam_groups g {filter} ORDER BY g.name LIMIT $3 OFFSET $4"
-    ))
-    .bind(all)
-    .bind(&caller.user_id)
-    .bind(page.limit())
-    .bind(page.offset())
-    .fetch_all(&st.db.pool)
+             FROM iam_groups g"
+        ),
+        filter,
+        order_by: "g.name",
+        binds: vec![Bind::Int(all), Bind::Text(&caller.user_id)],
+    }
+    .fetch(&st.db, page)
     .await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
@@ -737,23 +734,19 @@ async fn list_memberships(
           AND ($3 = 1 OR EXISTS (SELECT 1 FROM memberships me
                                  WHERE me.group_id = m.group_id AND me.user_id = $4))";
     let all = caller.is_admin() as i64;
-    let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM memberships m {filter}"))
-        .bind(&group_id)
-        .bind(&user_id)
-        .bind(all)
-        .bind(&caller.user_id)
-        .fetch_one(&st.db.pool)
-        .await?;
-    let rows = sqlx::query(&format!(
-        "{MEMBERSHIP_SELECT} {filter} ORDER BY g.name, u.username LIMIT $5 OFFSET $6"
-    ))
-    .bind(&group_id)
-    .bind(&user_id)
-    .bind(all)
-    .bind(&caller.user_id)
-    .bind(page.limit())
-    .bind(page.offset())
-    .fetch_all(&st.db.pool)
+    let (count, rows) = Listing {
+        count_from: "memberships m",
+        select: MEMBERSHIP_SELECT,
+        filter,
+        order_by: "g.name, u.username",
+        binds: vec![
+            Bind::OptText(group_id.as_deref()),
+            Bind::OptText(user_id.as_deref()),
+            Bind::Int(all),
+            Bind::Text(&caller.user_id),
+        ],
+    }
+    .fetch(&st.db, page)
     .await?;
     let out = rows
         .iter()

@@ -16,7 +16,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::groups::{self, Role};
-use crate::api::{page_response, Json, PageParams, Path, Query};
+use crate::api::{page_response, Json, Listing, PageParams, Path, Query};
 use crate::app::AppState;
 use crate::audit::{self, Event};
 use crate::auth::{generate_key, hash_key, looks_like_key, Caller, ClientIp};
@@ -201,15 +201,14 @@ async fn list_invitations(
 ) -> Result<Json<Value>, ApiError> {
     crate::audit::require_admin(&st, &caller, "invitation.list").await?;
     let page = pp.page()?;
-    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM invitations")
-        .fetch_one(&st.db.pool)
-        .await?;
-    let rows = sqlx::query(&format!(
-        "{SELECT} ORDER BY i.created_at DESC, i.id DESC LIMIT $1 OFFSET $2"
-    ))
-    .bind(page.limit())
-    .bind(page.offset())
-    .fetch_all(&st.db.pool)
+    let (count, rows) = Listing {
+        count_from: "invitations",
+        select: SELECT,
+        filter: "",
+        order_by: "i.created_at DESC, i.id DESC",
+        binds: vec![],
+    }
+    .fetch(&st.db, page)
     .await?;
     let out = rows
         .iter()

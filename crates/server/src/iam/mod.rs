@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::api::{page_response, Json, PageParams, Query};
+use crate::api::{page_response, Json, Listing, PageParams, Query};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::db::{new_id, now_ms, rfc3339, Db};
@@ -634,15 +634,14 @@ async fn list_users(
 ) -> Result<Json<Value>, ApiError> {
     crate::audit::require_admin(&st, &caller, "user.list").await?;
     let page = pp.page()?;
-    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
-        .fetch_one(&st.db.pool)
-        .await?;
-    let rows = sqlx::query(&format!(
-        "SELECT {USER_COLUMNS} FROM users ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2"
-    ))
-    .bind(page.limit())
-    .bind(page.offset())
-    .fetch_all(&st.db.pool)
+    let (count, rows) = Listing {
+        count_from: "users",
+        select: &format!("SELECT {USER_COLUMNS} FROM users"),
+        filter: "",
+        order_by: "created_at DESC, id DESC",
+        binds: vec![],
+    }
+    .fetch(&st.db, page)
     .await?;
     let users = rows
         .iter()

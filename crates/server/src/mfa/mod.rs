@@ -130,12 +130,6 @@ async fn mark_verified(db: &Db, session_id: &str, now: i64) -> Result<(), ApiErr
     Ok(())
 }
 
-/// Whether `session_id` may only enroll MFA (see the module docs); used by
-/// the `Caller` extractor for session keys.
-pub async fn session_is_enroll_only(db: &Db, session_id: &str) -> Result<bool, ApiError> {
-    Ok(session_mfa(db, session_id).await?.1)
-}
-
 /// The refusal an enroll-only session gets outside the MFA endpoints.
 pub fn enrollment_required() -> ApiError {
     ApiError::forbidden(

@@ -36,7 +36,7 @@ use std::io::Write as _;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{oneshot, Notify};
 
-use crate::api::{page_response, Json, PageParams, Path, Query};
+use crate::api::{page_response, Bind, Json, Listing, PageParams, Path, Query};
 use crate::app::AppState;
 use crate::audit::{self, Event as AuditEvent};
 use crate::auth::{generate_key, hash_key, Caller};
@@ -969,21 +969,18 @@ async fn list(
     let mine = (!caller.is_admin()).then(|| caller.user_id.clone());
     let filter = "WHERE ($1 IS NULL OR s.status = $1) AND ($2 IS NULL OR s.server_id = $2)
                   AND ($3 IS NULL OR s.user_id = $3)";
-    let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM websh_sessions s {filter}"))
-        .bind(&q.status)
-        .bind(&server_id)
-        .bind(&mine)
-        .fetch_one(&state.db.pool)
-        .await?;
-    let rows = sqlx::query(&format!(
-        "{SELECT} {filter} ORDER BY s.created_at DESC, s.id DESC LIMIT $4 OFFSET $5"
-    ))
-    .bind(&q.status)
-    .bind(&server_id)
-    .bind(&mine)
-    .bind(page.limit())
-    .bind(page.offset())
-    .fetch_all(&state.db.pool)
+    let (count, rows) = Listing {
+        count_from: "websh_sessions s",
+        select: SELECT,
+        filter,
+        order_by: "s.created_at DESC, s.id DESC",
+        binds: vec![
+            Bind::OptText(q.status.as_deref()),
+            Bind::OptText(server_id.as_deref()),
+            Bind::OptText(mine.as_deref()),
+        ],
+    }
+    .fetch(&state.db, page)
     .await?;
     let results = rows
         .iter()

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::api::{page_response, Json, PageParams, Path, Query};
+use crate::api::{page_response, Bind, Json, Listing, PageParams, Path, Query};
 use crate::app::AppState;
 use crate::audit::{self, Event};
 use crate::auth::Caller;
@@ -866,21 +866,18 @@ async fn list(
     }
     let all = (caller.is_admin() && f.requester.as_deref() != Some("mine")) as i64;
     let filter = "WHERE ($1 = 1 OR w.requester_id = $2) AND ($3 IS NULL OR w.status = $3)";
-    let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM work_sessions w {filter}"))
-        .bind(all)
-        .bind(&caller.user_id)
-        .bind(&status)
-        .fetch_one(&st.db.pool)
-        .await?;
-    let rows = sqlx::query(&format!(
-        "{SELECT} {filter} ORDER BY w.created_at DESC, w.id DESC LIMIT $4 OFFSET $5"
-    ))
-    .bind(all)
-    .bind(&caller.user_id)
-    .bind(&status)
-    .bind(page.limit())
-    .bind(page.offset())
-    .fetch_all(&st.db.pool)
+    let (count, rows) = Listing {
+        count_from: "work_sessions w",
+        select: SELECT,
+        filter,
+        order_by: "w.created_at DESC, w.id DESC",
+        binds: vec![
+            Bind::Int(all),
+            Bind::Text(&caller.user_id),
+            Bind::OptText(status.as_deref()),
+        ],
+    }
+    .fetch(&st.db, page)
     .await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
