@@ -134,9 +134,35 @@ pub fn tcp_copy(src: &Path, dst: &Path) -> Result<Duration> {
     Ok(t.elapsed())
 }
 
+/// One copy of a round; the value is its slot in the CPU tallies.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    OursUp = 0,
+    OursDown = 1,
+    ScpUp = 2,
+    ScpDown = 3,
+}
+
+impl Step {
+    fn what(self) -> &'static str {
+        match self {
+            Step::OursUp => "alpacon cp (up)",
+            Step::OursDown => "alpacon cp (down)",
+            Step::ScpUp => "scp (up)",
+            Step::ScpDown => "scp (down)",
+        }
+    }
+}
+
+fn sync_disks() {
+    // SAFETY: no arguments, no memory.
+    unsafe { libc::sync() };
+}
+
 pub fn run(env: &Env, quick: bool, rep: &mut Report) -> Result<()> {
     let size: u64 = if quick { 16 << 20 } else { 1 << 30 };
-    let reps = if quick { 1 } else { 3 };
+    // Even, so that each side goes first equally often.
+    let reps = if quick { 1 } else { 4 };
     let label = if quick { "16 MiB" } else { "1 GiB" };
     let w = env.work.path().join("copy");
     std::fs::create_dir_all(&w)?;
@@ -167,43 +193,46 @@ pub fn run(env: &Env, quick: bool, rep: &mut Report) -> Result<()> {
     for i in 0..reps {
         // Check content on the first round; sizes on every round.
         let sha = (i == 0).then_some(src_sha.as_str());
-        let dst = w.join(format!("up-{i}.bin"));
-        up.push(measured(0, gw, &mut || {
-            timed(
-                cli(&[src.to_str().unwrap_or_default(), &remote(&dst)]),
-                "alpacon cp (up)",
-            )
-        })?);
-        check(&dst, size, sha)?;
-        std::fs::remove_file(&dst)?;
-        if let Some(s) = &env.sshd {
-            let dst = w.join(format!("scp-up-{i}.bin"));
-            sup.push(measured(2, sshd, &mut || {
-                timed(
-                    s.scp(src.to_str().unwrap_or_default(), &Sshd::remote(&dst)),
-                    "scp (up)",
-                )
-            })?);
-            check(&dst, size, sha)?;
-            std::fs::remove_file(&dst)?;
-        }
-        let dst = w.join(format!("down-{i}.bin"));
-        down.push(measured(1, gw, &mut || {
-            timed(
-                cli(&[&remote(&src), dst.to_str().unwrap_or_default()]),
-                "alpacon cp (down)",
-            )
-        })?);
-        check(&dst, size, sha)?;
-        std::fs::remove_file(&dst)?;
-        if let Some(s) = &env.sshd {
-            let dst = w.join(format!("scp-down-{i}.bin"));
-            sdown.push(measured(3, sshd, &mut || {
-                timed(
-                    s.scp(&Sshd::remote(&src), dst.to_str().unwrap_or_default()),
-                    "scp (down)",
-                )
-            })?);
+        // Who goes first alternates: a copy pays for the page-cache state
+        // the one before it left (dirty pages to write back, memory to
+        // reclaim), and that must not always fall on the same side. Each
+        // copy starts after a `sync`, so no writeback runs under it.
+        let order: [Step; 4] = if i % 2 == 0 {
+            [Step::OursUp, Step::ScpUp, Step::OursDown, Step::ScpDown]
+        } else {
+            [Step::ScpUp, Step::OursUp, Step::ScpDown, Step::OursDown]
+        };
+        for step in order {
+            let dst = w.join(format!("{step:?}-{i}.bin"));
+            let d = dst.to_str().unwrap_or_default();
+            let s = src.to_str().unwrap_or_default();
+            let (cmd, server) = match step {
+                Step::OursUp => (Some(cli(&[s, &remote(&dst)])), gw),
+                Step::OursDown => (Some(cli(&[&remote(&src), d])), gw),
+                Step::ScpUp => (
+                    env.sshd.as_ref().map(|x| x.scp(s, &Sshd::remote(&dst))),
+                    sshd,
+                ),
+                Step::ScpDown => (
+                    env.sshd.as_ref().map(|x| x.scp(&Sshd::remote(&src), d)),
+                    sshd,
+                ),
+            };
+            let Some(cmd) = cmd else { continue };
+            let mut cmd = Some(cmd);
+            sync_disks();
+            let t = measured(step as usize, server, &mut || {
+                let c = cmd
+                    .take()
+                    .ok_or_else(|| anyhow::anyhow!("{} ran twice", step.what()))?;
+                timed(c, step.what())
+            })?;
+            match step {
+                Step::OursUp => up.push(t),
+                Step::ScpUp => sup.push(t),
+                Step::OursDown => down.push(t),
+                Step::ScpDown => sdown.push(t),
+            }
             check(&dst, size, sha)?;
             std::fs::remove_file(&dst)?;
         }
@@ -258,7 +287,9 @@ pub fn run(env: &Env, quick: bool, rep: &mut Report) -> Result<()> {
     rep.note(format!(
         "copy: `alpacon cp SRC root@bench:DST` and back vs `scp` (SFTP protocol, OpenSSH defaults) \
          to/from root@127.0.0.1; {label} of incompressible data, page-cached source, destination \
-         on the same disk; every copy's size checked, content (sha256) on the first round; MB = 10^6 bytes"
+         on the same disk; rounds alternate which side goes first and each copy starts after a \
+         `sync` (a copy otherwise pays for the writeback the one before it left); every copy's size \
+         checked, content (sha256) on the first round; MB = 10^6 bytes"
     ));
     Ok(())
 }
