@@ -661,14 +661,17 @@ pub async fn reaper(state: AppState) {
         let timeout = idle_timeout(&state).await;
         let now = now_ms();
         for l in lives {
-            let idle = now - l.st().last_activity;
-            if idle > timeout * 1000 {
+            let (idle, ending) = {
+                let st = l.st();
+                (now - st.last_activity, st.terminated.is_some())
+            };
+            if idle > timeout * 1000 && !ending {
                 tracing::info!(session = %l.id, "closing idle terminal");
-                l.terminate(
-                    &state,
-                    &format!("idle for more than {} minutes", timeout / 60),
-                )
-                .await;
+                // Like any close: ended on our side if the agent does not
+                // confirm in time, and without holding up the other sessions.
+                let (state, id) = (state.clone(), l.id.clone());
+                let reason = format!("idle for more than {} minutes", timeout / 60);
+                tokio::spawn(async move { close_live(&state, &id, &reason).await });
             }
         }
     }
