@@ -154,7 +154,17 @@ fn interactive_terminal_in_a_real_tty() {
     // Full-screen programs start and quit.
     t.keys(&["top", "Enter"]);
     t.wait_screen("top", |s| s.contains("load average"));
-    t.keys(&["q"]);
+    // top may draw before it takes the terminal raw (flushing what was
+    // typed), so a `q` sent at once can be lost: press it until top goes.
+    let start = Instant::now();
+    while t.screen().contains("load average") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "top did not quit"
+        );
+        t.keys(&["q"]);
+        std::thread::sleep(Duration::from_millis(500));
+    }
     t.keys(&["clear; echo back-from-top", "Enter"]);
     t.wait_screen("prompt after top", |s| s.contains("back-from-top"));
     t.keys(&["vi /tmp/x", "Enter"]);
@@ -405,6 +415,47 @@ fn closing_reaches_a_terminal_that_reads_no_input() {
         .call("GET", &format!("/api/websh/sessions/{id}/"), None)
         .unwrap();
     assert_eq!(v["status"], "closed", "{v}");
+}
+
+/// The idle timeout closes a terminal nobody uses, and says so. The API
+/// takes 10 minutes at the least; the test writes a one-second timeout
+/// into the gateway's database, which the reaper reads on each pass.
+#[test]
+fn idle_terminals_are_closed_with_the_reason() {
+    let mut gw = Gateway::start().unwrap();
+    let _agent = agent(&mut gw, "idle", None);
+    let cli = cli_for(&mut gw, None);
+    let mut term = piped_websh(&cli, &["-u", "docker", "idle"]);
+    term.write(b"echo READY\n").unwrap();
+    term.wait_for("READY", Duration::from_secs(30)).unwrap();
+    let db = format!("sqlite://{}", gw.data().join("alpacon.db").display());
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+        sqlx::query("DELETE FROM settings WHERE key = 'websh_idle_timeout_secs'")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO settings (key, value) VALUES ('websh_idle_timeout_secs', '1')")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    });
+    // The reaper looks every 15 s.
+    term.wait(Duration::from_secs(60)).unwrap();
+    assert!(
+        term.stderr().contains("idle for more than"),
+        "client said: {}",
+        term.stderr()
+    );
+    let s = newest_session(&mut gw);
+    assert_eq!(s["status"], "closed", "{s}");
+    assert!(
+        s["close_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("idle for more than")),
+        "{s}"
+    );
 }
 
 #[test]

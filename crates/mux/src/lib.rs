@@ -469,6 +469,32 @@ impl StreamSender {
         Ok(())
     }
 
+    /// Send a small message (at most `MAX_DATA` bytes) only if the credit
+    /// for all of it is there now; `Ok(false)` when it is not. For messages
+    /// a later one supersedes (acknowledgements), which must not wait behind
+    /// data the peer is not draining.
+    pub fn try_send(&self, data: Bytes) -> Result<bool, MuxError> {
+        self.check_open()?;
+        if data.len() > MAX_DATA {
+            return Err(MuxError::Protocol(format!(
+                "try_send takes at most {MAX_DATA} bytes, not {}",
+                data.len()
+            )));
+        }
+        {
+            let mut credit = lock(&self.shared.credit);
+            if credit.available() < data.len() as u64 {
+                return Ok(false);
+            }
+            credit.take(data.len());
+        }
+        self.inner.ordered(Frame::Data {
+            stream: self.shared.id,
+            data,
+        });
+        Ok(true)
+    }
+
     /// Half-close: we will send no more data.
     pub fn eof(&self) -> Result<(), MuxError> {
         self.check_open()?;

@@ -151,6 +151,33 @@ async fn slow_reader_bounds_the_sender_to_one_window() {
 }
 
 #[tokio::test]
+async fn try_send_goes_only_with_credit_and_never_waits() {
+    let (g, _a, mut at_agent, _) = pair();
+    let s = g.open(read_open()).await.unwrap();
+    let (mut peer, _) = next_open(&mut at_agent).await;
+    let (tx, _rx) = s.split();
+    assert!(tx.try_send(Bytes::from_static(b"ack-1")).unwrap());
+    // Use up the window with data nobody drains.
+    let filler = tx.clone();
+    let sender = tokio::spawn(async move {
+        filler
+            .send(Bytes::from(vec![0u8; 2 * INITIAL_WINDOW as usize]))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!sender.is_finished());
+    assert!(!tx.try_send(Bytes::from_static(b"ack-2")).unwrap());
+    let too_big = Bytes::from(vec![0u8; MAX_DATA + 1]);
+    assert!(tx.try_send(too_big).is_err());
+    // What went through arrives in order, ahead of the filler.
+    match timeout(Duration::from_secs(5), peer.rx.events.recv()).await {
+        Ok(Some(Event::Data(d))) => assert_eq!(&d[..], b"ack-1"),
+        other => panic!("unexpected {other:?}"),
+    }
+    sender.abort();
+}
+
+#[tokio::test]
 async fn a_stalled_stream_does_not_block_another() {
     let (g, _a, mut at_agent, _) = pair();
     let bulk = g.open(read_open()).await.unwrap();

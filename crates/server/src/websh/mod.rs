@@ -420,11 +420,13 @@ async fn drive(
                 let notified = live.changed.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
+                // A session being hung up has no readers left: drain it
+                // until the agent reports the end.
                 let (ok, ended) = {
                     let st = live.st();
                     (
                         may_read_more(st.recorded, st.fastest_ack),
-                        st.ended.is_some(),
+                        st.ended.is_some() || st.terminated.is_some(),
                     )
                 };
                 if ok || ended {
@@ -438,9 +440,12 @@ async fn drive(
                 _ = &mut idle_ack, if ack_armed => {
                     ack_armed = false;
                     if unacked > 0 && rx_idle(&live.st()) {
-                        unacked = 0;
-                        let recorded = live.st().recorded;
-                        let _ = tx.send(PtyIn::Ack { offset: recorded }.encode()).await;
+                        if try_ack(&tx, live.st().recorded) {
+                            unacked = 0;
+                        } else {
+                            idle_ack.as_mut().reset(tokio::time::Instant::now() + IDLE_ACK_AFTER);
+                            ack_armed = true;
+                        }
                     }
                     continue;
                 }
@@ -462,9 +467,8 @@ async fn drive(
                     live.changed.notify_waiters();
                     live.record(|w| w.output(&d));
                     unacked += d.len() as u64;
-                    if unacked >= ACK_EVERY {
+                    if unacked >= ACK_EVERY && try_ack(&tx, recorded) {
                         unacked = 0;
-                        let _ = tx.send(PtyIn::Ack { offset: recorded }.encode()).await;
                     }
                 }
                 Some(Event::Closed(Close::Ok(StreamResult::Exited { code }))) => {
@@ -498,6 +502,14 @@ async fn drive(
             }
         }
     }
+}
+
+/// Acknowledges output up to `offset` if the stream has credit for it now.
+/// Never waits: input the terminal's program is not reading can hold all of
+/// the stream's credit, and a driver waiting behind it would stop reading
+/// output and never see the terminal end. A later ack covers a skipped one.
+fn try_ack(tx: &StreamSender, offset: u64) -> bool {
+    tx.try_send(PtyIn::Ack { offset }.encode()).unwrap_or(false)
 }
 
 /// Acks are cheap but not free: send one per chunk only while the reader is
@@ -670,7 +682,10 @@ pub async fn reaper(state: AppState) {
                 // Like any close: ended on our side if the agent does not
                 // confirm in time, and without holding up the other sessions.
                 let (state, id) = (state.clone(), l.id.clone());
-                let reason = format!("idle for more than {} minutes", timeout / 60);
+                let reason = match timeout {
+                    t if t >= 60 => format!("idle for more than {} minutes", t / 60),
+                    t => format!("idle for more than {t} seconds"),
+                };
                 tokio::spawn(async move { close_live(&state, &id, &reason).await });
             }
         }
