@@ -483,6 +483,24 @@ impl Cli {
         self.command().args(args).output().expect("running alpacon")
     }
 
+    pub fn login_password(&self, gw: &Gateway, user: &str, password: &str) -> Result<()> {
+        let ca = gw.ca();
+        let out = self.run(&[
+            "login",
+            &gw.url,
+            "-u",
+            user,
+            "-p",
+            password,
+            "--ca-cert",
+            ca.to_str().unwrap_or_default(),
+        ]);
+        if !out.status.success() {
+            bail!("alpacon login failed: {}", text(&out));
+        }
+        Ok(())
+    }
+
     pub fn login_token(&self, gw: &Gateway, token: &str) -> Result<()> {
         let ca = gw.ca();
         let out = self.run(&[
@@ -498,6 +516,29 @@ impl Cli {
         }
         Ok(())
     }
+}
+
+/// A CLI logged in as `user` with a password; panics (it is for tests) if
+/// the login fails.
+pub fn login(gw: &Gateway, user: &str, password: &str) -> Cli {
+    let cli = Cli::new().expect("a CLI home");
+    cli.login_password(gw, user, password)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    cli
+}
+
+/// Runs the CLI and returns its stdout; panics if it fails.
+pub fn ok(cli: &Cli, args: &[&str]) -> String {
+    let out = cli.run(args);
+    assert!(out.status.success(), "{args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ok` with `--output json`, parsed.
+pub fn json_of(cli: &Cli, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["--output", "json"]);
+    serde_json::from_str(&ok(cli, &a)).unwrap_or_else(|e| panic!("{args:?}: {e}"))
 }
 
 /// Peak resident memory of a live process, in bytes (`VmHWM`).

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use alpacon_e2e::{is_root, text, wait_for, Agent, AgentOpts, Cli, Gateway, Interactive};
+use alpacon_e2e::{is_root, login, text, wait_for, Agent, AgentOpts, Gateway, Interactive};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -36,23 +36,6 @@ fn created(gw: &mut Gateway, path: &str, body: Value) -> Value {
     let (s, v) = gw.call("POST", path, Some(body.clone())).unwrap();
     assert_eq!(s, 201, "POST {path} {body}: {v}");
     v
-}
-
-fn login(gw: &Gateway, user: &str, password: &str) -> Cli {
-    let cli = Cli::new().unwrap();
-    let ca = gw.ca();
-    let out = cli.run(&[
-        "login",
-        &gw.url,
-        "-u",
-        user,
-        "-p",
-        password,
-        "--ca-cert",
-        ca.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    cli
 }
 
 /// Field `n` (0-based) of alice's line in a colon-separated file.

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use alpacon_e2e::{is_root, text, Agent, AgentOpts, Cli, Gateway, Interactive};
+use alpacon_e2e::{is_root, json_of, login, ok, text, Agent, AgentOpts, Cli, Gateway, Interactive};
 use serde_json::{json, Value};
 
 const PW: &str = "alice's long password";
@@ -19,35 +19,6 @@ fn agent(gw: &mut Gateway, name: &str) -> Agent {
     gw.wait_connected(name, true)
         .unwrap_or_else(|e| panic!("{e}\n{}", a.log()));
     a
-}
-
-fn login(gw: &Gateway, user: &str, password: &str) -> Cli {
-    let cli = Cli::new().unwrap();
-    let ca = gw.ca();
-    let out = cli.run(&[
-        "login",
-        &gw.url,
-        "-u",
-        user,
-        "-p",
-        password,
-        "--ca-cert",
-        ca.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    cli
-}
-
-fn ok(cli: &Cli, args: &[&str]) -> String {
-    let out = cli.run(args);
-    assert!(out.status.success(), "{args:?}: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn json_of(cli: &Cli, args: &[&str]) -> Value {
-    let mut a = args.to_vec();
-    a.extend(["--output", "json"]);
-    serde_json::from_str(&ok(cli, &a)).unwrap()
 }
 
 /// Opens a terminal as the CLI user and waits until the shell answers.

@@ -1,7 +1,7 @@
 //! Scoped tokens for automation, end to end: a token allowed `docker ps`
 //! can run exactly that, by every route.
 
-use alpacon_e2e::{is_root, text, Agent, AgentOpts, Cli, Gateway};
+use alpacon_e2e::{is_root, login, text, Agent, AgentOpts, Cli, Gateway};
 
 #[test]
 fn a_command_acl_allows_exactly_what_it_lists() {
@@ -18,20 +18,7 @@ fn a_command_acl_allows_exactly_what_it_lists() {
         .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
 
     // The admin sets up a CI token that may only run `echo deploy *`.
-    let admin = Cli::new().unwrap();
-    let ca = gw.ca();
-    let ca = ca.to_str().unwrap();
-    let out = admin.run(&[
-        "login",
-        &gw.url,
-        "-u",
-        "admin",
-        "-p",
-        &gw.admin_password,
-        "--ca-cert",
-        ca,
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    let admin = login(&gw, "admin", &gw.admin_password);
     let out = admin.run(&["token", "create", "--name", "ci", "--output", "json"]);
     assert!(out.status.success(), "{}", text(&out));
     let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -43,8 +30,7 @@ fn a_command_acl_allows_exactly_what_it_lists() {
     assert_eq!(acls.as_array().unwrap().len(), 1, "{acls}");
 
     let ci = Cli::new().unwrap();
-    let out = ci.run(&["login", &gw.url, "-t", &key, "--ca-cert", ca]);
-    assert!(out.status.success(), "{}", text(&out));
+    ci.login_token(&gw, &key).unwrap();
 
     let out = ci.run(&["websh", "ci-box", "echo", "deploy", "v1.2"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -118,20 +104,7 @@ fn a_file_acl_allows_its_paths_and_no_symlink_leads_out() {
     let agent = Agent::register(&mut gw, "files-box", opts).unwrap();
     gw.wait_connected("files-box", true)
         .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
-    let admin = Cli::new().unwrap();
-    let ca = gw.ca();
-    let ca = ca.to_str().unwrap();
-    let out = admin.run(&[
-        "login",
-        &gw.url,
-        "-u",
-        "admin",
-        "-p",
-        &gw.admin_password,
-        "--ca-cert",
-        ca,
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    let admin = login(&gw, "admin", &gw.admin_password);
     let out = admin.run(&["token", "create", "--name", "deploy", "--output", "json"]);
     assert!(out.status.success(), "{}", text(&out));
     let key = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["key"]
@@ -142,8 +115,7 @@ fn a_file_acl_allows_its_paths_and_no_symlink_leads_out() {
     assert!(out.status.success(), "{}", text(&out));
 
     let ci = Cli::new().unwrap();
-    let out = ci.run(&["login", &gw.url, "-t", &key, "--ca-cert", ca]);
-    assert!(out.status.success(), "{}", text(&out));
+    ci.login_token(&gw, &key).unwrap();
     std::fs::write(ci.dir.path().join("f"), "payload").unwrap();
 
     // What the ACL lists works both ways.

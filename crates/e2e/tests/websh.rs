@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use alpacon_e2e::relay::CutRelay;
 use alpacon_e2e::{
-    bin, bin_dir, is_root, peak_rss, text, Agent, AgentOpts, Cli, Gateway, Interactive,
+    bin, bin_dir, is_root, login, peak_rss, text, Agent, AgentOpts, Cli, Gateway, Interactive,
 };
 use serde_json::{json, Value};
 
@@ -629,19 +629,7 @@ fn share_links_and_watching_are_audited_and_read_only_means_read_only() {
         )
         .unwrap();
     assert_eq!(s, 201, "{v}");
-    let bob = Cli::new().unwrap();
-    let ca = gw.ca();
-    let out = bob.run(&[
-        "login",
-        &gw.url,
-        "-u",
-        "bob",
-        "-p",
-        "bob-password-1",
-        "--ca-cert",
-        ca.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    let bob = login(&gw, "bob", "bob-password-1");
     let mut viewer = {
         let mut c = bob.command();
         c.args(["websh", "join", &url, "--password", &password]);
@@ -670,18 +658,7 @@ fn share_links_and_watching_are_audited_and_read_only_means_read_only() {
         )
         .unwrap();
     assert_eq!(s, 201, "{v}");
-    let carol = Cli::new().unwrap();
-    let out = carol.run(&[
-        "login",
-        &gw.url,
-        "-u",
-        "carol",
-        "-p",
-        "carol-password-1",
-        "--ca-cert",
-        ca.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    let carol = login(&gw, "carol", "carol-password-1");
     let mut watcher = {
         let mut c = carol.command();
         c.args(["websh", "attach", &id, "--from-start"]);

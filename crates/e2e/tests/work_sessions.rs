@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use alpacon_e2e::{is_root, text, Agent, AgentOpts, Cli, Gateway, Interactive};
-use serde_json::{json, Value};
+use alpacon_e2e::{is_root, json_of, login, ok, text, Agent, AgentOpts, Cli, Gateway, Interactive};
+use serde_json::json;
 
 const PW: &str = "alice's long password";
 
@@ -23,34 +23,6 @@ fn oathtool(secret: &str, at: u64) -> String {
         .expect("oathtool is installed (scripts/test installs it)");
     assert!(out.status.success(), "{}", text(&out));
     String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn login(gw: &Gateway, user: &str, password: &str) -> Cli {
-    let cli = Cli::new().unwrap();
-    let out = cli.run(&[
-        "login",
-        &gw.url,
-        "-u",
-        user,
-        "-p",
-        password,
-        "--ca-cert",
-        gw.ca().to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    cli
-}
-
-fn ok(cli: &Cli, args: &[&str]) -> String {
-    let out = cli.run(args);
-    assert!(out.status.success(), "{args:?}: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn json_of(cli: &Cli, args: &[&str]) -> Value {
-    let mut a = args.to_vec();
-    a.extend(["--output", "json"]);
-    serde_json::from_str(&ok(cli, &a)).unwrap()
 }
 
 fn refused(cli: &Cli, args: &[&str], code: &str) {
