@@ -60,6 +60,11 @@ export class ApiError extends Error {
   }
 }
 
+/** What to show a person for a failed call. */
+export function errorText(e: unknown): string {
+  return e instanceof ApiError ? e.message : String(e);
+}
+
 export function getKey(): string | null {
   return sessionStorage.getItem(KEY);
 }

@@ -95,3 +95,64 @@ export function errorBox(message: string): HTMLElement {
 export function shortId(id: string): string {
   return id.length > 8 ? id.slice(0, 8) : id;
 }
+
+/** How often the live pages reload what they show. */
+export const REFRESH_MS = 5000;
+
+/**
+ * Calls `load` on `refresh()` and again `REFRESH_MS` after each call
+ * settles; a new call aborts the one in flight (its `AbortError` is
+ * dropped), other failures go to `onError`. `stop()` ends it.
+ */
+export function poll(
+  load: (signal: AbortSignal) => Promise<void>,
+  onError: (e: unknown) => void,
+): { refresh: () => void; stop: () => void } {
+  let ctl: AbortController | null = null;
+  let timer: number | undefined;
+  let stopped = false;
+  const refresh = async (): Promise<void> => {
+    if (stopped) return;
+    ctl?.abort();
+    ctl = new AbortController();
+    try {
+      await load(ctl.signal);
+    } catch (e) {
+      if ((e as Error).name === 'AbortError') return;
+      onError(e);
+    } finally {
+      if (!stopped) {
+        clearTimeout(timer);
+        timer = window.setTimeout(refresh, REFRESH_MS);
+      }
+    }
+  };
+  return {
+    refresh: () => void refresh(),
+    stop: () => {
+      stopped = true;
+      clearTimeout(timer);
+      ctl?.abort();
+    },
+  };
+}
+
+/** Newer/Older buttons under a paginated list; `show` sets them from a page. */
+export function pager(move: (delta: -1 | 1) => void): {
+  el: HTMLElement;
+  show: (page: { next: string | null; previous: string | null }) => void;
+} {
+  const prev = h('button', { class: 'btn btn-ghost btn-sm', type: 'button' }, '← Newer');
+  const next = h('button', { class: 'btn btn-ghost btn-sm', type: 'button' }, 'Older →');
+  const el = h('div', { class: 'pager', hidden: true }, prev, next);
+  prev.addEventListener('click', () => move(-1));
+  next.addEventListener('click', () => move(1));
+  return {
+    el,
+    show: (p) => {
+      el.hidden = !p.next && !p.previous;
+      prev.disabled = !p.previous;
+      next.disabled = !p.next;
+    },
+  };
+}

@@ -2,7 +2,7 @@
 // actions that apply to a session for the signed-in user.
 
 import {
-  ApiError,
+  errorText,
   setWorkSessionInUse,
   workSessionAction,
   workSessionInUse,
@@ -84,7 +84,7 @@ export function actionButtons(o: ActionsOpts): HTMLElement[] {
         }
         o.done(n);
       } catch (e) {
-        o.fail(e instanceof ApiError ? e.message : String(e));
+        o.fail(errorText(e));
         b.disabled = false;
       }
     });

@@ -1,4 +1,4 @@
-import { ApiError, login, setSession } from '../api';
+import { errorText, login, setSession } from '../api';
 import type { Page } from '../main';
 import { navigate } from '../nav';
 import { h } from '../ui';
@@ -51,7 +51,7 @@ export const loginPage: Page = (ctx) => {
           const next = ctx.query.get('next');
           navigate(next && next.startsWith('#/') && !next.startsWith('#/login') ? next : '#/servers', true);
         } catch (e) {
-          showError(e instanceof ApiError ? e.message : String(e));
+          showError(errorText(e));
           password.select();
         } finally {
           submit.disabled = false;

@@ -1,9 +1,8 @@
-import { ApiError, listServers, type Server } from '../api';
+import { errorText, listServers, type Server } from '../api';
 import type { Page } from '../main';
 import { navigate } from '../nav';
-import { ago, dateTime, dot, h } from '../ui';
+import { ago, dateTime, dot, h, poll } from '../ui';
 
-const REFRESH_MS = 5000;
 const RUN_AS = 'alpacon.runAs';
 
 function osLabel(s: Server): string {
@@ -98,38 +97,25 @@ export const serversPage: Page = (ctx) => {
     count.textContent = servers.length ? `${online} of ${servers.length} connected` : '';
   };
 
-  let ctl: AbortController | null = null;
-  let timer: number | undefined;
-  let stopped = false;
-  const refresh = async () => {
-    if (stopped) return;
-    ctl?.abort();
-    ctl = new AbortController();
-    try {
-      const page = await listServers(ctl.signal);
+  const updates = poll(
+    async (signal) => {
+      const page = await listServers(signal);
       status.hidden = true;
       draw(page.results);
-    } catch (e) {
-      if ((e as Error).name === 'AbortError') return;
-      status.textContent = e instanceof ApiError ? e.message : String(e);
+    },
+    (e) => {
+      status.textContent = errorText(e);
       status.hidden = false;
       if (lastServers.length === 0) draw([]);
-    } finally {
-      if (!stopped) {
-        clearTimeout(timer);
-        timer = window.setTimeout(refresh, REFRESH_MS);
-      }
-    }
-  };
+    },
+  );
   const onVisible = () => {
-    if (document.visibilityState === 'visible') void refresh();
+    if (document.visibilityState === 'visible') updates.refresh();
   };
   document.addEventListener('visibilitychange', onVisible);
-  void refresh();
+  updates.refresh();
   return () => {
-    stopped = true;
-    clearTimeout(timer);
-    ctl?.abort();
+    updates.stop();
     document.removeEventListener('visibilitychange', onVisible);
   };
 };

@@ -1,8 +1,6 @@
-import { ApiError, listSessions, sessionIsLive, sessionServerName, sessionUser, type WebshSession } from '../api';
+import { errorText, listSessions, sessionIsLive, sessionServerName, sessionUser, type WebshSession } from '../api';
 import type { Page } from '../main';
-import { ago, bytes, dateTime, dot, h, shortId } from '../ui';
-
-const REFRESH_MS = 5000;
+import { ago, bytes, dateTime, dot, h, pager, poll, shortId } from '../ui';
 
 export const sessionsPage: Page = (ctx) => {
   ctx.title('Sessions');
@@ -17,15 +15,16 @@ export const sessionsPage: Page = (ctx) => {
     tbody,
   );
   const empty = h('div', { class: 'empty', hidden: true }, h('p', {}, 'No terminal sessions yet.'), h('p', { class: 'muted' }, 'Open one from ', h('a', { href: '#/servers' }, 'Servers'), '.'));
-  const prev = h('button', { class: 'btn btn-ghost btn-sm', type: 'button' }, '← Newer');
-  const next = h('button', { class: 'btn btn-ghost btn-sm', type: 'button' }, 'Older →');
-  const pager = h('div', { class: 'pager', hidden: true }, prev, next);
+  const pages = pager((d) => {
+    page = Math.max(1, page + d);
+    updates.refresh();
+  });
   ctx.main.append(
     h('div', { class: 'page-head' }, h('h1', {}, 'Sessions'), count),
     h('p', { class: 'muted small' }, 'Every terminal session is recorded. Live sessions keep running when you close the page; attach again from here.'),
     status,
     h('div', { class: 'card card-flush' }, table, empty),
-    pager,
+    pages.el,
   );
 
   const stateCell = (s: WebshSession) => {
@@ -54,47 +53,22 @@ export const sessionsPage: Page = (ctx) => {
     );
   };
 
-  let ctl: AbortController | null = null;
-  let timer: number | undefined;
-  let stopped = false;
-  const refresh = async () => {
-    if (stopped) return;
-    ctl?.abort();
-    ctl = new AbortController();
-    try {
-      const r = await listSessions(page, ctl.signal);
+  const updates = poll(
+    async (signal) => {
+      const r = await listSessions(page, signal);
       status.hidden = true;
       tbody.replaceChildren(...r.results.map(row));
       table.hidden = r.results.length === 0;
       empty.hidden = r.results.length !== 0;
       count.textContent = r.count ? `${r.count} in all` : '';
-      pager.hidden = !r.next && !r.previous;
-      prev.disabled = !r.previous;
-      next.disabled = !r.next;
-    } catch (e) {
-      if ((e as Error).name === 'AbortError') return;
-      status.textContent = e instanceof ApiError ? e.message : String(e);
+      pages.show(r);
+    },
+    (e) => {
+      status.textContent = errorText(e);
       status.hidden = false;
       if (tbody.querySelector('td[colspan]')) tbody.replaceChildren();
-    } finally {
-      if (!stopped) {
-        clearTimeout(timer);
-        timer = window.setTimeout(refresh, REFRESH_MS);
-      }
-    }
-  };
-  prev.addEventListener('click', () => {
-    page = Math.max(1, page - 1);
-    void refresh();
-  });
-  next.addEventListener('click', () => {
-    page += 1;
-    void refresh();
-  });
-  void refresh();
-  return () => {
-    stopped = true;
-    clearTimeout(timer);
-    ctl?.abort();
-  };
+    },
+  );
+  updates.refresh();
+  return updates.stop;
 };

@@ -1,5 +1,6 @@
 import {
   ApiError,
+  errorText,
   createSession,
   getServer,
   getSession,
@@ -212,7 +213,7 @@ export const terminalPage: Page = (ctx) => {
   });
 
   const fail = (e: unknown) => {
-    const msg = e instanceof ApiError ? e.message : String(e);
+    const msg = errorText(e);
     pill.textContent = 'Failed';
     pill.className = 'pill pill-ended';
     showBanner(msg, 'error', [h('a', { class: 'btn btn-sm btn-ghost', href: '#/servers' }, 'Back to servers')]);

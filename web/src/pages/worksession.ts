@@ -3,7 +3,7 @@
 // command and transfer done in it, the end), refreshed while you look.
 
 import {
-  ApiError,
+  errorText,
   getUsername,
   isAdmin,
   whoami,
@@ -14,10 +14,9 @@ import {
   type WorkSession,
 } from '../api';
 import type { Page } from '../main';
-import { bytes, dateTime, h, shortId } from '../ui';
+import { bytes, dateTime, h, poll, shortId } from '../ui';
 import { actionButtons, seconds, statusPill, syncInUse, whenText } from '../worksession';
 
-const REFRESH_MS = 5000;
 
 const str = (v: unknown): string => (typeof v === 'string' ? v : typeof v === 'number' ? String(v) : '');
 const obj = (v: unknown): Record<string, unknown> => (v && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : {});
@@ -154,7 +153,7 @@ export const workSessionPage: Page = (ctx) => {
         fail,
         done: () => {
           status.hidden = true;
-          void refresh();
+          updates.refresh();
         },
       }),
     );
@@ -185,39 +184,26 @@ export const workSessionPage: Page = (ctx) => {
     );
   };
 
-  let ctl: AbortController | null = null;
-  let timer: number | undefined;
-  let stopped = false;
-  const refresh = async () => {
-    if (stopped) return;
-    ctl?.abort();
-    ctl = new AbortController();
-    try {
-      const r = await workSessionTimeline(id, ctl.signal);
+  const updates = poll(
+    async (signal) => {
+      const r = await workSessionTimeline(id, signal);
       syncInUse([r.session]);
       draw(r.session, r.results);
-    } catch (e) {
-      if ((e as Error).name === 'AbortError') return;
-      fail(e instanceof ApiError ? e.message : String(e));
+    },
+    (e) => {
+      fail(errorText(e));
       if (list.querySelector('li.muted')) list.replaceChildren();
-    } finally {
-      if (!stopped) {
-        clearTimeout(timer);
-        timer = window.setTimeout(refresh, REFRESH_MS);
-      }
-    }
-  };
-  const onUse = () => void refresh();
+    },
+  );
+  const onUse = () => updates.refresh();
   window.addEventListener(WORK_SESSION_EVENT, onUse);
   whoami()
     .then((w) => (admin = isAdmin(w)))
     .catch(() => {})
-    .finally(() => void refresh());
+    .finally(() => updates.refresh());
 
   return () => {
-    stopped = true;
-    clearTimeout(timer);
-    ctl?.abort();
+    updates.stop();
     window.removeEventListener(WORK_SESSION_EVENT, onUse);
   };
 };

@@ -4,7 +4,7 @@
 // refused for want of a session).
 
 import {
-  ApiError,
+  errorText,
   getWorkPolicy,
   getUsername,
   isAdmin,
@@ -19,10 +19,9 @@ import {
   type WorkSession,
 } from '../api';
 import type { Page } from '../main';
-import { ago, dateTime, h, shortId } from '../ui';
+import { ago, dateTime, h, pager, poll, shortId } from '../ui';
 import { actionButtons, policyText, seconds, statusPill, syncInUse, whenText } from '../worksession';
 
-const REFRESH_MS = 5000;
 const STATUSES = ['', 'pending', 'approved', 'active', 'completed', 'expired', 'revoked', 'rejected', 'cancelled'];
 const DURATIONS = ['30m', '1h', '2h', '4h', '8h', '12h', '1d'];
 const SCOPE_HELP: Record<string, string> = {
@@ -191,9 +190,9 @@ export const workSessionsPage: Page = (ctx) => {
           ? `Requested (${shortId(ws.id)}). An admin has to approve it; this list updates by itself.`
           : `Requested and ${ws.status} (${shortId(ws.id)}).`,
       );
-      void refresh();
+      updates.refresh();
     } catch (e) {
-      fail(e instanceof ApiError ? e.message : String(e));
+      fail(errorText(e));
     } finally {
       submit.disabled = false;
     }
@@ -220,9 +219,10 @@ export const workSessionsPage: Page = (ctx) => {
     tbody,
   );
   const empty = h('div', { class: 'empty', hidden: true }, h('p', {}, 'No work sessions.'));
-  const prev = h('button', { class: 'btn btn-ghost btn-sm', type: 'button' }, '← Newer');
-  const next = h('button', { class: 'btn btn-ghost btn-sm', type: 'button' }, 'Older →');
-  const pager = h('div', { class: 'pager', hidden: true }, prev, next);
+  const pages = pager((d) => {
+    page = Math.max(1, page + d);
+    updates.refresh();
+  });
 
   ctx.main.append(
     h('div', { class: 'page-head' }, h('h1', {}, 'Work sessions'), count, h('div', { class: 'spacer' }), filter, policyLink, newBtn),
@@ -231,7 +231,7 @@ export const workSessionsPage: Page = (ctx) => {
     notice,
     form,
     h('div', { class: 'card card-flush' }, table, empty),
-    pager,
+    pages.el,
   );
 
   const row = (ws: WorkSession) => {
@@ -242,7 +242,7 @@ export const workSessionsPage: Page = (ctx) => {
       me,
       admin,
       fail,
-      done: () => void refresh(),
+      done: () => updates.refresh(),
     });
     return h(
       'tr',
@@ -267,16 +267,10 @@ export const workSessionsPage: Page = (ctx) => {
     );
   };
 
-  let ctl: AbortController | null = null;
-  let timer: number | undefined;
-  let stopped = false;
   let listFailed = false;
-  const refresh = async () => {
-    if (stopped) return;
-    ctl?.abort();
-    ctl = new AbortController();
-    try {
-      const r = await listWorkSessions(page, statusFilter, ctl.signal);
+  const updates = poll(
+    async (signal) => {
+      const r = await listWorkSessions(page, statusFilter, signal);
       if (listFailed) status.hidden = true;
       listFailed = false;
       syncInUse(r.results);
@@ -284,38 +278,23 @@ export const workSessionsPage: Page = (ctx) => {
       table.hidden = r.results.length === 0;
       empty.hidden = r.results.length !== 0;
       count.textContent = r.count ? `${r.count} in all` : '';
-      pager.hidden = !r.next && !r.previous;
-      prev.disabled = !r.previous;
-      next.disabled = !r.next;
-    } catch (e) {
-      if ((e as Error).name === 'AbortError') return;
-      fail(e instanceof ApiError ? e.message : String(e));
+      pages.show(r);
+    },
+    (e) => {
+      fail(errorText(e));
       listFailed = true;
       if (tbody.querySelector('td[colspan]')) tbody.replaceChildren();
-    } finally {
-      if (!stopped) {
-        clearTimeout(timer);
-        timer = window.setTimeout(refresh, REFRESH_MS);
-      }
-    }
-  };
+    },
+  );
   filter.addEventListener('change', () => {
     statusFilter = filter.value;
     page = 1;
-    void refresh();
+    updates.refresh();
   });
-  prev.addEventListener('click', () => {
-    page = Math.max(1, page - 1);
-    void refresh();
-  });
-  next.addEventListener('click', () => {
-    page += 1;
-    void refresh();
-  });
-  const onUse = () => void refresh();
+  const onUse = () => updates.refresh();
   window.addEventListener(WORK_SESSION_EVENT, onUse);
   const onVisible = () => {
-    if (document.visibilityState === 'visible') void refresh();
+    if (document.visibilityState === 'visible') updates.refresh();
   };
   document.addEventListener('visibilitychange', onVisible);
 
@@ -328,7 +307,7 @@ export const workSessionsPage: Page = (ctx) => {
     } catch {
       /* the list still shows; actions fall back to a requester's */
     }
-    void refresh();
+    updates.refresh();
     getWorkPolicy()
       .then((p) => {
         policyNote.textContent = policyText(p);
@@ -338,7 +317,7 @@ export const workSessionsPage: Page = (ctx) => {
       .catch(() => {});
     listServers()
       .then((r) => drawServers(r.results))
-      .catch((e) => serverBox.replaceChildren(h('span', { class: 'muted small' }, e instanceof ApiError ? e.message : String(e))));
+      .catch((e) => serverBox.replaceChildren(h('span', { class: 'muted small' }, errorText(e))));
   };
   if (askedServer) {
     openForm();
@@ -347,9 +326,7 @@ export const workSessionsPage: Page = (ctx) => {
   void start();
 
   return () => {
-    stopped = true;
-    clearTimeout(timer);
-    ctl?.abort();
+    updates.stop();
     window.removeEventListener(WORK_SESSION_EVENT, onUse);
     document.removeEventListener('visibilitychange', onVisible);
   };

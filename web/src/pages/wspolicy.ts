@@ -2,7 +2,7 @@
 // may read it; staff and superusers change it (the gateway may ask for a
 // recent second factor: its detail is shown as is).
 
-import { ApiError, getWorkPolicy, isAdmin, putWorkPolicy, whoami, type WorkPolicy } from '../api';
+import { errorText, getWorkPolicy, isAdmin, putWorkPolicy, whoami, type WorkPolicy } from '../api';
 import type { Page } from '../main';
 import { h } from '../ui';
 import { policyText } from '../worksession';
@@ -65,7 +65,7 @@ export const workPolicyPage: Page = (ctx) => {
   };
   const fail = (e: unknown) => {
     saved.hidden = true;
-    error.textContent = e instanceof ApiError ? e.message : String(e);
+    error.textContent = errorText(e);
     error.hidden = false;
   };
 
