@@ -234,16 +234,20 @@ impl Live {
         let hang_up = Control::HangUp {
             session: self.id.clone(),
         };
-        if let Some(link) = state.relay.link(&self.server_id) {
-            if hang_up.since_version() <= link.version {
+        let link = state.relay.link(&self.server_id);
+        match link.filter(|l| hang_up.since_version() <= l.version) {
+            Some(link) => {
                 let _ = link.mux.send_control(hang_up).await;
             }
+            // In band for older agents; never waited on, as it may not get
+            // through (`close_live` ends the session on its own then).
+            None => {
+                tokio::spawn(async move {
+                    let terminate = tx.send(PtyIn::Terminate.encode());
+                    let _ = tokio::time::timeout(OPEN_TIMEOUT, terminate).await;
+                });
+            }
         }
-        // In band for older agents; never waited on, as it may not get
-        // through.
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(OPEN_TIMEOUT, tx.send(PtyIn::Terminate.encode())).await;
-        });
     }
 }
 
