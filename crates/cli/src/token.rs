@@ -74,7 +74,7 @@ pub enum AclKind {
 
 #[derive(Debug, Subcommand)]
 pub enum AclOp {
-    /// Add an entry: `command add TOKEN "docker ps" [--username U]`,
+    /// Add an entry: `command add TOKEN "docker ps" [--username U] [--groupname G]`,
     /// `server add TOKEN SERVER`, `file add TOKEN /opt/app/* --action upload`.
     Add {
         /// Token ID or name.
@@ -84,6 +84,10 @@ pub enum AclOp {
         /// (command) the account the command must run as.
         #[arg(long, short = 'u')]
         username: Option<String>,
+        /// (command) the primary group it may run with (without one, only
+        /// the account's own group).
+        #[arg(long, short = 'g')]
+        groupname: Option<String>,
         /// (file) upload, download or `*`.
         #[arg(long, default_value = "*")]
         action: String,
@@ -141,12 +145,13 @@ async fn acl(ctx: &Ctx, client: &crate::client::Client, kind: AclKind) -> Result
             token,
             value,
             username,
+            groupname,
             action,
         } => {
             let id = resolve_by_name(client, TOKENS, token, "token").await?;
             let body = match &kind {
                 AclKind::Command { .. } => {
-                    json!({"token": id, "line": value, "username": username})
+                    json!({"token": id, "line": value, "username": username, "groupname": groupname})
                 }
                 AclKind::Server { .. } => json!({"token": id, "server": value}),
                 AclKind::File { .. } => json!({"token": id, "path": value, "action": action}),

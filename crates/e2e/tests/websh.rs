@@ -691,3 +691,205 @@ fn share_links_and_watching_are_audited_and_read_only_means_read_only() {
     owner.wait(Duration::from_secs(30)).unwrap();
     let _ = bin_dir();
 }
+
+/// Runs `sql` (with one text bind) against a running gateway's SQLite
+/// database.
+fn poke_db(gw: &Gateway, sql: &str, bind: &str) {
+    let db = format!("sqlite://{}", gw.data().join("alpacon.db").display());
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+        sqlx::query(sql).bind(bind).execute(&pool).await.unwrap();
+        pool.close().await;
+    });
+}
+
+/// Every client attached to a terminal is known to revocation, not only the
+/// terminal's owner: a person joined through a share link loses it when
+/// disabled or when their reach shrinks, an admin watching loses it when
+/// demoted, and a share link's participant when the link expires. Once the
+/// API call that removed the access has answered, nothing they type
+/// arrives.
+#[test]
+fn attachments_end_when_their_access_does() {
+    let mut gw = Gateway::start().unwrap();
+    let _agent = agent(&mut gw, "att", None);
+    let cli = cli_for(&mut gw, None);
+    let mut owner = piped_websh(&cli, &["-u", "docker", "att"]);
+    owner.write(b"echo READY\n").unwrap();
+    owner.wait_for("READY", Duration::from_secs(30)).unwrap();
+    let id = newest_session(&mut gw)["id"].as_str().unwrap().to_string();
+    let out = cli.run(&["websh", "share", &id, "--output", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let share: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let url = share["url"].as_str().unwrap().to_string();
+    let password = share["password"].as_str().unwrap().to_string();
+
+    // Members of ops reach the server, so they may type into a share.
+    let (s, v) = gw
+        .call("POST", "/api/iam/groups/", Some(json!({"name": "ops"})))
+        .unwrap();
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = gw
+        .call(
+            "POST",
+            "/api/iam/groups/ops/servers/",
+            Some(json!({"server": "att"})),
+        )
+        .unwrap();
+    assert!(s < 300, "{v}");
+    let mut memberships = std::collections::HashMap::new();
+    for (name, staff) in [
+        ("pat", false),
+        ("dan", false),
+        ("eve", false),
+        ("cal", true),
+    ] {
+        let (s, v) = gw
+            .call(
+                "POST",
+                "/api/iam/users/",
+                Some(json!({"username": name, "password": format!("{name}-password-1"), "is_staff": staff})),
+            )
+            .unwrap();
+        assert_eq!(s, 201, "{v}");
+        let (s, v) = gw
+            .call(
+                "POST",
+                "/api/iam/memberships/",
+                Some(json!({"group": "ops", "user": name})),
+            )
+            .unwrap();
+        assert!(s < 300, "{v}");
+        memberships.insert(name, v["id"].as_str().unwrap().to_string());
+    }
+    let admin = gw.admin_key().unwrap();
+    let join = |name: &str| {
+        let c = login(&gw, name, &format!("{name}-password-1"));
+        let mut cmd = c.command();
+        cmd.args(["websh", "join", &url, "--password", &password]);
+        (Interactive::spawn(cmd).unwrap(), c)
+    };
+    let mut mark = 0;
+    // `who` types while attached (it arrives), then its access goes
+    // (`revoke`), then it types again: that must never arrive, and the
+    // client is let go.
+    let mut check = |who: &mut Interactive, owner: &mut Interactive, revoke: &dyn Fn()| {
+        mark += 1;
+        let typed = format!("echo TYPED-{mark}-$((1+{mark}))\n");
+        who.write(typed.as_bytes()).unwrap();
+        owner
+            .wait_for(
+                &format!("TYPED-{mark}-{}", 1 + mark),
+                Duration::from_secs(30),
+            )
+            .unwrap();
+        revoke();
+        let _ = who.write(format!("echo LATE-{mark}-$((2+{mark}))\n").as_bytes());
+        owner
+            .write(format!("echo SYNC-{mark}-$((3+{mark}))\n").as_bytes())
+            .unwrap();
+        owner
+            .wait_for(
+                &format!("SYNC-{mark}-{}", 3 + mark),
+                Duration::from_secs(30),
+            )
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let late = format!("LATE-{mark}-{}", 2 + mark);
+        assert!(
+            !alpacon_e2e::memfind(&owner.output(), late.as_bytes()),
+            "input after revocation arrived ({late})"
+        );
+        let status = who.wait(Duration::from_secs(30)).unwrap();
+        assert!(!status.success(), "the client should report the end");
+    };
+
+    // Disabled.
+    let (mut pat, _pat_cli) = join("pat");
+    pat.wait_for("READY", Duration::from_secs(30)).unwrap();
+    check(&mut pat, &mut owner, &|| {
+        let (s, v) = gw_call(
+            &gw,
+            &admin,
+            "PATCH",
+            "/api/iam/users/pat/",
+            json!({"is_active": false}),
+        );
+        assert_eq!(s, 200, "{v}");
+    });
+
+    // Removed from the server's group.
+    let (mut dan, _dan_cli) = join("dan");
+    dan.wait_for("READY", Duration::from_secs(30)).unwrap();
+    let dan_membership = memberships["dan"].clone();
+    check(&mut dan, &mut owner, &|| {
+        let (s, v) = gw_call(
+            &gw,
+            &admin,
+            "DELETE",
+            &format!("/api/iam/memberships/{dan_membership}/"),
+            Value::Null,
+        );
+        assert!(s < 300, "{v}");
+    });
+
+    // The share link expires while attached (the API's shortest link lasts
+    // a minute: the test moves the expiry into the next two seconds, then
+    // attaches again as the participant).
+    let (mut eve, eve_cli) = join("eve");
+    eve.wait_for("READY", Duration::from_secs(30)).unwrap();
+    drop(eve);
+    let soon = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 2000)
+        .to_string();
+    poke_db(
+        &gw,
+        &format!("UPDATE websh_participants SET expires_at = {soon} WHERE share_id = $1"),
+        url.rsplit('/').next().unwrap(),
+    );
+    let mut eve = {
+        let mut c = eve_cli.command();
+        c.args(["websh", "attach", &id]);
+        Interactive::spawn(c).unwrap()
+    };
+    eve.wait_for("SYNC-2", Duration::from_secs(30)).unwrap();
+    let status = eve.wait(Duration::from_secs(30)).unwrap();
+    assert!(!status.success());
+    assert!(eve.stderr().contains("expired"), "{}", eve.stderr());
+
+    // An admin watching (read-only), demoted.
+    let cal = login(&gw, "cal", "cal-password-1");
+    let mut watcher = {
+        let mut c = cal.command();
+        c.args(["websh", "attach", &id, "--from-start"]);
+        Interactive::spawn(c).unwrap()
+    };
+    watcher.wait_for("SYNC-2", Duration::from_secs(30)).unwrap();
+    let (s, v) = gw_call(
+        &gw,
+        &admin,
+        "PATCH",
+        "/api/iam/users/cal/",
+        json!({"is_staff": false}),
+    );
+    assert_eq!(s, 200, "{v}");
+    owner.write(b"echo AFTER-DEMOTION-$((7+7))\n").unwrap();
+    owner
+        .wait_for("AFTER-DEMOTION-14", Duration::from_secs(30))
+        .unwrap();
+    let status = watcher.wait(Duration::from_secs(30)).unwrap();
+    assert!(!status.success());
+
+    // The owner's terminal went on through all of it.
+    owner.write(b"exit\n").unwrap();
+    owner.wait(Duration::from_secs(30)).unwrap();
+}
+
+/// `Gateway::call_as` with an optional body, unwrapped.
+fn gw_call(gw: &Gateway, key: &str, method: &str, path: &str, body: Value) -> (u16, Value) {
+    gw.call_as(key, method, path, (!body.is_null()).then_some(body))
+        .unwrap()
+}

@@ -23,15 +23,116 @@ use sqlx::Row;
 
 use crate::app::AppState;
 use crate::audit::{self, Event};
+use crate::auth::Caller;
 use crate::config::AccountTermination;
 use crate::db::{now_ms, Db};
 use crate::error::ApiError;
+use crate::servers::ServerRow;
 
 pub const ACTIVE: &str = "active";
 pub const LOCK_PENDING: &str = "lock_pending";
 pub const REMOVE_PENDING: &str = "remove_pending";
 pub const LOCKED: &str = "locked";
 pub const REMOVED: &str = "removed";
+
+/// Why [`account_rule`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountRefusal {
+    /// Another person's or a system account, asked for by a member.
+    Account,
+    /// A group that is not the managed account's own.
+    Group,
+}
+
+/// The account rule of every route to a server (pure): may a caller act as
+/// `username` with `groupname` as the primary group?
+/// - One's own username is a managed account; its group may only be its
+///   private group (same name) or one of the person's Alpacon groups
+///   (`own_group`), whoever asks: admins included, since the agent refuses
+///   any other group for a managed account too.
+/// - Any other account is for admins only, with any group.
+pub fn account_rule(
+    is_admin: bool,
+    me: &str,
+    username: &str,
+    groupname: Option<&str>,
+    own_group: bool,
+) -> Result<(), AccountRefusal> {
+    if username == me {
+        let allowed = |g: &str| g == me || (own_group && !crate::iam::reserved_name(g));
+        match groupname {
+            Some(g) if !allowed(g) => Err(AccountRefusal::Group),
+            _ => Ok(()),
+        }
+    } else if is_admin {
+        Ok(())
+    } else {
+        Err(AccountRefusal::Account)
+    }
+}
+
+/// [`account_rule`] for a request on `server`; a refusal is audited as a
+/// failed `action` (with `detail`) and answered 403 `account_not_allowed` or
+/// `group_not_allowed`.
+pub async fn check_use(
+    st: &AppState,
+    caller: &Caller,
+    server: &ServerRow,
+    username: &str,
+    groupname: Option<&str>,
+    action: &str,
+    mut detail: serde_json::Value,
+) -> Result<(), ApiError> {
+    let own_group = match groupname {
+        Some(g) if username == caller.username && g != caller.username => {
+            sqlx::query_scalar::<_, String>(
+                "SELECT g.id FROM iam_groups g JOIN memberships m ON m.group_id = g.id
+                 WHERE m.user_id = $1 AND g.name = $2",
+            )
+            .bind(&caller.user_id)
+            .bind(g)
+            .fetch_optional(&st.db.pool)
+            .await?
+            .is_some()
+        }
+        _ => false,
+    };
+    let Err(why) = account_rule(
+        caller.is_admin(),
+        &caller.username,
+        username,
+        groupname,
+        own_group,
+    ) else {
+        return Ok(());
+    };
+    let (code, text) = match why {
+        AccountRefusal::Account => (
+            "account_not_allowed",
+            format!(
+                "you may only act as your own account ({}) on servers; using {username:?} needs staff or superuser rights",
+                caller.username
+            ),
+        ),
+        AccountRefusal::Group => (
+            "group_not_allowed",
+            format!(
+                "group {:?} is not one of {username}'s groups: use your own group ({username}) or an Alpacon group you belong to",
+                groupname.unwrap_or_default()
+            ),
+        ),
+    };
+    detail["username"] = json!(username);
+    detail["groupname"] = json!(groupname);
+    detail["reason"] = json!(code);
+    let ev = Event::new(action)
+        .failed()
+        .by(caller)
+        .server(&server.id, &server.name)
+        .detail(detail);
+    audit::record(&st.db, ev).await?;
+    Err(ApiError::forbidden(code, text))
+}
 
 /// The managed identity for `user_id` acting as `account`: `Some` only when
 /// `account` is the person's own username (and they have a UID).
@@ -338,6 +439,43 @@ pub async fn on_locked(
 mod tests {
     use super::*;
     use crate::testutil::TestApp;
+
+    #[test]
+    fn account_and_group_rule() {
+        use AccountRefusal::*;
+        // (admin, username, groupname, own_group) -> decision, for alice.
+        type Row<'a> = (
+            bool,
+            &'a str,
+            Option<&'a str>,
+            bool,
+            Result<(), AccountRefusal>,
+        );
+        let table: &[Row] = &[
+            (false, "alice", None, false, Ok(())),
+            (false, "alice", Some("alice"), false, Ok(())),
+            (false, "alice", Some("ops"), true, Ok(())),
+            // The pentest's cases: a member naming a system group.
+            (false, "alice", Some("shadow"), false, Err(Group)),
+            (false, "alice", Some("root"), false, Err(Group)),
+            // Even an Alpacon group of a reserved name (made before names
+            // were reserved) is no way into the system group.
+            (false, "alice", Some("shadow"), true, Err(Group)),
+            // Admins acting as themselves are a managed account too.
+            (true, "alice", Some("docker"), false, Err(Group)),
+            (false, "root", None, false, Err(Account)),
+            (false, "bob", Some("bob"), false, Err(Account)),
+            (true, "root", Some("root"), false, Ok(())),
+            (true, "docker", Some("docker"), false, Ok(())),
+        ];
+        for (admin, user, group, own, want) in table {
+            assert_eq!(
+                account_rule(*admin, "alice", user, *group, *own),
+                *want,
+                "admin={admin} {user}:{group:?} own={own}"
+            );
+        }
+    }
 
     async fn state_of(st: &AppState, server: &str, user: &str) -> String {
         sqlx::query_scalar(

@@ -257,14 +257,25 @@ pub use alpacon_proto::glob_match;
 pub struct CommandAcl {
     pub pattern: String,
     pub username: Option<String>,
+    /// The primary group commands may run with; `None`: only the account's
+    /// own default group (no `groupname` in the request).
+    pub groupname: Option<String>,
 }
 
-/// May a token with `acls` run `line` as `username` (with environment
-/// variables if `has_env`)? No entries: yes.
+impl CommandAcl {
+    fn admits(&self, username: &str, groupname: Option<&str>) -> bool {
+        self.username.as_deref().is_none_or(|u| u == username)
+            && self.groupname.as_deref() == groupname
+    }
+}
+
+/// May a token with `acls` run `line` as `username` with primary group
+/// `groupname` (with environment variables if `has_env`)? No entries: yes.
 pub fn check_command(
     acls: &[CommandAcl],
     line: &str,
     username: &str,
+    groupname: Option<&str>,
     has_env: bool,
 ) -> Result<(), Refusal> {
     if acls.is_empty() {
@@ -291,21 +302,28 @@ pub fn check_command(
             ),
         ));
     }
-    if matching
-        .iter()
-        .any(|a| a.username.as_deref().is_none_or(|u| u == username))
-    {
+    if matching.iter().any(|a| a.admits(username, groupname)) {
         return Ok(());
     }
-    let accounts: Vec<&str> = matching
+    let as_whom: Vec<String> = matching
         .iter()
-        .filter_map(|a| a.username.as_deref())
+        .map(|a| {
+            let user = a.username.as_deref().unwrap_or("any account");
+            match &a.groupname {
+                Some(g) => format!("{user} with group {g}"),
+                None => user.to_string(),
+            }
+        })
         .collect();
+    let asked = match groupname {
+        Some(g) => format!("{username:?} with group {g:?}"),
+        None => format!("{username:?}"),
+    };
     Err(Refusal::new(
         CODE_COMMAND,
         format!(
-            "this token may run {line:?} only as {}, not as {username:?}; pass `username`",
-            accounts.join(" or ")
+            "this token may run {line:?} only as {}, not as {asked}; pass `username` (and `groupname`) accordingly",
+            as_whom.join(" or ")
         ),
     ))
 }
@@ -449,10 +467,25 @@ pub struct FileAcl {
     pub action: FileAction,
 }
 
-/// May a token with `acls` do `op` on `path`? No entries: yes.
-pub fn check_file(acls: &[FileAcl], path: &str, op: FileOp) -> Result<(), Refusal> {
+/// May a token with `acls` do `op` on `path` (with primary group
+/// `groupname`)? No entries: yes. File ACL entries name no group, so a token
+/// with one transfers only with the account's own default group.
+pub fn check_file(
+    acls: &[FileAcl],
+    path: &str,
+    groupname: Option<&str>,
+    op: FileOp,
+) -> Result<(), Refusal> {
     if acls.is_empty() {
         return Ok(());
+    }
+    if let Some(g) = groupname {
+        return Err(Refusal::new(
+            CODE_FILE,
+            format!(
+                "this token has a file ACL and transfers files only with the account's own group, not {g:?}; drop `groupname`"
+            ),
+        ));
     }
     let norm = normalize_path(path).map_err(|d| {
         Refusal::new(
@@ -513,18 +546,20 @@ pub async fn load_policy(
     };
     let pool = &state.db.pool;
     let scopes = load_scopes(state, caller).await?;
-    let commands = sqlx::query("SELECT line, username FROM token_command_acls WHERE token_id = $1")
-        .bind(token_id)
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(CommandAcl {
-                pattern: r.try_get("line")?,
-                username: r.try_get("username")?,
+    let commands =
+        sqlx::query("SELECT line, username, groupname FROM token_command_acls WHERE token_id = $1")
+            .bind(token_id)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(CommandAcl {
+                    pattern: r.try_get("line")?,
+                    username: r.try_get("username")?,
+                    groupname: r.try_get("groupname")?,
+                })
             })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
     let servers: Vec<String> =
         sqlx::query_scalar("SELECT server_id FROM token_server_acls WHERE token_id = $1")
             .bind(token_id)
@@ -602,6 +637,7 @@ pub async fn enforce_command(
     server: &ServerRow,
     line: &str,
     username: &str,
+    groupname: Option<&str>,
     has_env: bool,
 ) -> Result<(), ApiError> {
     if username != caller.username {
@@ -611,7 +647,7 @@ pub async fn enforce_command(
         return Ok(());
     };
     let decision = check_server(&p.servers, &server.id, &server.name)
-        .and_then(|_| check_command(&p.commands, line, username, has_env));
+        .and_then(|_| check_command(&p.commands, line, username, groupname, has_env));
     match decision {
         Ok(()) => Ok(()),
         Err(r) => Err(refuse(
@@ -619,7 +655,7 @@ pub async fn enforce_command(
             caller,
             "command.run",
             Some((&server.id, &server.name)),
-            json!({"line": line, "username": username}),
+            json!({"line": line, "username": username, "groupname": groupname}),
             r,
         )
         .await),
@@ -633,6 +669,7 @@ pub async fn enforce_file(
     server: &ServerRow,
     path: &str,
     username: &str,
+    groupname: Option<&str>,
     op: FileOp,
 ) -> Result<(), ApiError> {
     if username != caller.username {
@@ -643,7 +680,7 @@ pub async fn enforce_file(
     };
     let decision = check_server(&p.servers, &server.id, &server.name)
         .and_then(|_| check_upload_allowed(p.commands.len(), p.files.len(), op))
-        .and_then(|_| check_file(&p.files, path, op));
+        .and_then(|_| check_file(&p.files, path, groupname, op));
     match decision {
         Ok(()) => Ok(()),
         Err(r) => Err(refuse(
@@ -776,7 +813,7 @@ impl Kind {
         match self {
             Kind::Command => {
                 "SELECT a.id, a.token_id, t.name AS token_name, t.user_id, a.created_at,
-                        a.line, a.username
+                        a.line, a.username, a.groupname
                  FROM token_command_acls a JOIN api_tokens t ON t.id = a.token_id"
             }
             Kind::Server => {
@@ -806,6 +843,7 @@ impl Kind {
                 v["line"] = json!(line);
                 v["pattern"] = json!(line);
                 v["username"] = json!(r.try_get::<Option<String>, _>("username")?);
+                v["groupname"] = json!(r.try_get::<Option<String>, _>("groupname")?);
             }
             Kind::Server => {
                 v["server"] = json!(r.try_get::<String, _>("server_id")?);
@@ -977,6 +1015,8 @@ struct CommandBody {
     pattern: Option<String>,
     #[serde(default)]
     username: Option<String>,
+    #[serde(default)]
+    groupname: Option<String>,
 }
 
 async fn create_command(
@@ -997,16 +1037,24 @@ async fn create_command(
             return Err(ApiError::bad_request(format!("invalid username {u:?}")));
         }
     }
+    let groupname = b.groupname.filter(|g| !g.is_empty());
+    if let Some(g) = &groupname {
+        if !valid_account_name(g) {
+            return Err(ApiError::bad_request(format!("invalid groupname {g:?}")));
+        }
+    }
     let (token_id, _) = manageable_token(&state, &caller, &b.token).await?;
     let id = new_id();
     sqlx::query(
-        "INSERT INTO token_command_acls (id, token_id, line, username, created_by, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO token_command_acls (id, token_id, line, username, groupname, created_by,
+             created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(&id)
     .bind(&token_id)
     .bind(&pattern)
     .bind(&username)
+    .bind(&groupname)
     .bind(&caller.user_id)
     .bind(now_ms())
     .execute(&state.db.pool)
@@ -1029,7 +1077,7 @@ async fn create_server(
     refuse_token_caller(&caller)?;
     crate::mfa::require_recent_mfa(&state, &caller, "acl.change").await?;
     let (token_id, _) = manageable_token(&state, &caller, &b.token).await?;
-    let server = servers::resolve(&state.db, &b.server).await?;
+    let server = servers::resolve_for(&state, &caller, &b.server, "acl.create").await?;
     let id = new_id();
     let res = sqlx::query(
         "INSERT INTO token_server_acls (id, token_id, server_id, created_by, created_at)
@@ -1163,6 +1211,7 @@ mod tests {
         CommandAcl {
             pattern: validate_command_pattern(p).unwrap(),
             username: None,
+            groupname: None,
         }
     }
 
@@ -1174,12 +1223,12 @@ mod tests {
     }
 
     fn allowed(acls: &[CommandAcl], line: &str) -> bool {
-        check_command(acls, line, "deploy", false).is_ok()
+        check_command(acls, line, "deploy", None, false).is_ok()
     }
 
     #[test]
     fn no_command_acl_allows_anything() {
-        assert!(check_command(&[], "anything; goes | here", "root", true).is_ok());
+        assert!(check_command(&[], "anything; goes | here", "root", None, true).is_ok());
     }
 
     #[test]
@@ -1214,7 +1263,7 @@ mod tests {
             "docker logs other",
             "docker rm my-app",
         ] {
-            let e = check_command(&acls, no, "deploy", false).unwrap_err();
+            let e = check_command(&acls, no, "deploy", None, false).unwrap_err();
             assert_eq!(e.code, CODE_COMMAND, "{no}");
         }
     }
@@ -1268,7 +1317,7 @@ mod tests {
             "echo ok\nid",
             "",
         ] {
-            let e = check_command(&acls, line, "deploy", false).unwrap_err();
+            let e = check_command(&acls, line, "deploy", None, false).unwrap_err();
             assert_eq!(e.code, CODE_COMMAND, "{line:?}");
         }
         // Plain arguments with the allowed punctuation are fine.
@@ -1283,22 +1332,48 @@ mod tests {
 
     #[test]
     fn env_is_refused_with_a_command_acl() {
-        let e = check_command(&[acl("docker ps")], "docker ps", "deploy", true).unwrap_err();
+        let e = check_command(&[acl("docker ps")], "docker ps", "deploy", None, true).unwrap_err();
         assert!(e.detail.contains("environment"));
     }
 
     #[test]
     fn account_restriction() {
         let acls = [acl_as("docker ps", "deploy"), acl("uptime")];
-        assert!(check_command(&acls, "docker ps", "deploy", false).is_ok());
-        let e = check_command(&acls, "docker ps", "root", false).unwrap_err();
+        assert!(check_command(&acls, "docker ps", "deploy", None, false).is_ok());
+        let e = check_command(&acls, "docker ps", "root", None, false).unwrap_err();
         assert_eq!(e.code, CODE_COMMAND);
         assert!(e.detail.contains("deploy"), "{}", e.detail);
-        assert!(check_command(&acls, "uptime", "root", false).is_ok());
+        assert!(check_command(&acls, "uptime", "root", None, false).is_ok());
         // Two entries for the same line with different accounts.
         let acls = [acl_as("docker ps", "a"), acl_as("docker ps", "b")];
-        assert!(check_command(&acls, "docker ps", "b", false).is_ok());
-        assert!(check_command(&acls, "docker ps", "c", false).is_err());
+        assert!(check_command(&acls, "docker ps", "b", None, false).is_ok());
+        assert!(check_command(&acls, "docker ps", "c", None, false).is_err());
+    }
+
+    #[test]
+    fn group_restriction() {
+        // An entry without a group admits only the account's own group.
+        let acls = [acl_as("docker ps", "deploy")];
+        assert!(check_command(&acls, "docker ps", "deploy", None, false).is_ok());
+        let e = check_command(&acls, "docker ps", "deploy", Some("root"), false).unwrap_err();
+        assert!(e.detail.contains("\"root\""), "{}", e.detail);
+        let any = [acl("uptime")];
+        assert!(check_command(&any, "uptime", "deploy", Some("shadow"), false).is_err());
+        let with_group = [CommandAcl {
+            groupname: Some("docker".into()),
+            ..acl_as("docker ps", "deploy")
+        }];
+        assert!(check_command(&with_group, "docker ps", "deploy", Some("docker"), false).is_ok());
+        assert!(check_command(&with_group, "docker ps", "deploy", None, false).is_err());
+        assert!(check_command(&with_group, "docker ps", "deploy", Some("root"), false).is_err());
+        // File ACLs name no group.
+        let files = [FileAcl {
+            pattern: "/opt/*".into(),
+            action: FileAction::Any,
+        }];
+        assert!(check_file(&files, "/opt/x", None, FileOp::Upload).is_ok());
+        assert!(check_file(&files, "/opt/x", Some("root"), FileOp::Upload).is_err());
+        assert!(check_file(&[], "/opt/x", Some("root"), FileOp::Upload).is_ok());
     }
 
     #[test]
@@ -1398,13 +1473,13 @@ mod tests {
             pattern: normalize_path(p).unwrap(),
             action: a,
         };
-        assert!(check_file(&[], "/etc/shadow", FileOp::Upload).is_ok());
+        assert!(check_file(&[], "/etc/shadow", None, FileOp::Upload).is_ok());
         let acls = [
             fa("/opt/my-app/*", FileAction::Download),
             fa("/srv/in/*", FileAction::Upload),
             fa("/data/*.csv", FileAction::Any),
         ];
-        let ok = |p: &str, op| check_file(&acls, p, op).is_ok();
+        let ok = |p: &str, op| check_file(&acls, p, None, op).is_ok();
         assert!(ok("/opt/my-app/config.yml", FileOp::Download));
         assert!(ok("/opt/my-app/sub/dir/x", FileOp::Stat));
         assert!(ok("//opt/my-app/./x", FileOp::Download));
@@ -1422,14 +1497,14 @@ mod tests {
         assert!(ok("/data/a.csv", FileOp::Upload));
         assert!(ok("/data/a.csv", FileOp::Download));
         assert!(!ok("/data/a.txt", FileOp::Download));
-        let e = check_file(&acls, "/etc/passwd", FileOp::Download).unwrap_err();
+        let e = check_file(&acls, "/etc/passwd", None, FileOp::Download).unwrap_err();
         assert_eq!(e.code, CODE_FILE);
         // The "unknown stored action" placeholder allows nothing.
         let placeholder = [FileAcl {
             pattern: String::new(),
             action: FileAction::Any,
         }];
-        assert!(check_file(&placeholder, "/", FileOp::Download).is_err());
+        assert!(check_file(&placeholder, "/", None, FileOp::Download).is_err());
         assert_eq!(FileAction::parse("*"), Some(FileAction::Any));
         assert_eq!(FileAction::parse("delete"), None);
     }
@@ -1517,24 +1592,8 @@ mod api_tests {
 
     use crate::testutil::TestApp;
 
-    fn pubkey(seed: u8) -> String {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD.encode(
-            ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
-                .verifying_key()
-                .as_bytes(),
-        )
-    }
-
     async fn add_server(app: &TestApp, name: &str, seed: u8) -> String {
-        let t = crate::servers::create_registration_token(&app.state.db, name, None, None, Some(1))
-            .await
-            .unwrap();
-        let (row, _) = crate::servers::register_server(&app.state.db, &t.key, name, &pubkey(seed))
-            .await
-            .ok()
-            .unwrap();
-        row.id
+        app.add_server(name, seed).await
     }
 
     /// Creates a token for the session `key`; returns (id, key).

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
@@ -67,8 +67,46 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             acl::scope_layer,
         ))
+        .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn(log_requests))
         .with_state(state)
+}
+
+/// Headers every answer carries unless its handler chose otherwise:
+/// HTTPS only from now on (HSTS), never framed (clickjacking of the
+/// invitation page or the console), no MIME sniffing, no referrer (an
+/// invitation key is in its URL), and nothing under `/api/` or
+/// `/invite/` kept by a cache (keys, tokens, recordings, file contents).
+async fn security_headers(req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let private = path.starts_with("/api/") || path.starts_with("/invite/");
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    let defaults = [
+        (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ];
+    for (name, value) in defaults {
+        if !h.contains_key(&name) {
+            h.insert(name, HeaderValue::from_static(value));
+        }
+    }
+    let html = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if html && !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("frame-ancestors 'none'"),
+        );
+    }
+    if private && !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {

@@ -107,7 +107,22 @@ impl Event {
 /// Stores `ev`. Callers propagate the error: an action that cannot be
 /// audited must not be reported as done.
 pub async fn record(db: &Db, ev: Event) -> Result<(), ApiError> {
-    let level_ok = ev.result_ok;
+    record_with(&db.pool, ev).await
+}
+
+/// Stores `ev` inside `tx`, so a mutation and its event commit together
+/// (or neither does).
+pub async fn record_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    ev: Event,
+) -> Result<(), ApiError> {
+    record_with(&mut **tx, ev).await
+}
+
+async fn record_with<'e, E>(ex: E, ev: Event) -> Result<(), ApiError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     sqlx::query(
         "INSERT INTO audit_events (id, ts, action, result, actor_user_id, actor_username,
              token_id, token_name, server_id, server_name, client_ip, detail, work_session_id)
@@ -126,12 +141,12 @@ pub async fn record(db: &Db, ev: Event) -> Result<(), ApiError> {
     .bind(&ev.client_ip)
     .bind(ev.detail.to_string())
     .bind(&ev.work_session_id)
-    .execute(&db.pool)
+    .execute(ex)
     .await?;
     tracing::info!(
         target: "alpacon::audit",
         action = %ev.action,
-        ok = level_ok,
+        ok = ev.result_ok,
         user = ev.actor_username.as_deref().unwrap_or("-"),
         server = ev.server_name.as_deref().unwrap_or("-"),
         ip = ev.client_ip.as_deref().unwrap_or("-"),

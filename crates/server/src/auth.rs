@@ -84,12 +84,6 @@ impl Caller {
         self.is_superuser || self.is_staff
     }
 
-    /// Whether the caller may act as the system account `username` on a
-    /// server: admins may use any account, others only their own name.
-    pub fn may_use_account(&self, username: &str) -> bool {
-        self.is_admin() || self.username == username
-    }
-
     /// `"token"` or `"session"`.
     pub fn auth_kind(&self) -> &'static str {
         if self.token_id.is_some() {
@@ -188,11 +182,19 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// Browsers cannot set headers on a WebSocket, so WebSocket endpoints (and
-/// only those: a key in a URL ends up in histories and logs) also take
+/// Whether `path` is a WebSocket endpoint a browser opens with its key in
+/// the query: a terminal's `/api/websh/sessions/{id}/ws/`, nothing else.
+pub fn takes_query_key(path: &str) -> bool {
+    path.strip_prefix("/api/websh/sessions/")
+        .and_then(|rest| rest.strip_suffix("/ws/"))
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+}
+
+/// Browsers cannot set headers on a WebSocket, so the terminal's WebSocket
+/// (and only that: a key in a URL ends up in histories and logs) also takes
 /// `?access_token=<key>` when no Authorization header is present.
 fn key_from_query(parts: &Parts) -> Option<String> {
-    if parts.headers.contains_key(header::AUTHORIZATION) || !parts.uri.path().ends_with("/ws/") {
+    if parts.headers.contains_key(header::AUTHORIZATION) || !takes_query_key(parts.uri.path()) {
         return None;
     }
     let q = parts.uri.query()?;
@@ -416,6 +418,21 @@ mod tests {
     }
 
     #[test]
+    fn only_the_terminal_websocket_takes_a_key_in_its_query() {
+        assert!(takes_query_key("/api/websh/sessions/abc/ws/"));
+        for no in [
+            "/api/websh/sessions//ws/",
+            "/api/websh/sessions/a/b/ws/",
+            "/api/auth/tokens/ws/",
+            "/api/events/commands/x/ws/",
+            "/ws/",
+            "/api/websh/sessions/abc/ws",
+        ] {
+            assert!(!takes_query_key(no), "{no}");
+        }
+    }
+
+    #[test]
     fn keys_are_prefixed_random_and_hashed_as_hex_sha256() {
         let a = generate_key(API_TOKEN_PREFIX);
         let b = generate_key(API_TOKEN_PREFIX);
@@ -446,10 +463,7 @@ mod tests {
     }
 
     #[test]
-    fn account_rules() {
-        assert!(caller(false).may_use_account("alice"));
-        assert!(!caller(false).may_use_account("root"));
-        assert!(caller(true).may_use_account("root"));
+    fn auth_kind() {
         assert_eq!(caller(false).auth_kind(), "session");
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use alpacon_proto::{CommandResult, CommandSpec, Control};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -31,7 +31,7 @@ use crate::app::AppState;
 use crate::audit::{self, Event};
 use crate::auth::Caller;
 use crate::db::{new_id, now_ms, rfc3339, rfc3339_opt};
-use crate::error::ApiError;
+use crate::error::{is_unique_violation, ApiError};
 use crate::servers;
 
 /// Live output kept per running command for stream readers; the agent caps
@@ -102,9 +102,91 @@ pub fn valid_account_name(n: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'))
 }
 
+/// The header a client sets to make a submission safe to retry: a second
+/// `POST` with the same key (by the same person) answers with the command
+/// the first one created instead of running another.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The request's idempotency key, if any: 1–255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(k)
+            if !k.is_empty()
+                && k.len() <= MAX_IDEMPOTENCY_KEY
+                && k.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(Some(k.to_string()))
+        }
+        _ => Err(ApiError::bad_request(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters (a UUID is a good choice)",
+        )),
+    }
+}
+
+/// What a submission asks for, to compare a retry with the original.
+#[derive(Debug, PartialEq)]
+struct Submission<'a> {
+    server_id: &'a str,
+    line: &'a str,
+    username: &'a str,
+    groupname: Option<&'a str>,
+    env: &'a BTreeMap<String, String>,
+}
+
+/// The command an earlier submission with this key created, answered as
+/// the original was; a key reused for a different command is refused.
+async fn replay(
+    state: &AppState,
+    caller: &Caller,
+    key: &str,
+    wanted: &Submission<'_>,
+) -> Result<Option<Response>, ApiError> {
+    let row = sqlx::query(
+        "SELECT id, server_id, line, username, groupname, env FROM commands
+         WHERE requested_by = $1 AND idempotency_key = $2",
+    )
+    .bind(&caller.user_id)
+    .bind(key)
+    .fetch_optional(&state.db.pool)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let env: BTreeMap<String, String> =
+        serde_json::from_str(&r.try_get::<String, _>("env")?).unwrap_or_default();
+    let (server_id, line, username): (String, String, String) = (
+        r.try_get("server_id")?,
+        r.try_get("line")?,
+        r.try_get("username")?,
+    );
+    let groupname: Option<String> = r.try_get("groupname")?;
+    let stored = Submission {
+        server_id: &server_id,
+        line: &line,
+        username: &username,
+        groupname: groupname.as_deref(),
+        env: &env,
+    };
+    if stored != *wanted {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for a different command; use a new key for a new command",
+        ));
+    }
+    let id: String = r.try_get("id")?;
+    let mut resp = Json(load(state, &id).await?).into_response();
+    resp.headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    Ok(Some(resp))
+}
+
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     Json(body): Json<CreateBody>,
 ) -> Result<Response, ApiError> {
     if body.line.trim().is_empty() {
@@ -115,6 +197,7 @@ async fn create(
             "`line` must be at most 64 KiB and contain no NUL byte",
         ));
     }
+    let key = idempotency_key(&headers)?;
     let username = account_for(&caller, &body.username, &body.groupname)?;
     if let Some(k) = body.env.keys().find(|k| !valid_env_key(k)) {
         return Err(ApiError::bad_request(format!(
@@ -129,23 +212,16 @@ async fn create(
         "command.run",
     )
     .await?;
-    if !caller.may_use_account(&username) {
-        let ev = Event::new("command.run")
-            .failed()
-            .by(&caller)
-            .server(&server.id, &server.name)
-            .detail(
-                json!({"line": body.line, "username": username, "reason": "account_not_allowed"}),
-            );
-        audit::record(&state.db, ev).await?;
-        return Err(ApiError::forbidden(
-            "account_not_allowed",
-            format!(
-                "you may only run commands as your own account ({}); running as {username:?} needs staff or superuser rights",
-                caller.username
-            ),
-        ));
-    }
+    crate::accounts::check_use(
+        &state,
+        &caller,
+        &server,
+        &username,
+        body.groupname.as_deref(),
+        "command.run",
+        json!({"line": body.line}),
+    )
+    .await?;
     // Token ACLs (acl.rs): refused lines are audited and never stored.
     crate::acl::enforce_command(
         &state,
@@ -153,16 +229,32 @@ async fn create(
         &server,
         &body.line,
         &username,
+        body.groupname.as_deref(),
         !body.env.is_empty(),
     )
     .await?;
+    let wanted = Submission {
+        server_id: &server.id,
+        line: &body.line,
+        username: &username,
+        groupname: body.groupname.as_deref(),
+        env: &body.env,
+    };
+    if let Some(k) = &key {
+        if let Some(resp) = replay(&state, &caller, k, &wanted).await? {
+            return Ok(resp);
+        }
+    }
     let id = new_id();
-    let now = now_ms();
     let env_json = serde_json::to_string(&body.env).map_err(ApiError::internal)?;
-    sqlx::query(
+    // The command and its `command.run` event commit together: no command
+    // exists (and none is ever sent) without its audit event.
+    let mut tx = state.db.pool.begin().await?;
+    let inserted = sqlx::query(
         "INSERT INTO commands (id, server_id, line, username, groupname, env, status,
-             requested_by, token_id, client_ip, created_at, output_truncated, work_session_id)
-         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, 0, $11)",
+             requested_by, token_id, client_ip, created_at, output_truncated, work_session_id,
+             idempotency_key)
+         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, 0, $11, $12)",
     )
     .bind(&id)
     .bind(&server.id)
@@ -173,10 +265,22 @@ async fn create(
     .bind(&caller.user_id)
     .bind(&caller.token_id)
     .bind(&caller.client_ip)
-    .bind(now)
+    .bind(now_ms())
     .bind(&work_session)
-    .execute(&state.db.pool)
-    .await?;
+    .bind(&key)
+    .execute(&mut *tx)
+    .await;
+    match (inserted, &key) {
+        (Ok(_), _) => {}
+        // The same key submitted concurrently: the other one won.
+        (Err(e), Some(k)) if is_unique_violation(&e) => {
+            drop(tx);
+            return replay(&state, &caller, k, &wanted)
+                .await?
+                .ok_or_else(|| ApiError::internal("idempotency key vanished"));
+        }
+        (Err(e), _) => return Err(e.into()),
+    }
     let ev = Event::new("command.run")
         .by(&caller)
         .server(&server.id, &server.name)
@@ -185,7 +289,8 @@ async fn create(
             json!({"command_id": id, "line": body.line, "username": username,
                        "groupname": body.groupname}),
         );
-    audit::record(&state.db, ev).await?;
+    audit::record_in(&mut tx, ev).await?;
+    tx.commit().await?;
     state.relay.live.start(&id);
     let managed =
         crate::accounts::attach(&state.db, &server.id, &caller.user_id, &username).await?;
@@ -203,9 +308,30 @@ async fn create(
     Ok((StatusCode::CREATED, Json(cmd)).into_response())
 }
 
-/// Sends a command to its agent if the link is up, and marks it sent.
+/// Sends a command to its agent if the link is up and it still waits for a
+/// result, and marks it sent. The check matters on reconnection: the
+/// pending list is a snapshot, and a result the agent resent meanwhile may
+/// have been committed (and acknowledged) since. The agent also remembers
+/// the ids it has answered, for the moment between this check and the send.
 async fn deliver(state: &AppState, server_id: &str, spec: CommandSpec) {
     let id = spec.id.clone();
+    let status: Result<Option<String>, _> =
+        sqlx::query_scalar("SELECT status FROM commands WHERE id = $1")
+            .bind(&id)
+            .fetch_optional(&state.db.pool)
+            .await;
+    match status {
+        Ok(Some(s)) if s == "queued" || s == "sent" => {}
+        Ok(_) => {
+            tracing::debug!(command = %id, "already answered; not sending it again");
+            return;
+        }
+        Err(e) => {
+            // Sent on the next reconnection instead.
+            tracing::warn!(command = %id, "cannot check the command before sending it: {e}");
+            return;
+        }
+    }
     if state
         .relay
         .send_control(server_id, Control::RunCommand(spec))
@@ -472,7 +598,11 @@ async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let page = q.page.page()?;
     let server_id = match &q.server {
-        Some(s) => Some(servers::resolve(&state.db, s).await?.id),
+        Some(s) => Some(
+            servers::resolve_for(&state, &caller, s, "command.list")
+                .await?
+                .id,
+        ),
         None => None,
     };
     let mine = (!caller.is_admin()).then(|| caller.user_id.clone());
@@ -719,6 +849,194 @@ impl LiveOutputs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::TestApp;
+    use axum::http::{Method, Request};
+
+    async fn submit(
+        app: &TestApp,
+        key: &str,
+        idem: Option<&str>,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        let mut b = Request::builder()
+            .method(Method::POST)
+            .uri("/api/events/commands/")
+            .header(header::AUTHORIZATION, format!("Token {key}"))
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(k) = idem {
+            b = b.header(IDEMPOTENCY_HEADER, k);
+        }
+        app.send(b.body(Body::from(body.to_string())).unwrap())
+            .await
+    }
+
+    async fn count(app: &TestApp, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&app.state.db.pool)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_retried_submission_with_its_key_runs_once() {
+        let app = TestApp::new().await;
+        let admin = app.admin_key().await;
+        app.add_server("web-1", 1).await;
+        let body = json!({"server": "web-1", "line": "echo once", "username": "root"});
+        let (s1, v1) = submit(&app, &admin, Some("k-1"), body.clone()).await;
+        assert_eq!(s1, StatusCode::CREATED, "{v1}");
+        // The client lost the answer and retries: the same command.
+        let (s2, v2) = submit(&app, &admin, Some("k-1"), body.clone()).await;
+        assert_eq!(s2, StatusCode::OK, "{v2}");
+        assert_eq!(v1["id"], v2["id"]);
+        // Concurrent retries too.
+        let racing = (0..8).map(|_| submit(&app, &admin, Some("k-2"), body.clone()));
+        let answers = futures_util::future::join_all(racing).await;
+        let ids: std::collections::HashSet<String> = answers
+            .iter()
+            .map(|(s, v)| {
+                assert!(s.is_success(), "{s} {v}");
+                v["id"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(ids.len(), 1, "{answers:?}");
+        assert_eq!(count(&app, "SELECT COUNT(*) FROM commands").await, 2);
+        assert_eq!(
+            count(
+                &app,
+                "SELECT COUNT(*) FROM audit_events WHERE action = 'command.run'"
+            )
+            .await,
+            2
+        );
+        // The same key for another command is a client bug, said clearly.
+        let other = json!({"server": "web-1", "line": "echo twice", "username": "root"});
+        let (s, v) = submit(&app, &admin, Some("k-1"), other).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+        assert_eq!(v["code"], "idempotency_key_reused");
+        // Without a key every submission is a new command; a bad key is refused.
+        submit(&app, &admin, None, body.clone()).await;
+        submit(&app, &admin, None, body.clone()).await;
+        assert_eq!(count(&app, "SELECT COUNT(*) FROM commands").await, 4);
+        let (s, v) = submit(&app, &admin, Some("has space"), body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    }
+
+    #[tokio::test]
+    async fn a_member_cannot_tell_a_hidden_server_from_a_missing_one() {
+        let app = TestApp::new().await;
+        app.add_server("secret-db", 1).await;
+        let mine = app.add_server("web-1", 2).await;
+        let alice = app.user_key("alice").await;
+        app.reach("alice", &mine).await;
+        let mut answers = Vec::new();
+        for name in ["secret-db", "no-such-server"] {
+            for path in ["/api/events/commands/", "/api/websh/sessions/"] {
+                let (s, v) = app
+                    .call(
+                        Method::GET,
+                        &format!("{path}?server={name}"),
+                        Some(&alice),
+                        None,
+                    )
+                    .await;
+                let detail = v["detail"].as_str().unwrap_or("").replace(name, "NAME");
+                answers.push((path, s, v["code"].clone(), detail));
+            }
+        }
+        assert_eq!(answers[0..2], answers[2..4], "{answers:?}");
+        assert_eq!(answers[0].1, StatusCode::NOT_FOUND);
+        // Their own trail holds the refusals, without the hidden server's id.
+        let leaked = count(
+            &app,
+            "SELECT COUNT(*) FROM audit_events WHERE server_id IS NOT NULL AND result = 'error'",
+        )
+        .await;
+        assert_eq!(leaked, 0);
+        let (s, _) = app
+            .call(
+                Method::GET,
+                "/api/events/commands/?server=web-1",
+                Some(&alice),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn no_command_exists_without_its_audit_event() {
+        let app = TestApp::new().await;
+        let admin = app.admin_key().await;
+        app.add_server("web-1", 1).await;
+        // The audit write fails (as if the gateway died between the two).
+        sqlx::query(
+            "CREATE TRIGGER no_audit BEFORE INSERT ON audit_events
+             WHEN NEW.action = 'command.run'
+             BEGIN SELECT RAISE(ABORT, 'audit unavailable'); END",
+        )
+        .execute(&app.state.db.pool)
+        .await
+        .unwrap();
+        let body = json!({"server": "web-1", "line": "echo x", "username": "root"});
+        let (s, _) = submit(&app, &admin, None, body).await;
+        assert!(s.is_server_error(), "{s}");
+        assert_eq!(count(&app, "SELECT COUNT(*) FROM commands").await, 0);
+    }
+
+    #[tokio::test]
+    async fn members_act_only_with_their_own_groups_and_audited_when_refused() {
+        let app = TestApp::new().await;
+        let admin = app.admin_key().await;
+        let sid = app.add_server("web-1", 1).await;
+        let alice = app.user_key("alice").await;
+        // alice reaches web-1 through ops.
+        let (s, v) = app
+            .call(
+                Method::POST,
+                "/api/iam/groups/",
+                Some(&admin),
+                Some(json!({"name": "ops"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        for (path, b) in [
+            ("/api/iam/groups/ops/servers/", json!({"server": sid})),
+            (
+                "/api/iam/memberships/",
+                json!({"group": "ops", "user": "alice"}),
+            ),
+        ] {
+            let (s, v) = app.call(Method::POST, path, Some(&admin), Some(b)).await;
+            assert!(s.is_success(), "{path}: {s} {v}");
+        }
+        let run = |group: Option<&str>| {
+            let mut b = json!({"server": "web-1", "line": "id; head /etc/shadow"});
+            if let Some(g) = group {
+                b["groupname"] = json!(g);
+            }
+            b
+        };
+        for bad in ["shadow", "root", "docker"] {
+            let (s, v) = submit(&app, &alice, None, run(Some(bad))).await;
+            assert_eq!(s, StatusCode::FORBIDDEN, "{bad}: {v}");
+            assert_eq!(v["code"], "group_not_allowed");
+        }
+        for good in [None, Some("alice"), Some("ops")] {
+            let (s, v) = submit(&app, &alice, None, run(good)).await;
+            assert_eq!(s, StatusCode::CREATED, "{good:?}: {v}");
+        }
+        assert_eq!(
+            count(
+                &app,
+                "SELECT COUNT(*) FROM audit_events WHERE action = 'command.run' AND result = 'error'
+                 AND detail LIKE '%group_not_allowed%'"
+            )
+            .await,
+            3
+        );
+        assert_eq!(count(&app, "SELECT COUNT(*) FROM commands").await, 3);
+    }
 
     #[test]
     fn env_keys() {

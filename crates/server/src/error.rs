@@ -79,11 +79,58 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// 507 `storage_full`: the gateway's disk (or its database's) is full.
+/// Nothing was changed; the request can be retried once space is freed.
+pub fn storage_full() -> ApiError {
+    tracing::error!("storage full: a write failed for lack of space");
+    ApiError::new(
+        StatusCode::INSUFFICIENT_STORAGE,
+        "storage_full",
+        "the gateway's storage is full; nothing was changed. Free disk space on the gateway and retry",
+    )
+}
+
+/// Whether a database error means "no space left": SQLite's SQLITE_FULL
+/// (13, also reported as an I/O error when a write or fsync fails with
+/// ENOSPC), PostgreSQL's `disk_full` (53100).
+fn is_storage_full(db: &dyn sqlx::error::DatabaseError) -> bool {
+    match db.code().as_deref() {
+        Some("13") | Some("53100") => true,
+        // SQLITE_IOERR_WRITE / _FSYNC / _SHMSIZE / _TRUNCATE (extended codes)
+        // carry the OS error in the message.
+        _ => db.message().contains("disk is full") || db.message().contains("No space left"),
+    }
+}
+
+/// Whether an I/O error means "no space left" (ENOSPC, EDQUOT).
+pub fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || e.kind() == std::io::ErrorKind::StorageFull
+}
+
+impl From<std::io::Error> for ApiError {
+    fn from(e: std::io::Error) -> Self {
+        if is_no_space(&e) {
+            storage_full()
+        } else {
+            ApiError::internal(e)
+        }
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         if let Some(db) = e.as_database_error() {
             if db.is_unique_violation() {
                 return ApiError::conflict("conflict", "an object with this name already exists");
+            }
+            if is_storage_full(db) {
+                return storage_full();
+            }
+        }
+        if let sqlx::Error::Io(io) = &e {
+            if is_no_space(io) {
+                return storage_full();
             }
         }
         if matches!(e, sqlx::Error::PoolTimedOut) {
@@ -123,6 +170,47 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["code"], "server_not_found");
         assert_eq!(v["detail"], "no server named x");
+    }
+
+    #[test]
+    fn no_space_is_storage_full() {
+        let e = ApiError::from(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!(e.status, StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(e.code, "storage_full");
+        let e = ApiError::from(std::io::Error::from_raw_os_error(libc::EACCES));
+        assert_eq!(e.code, "internal");
+    }
+
+    #[tokio::test]
+    async fn a_full_database_is_storage_full() {
+        // SQLite's own "database or disk is full", from a real database
+        // that may not grow.
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        sqlx::query("PRAGMA max_page_count = 8")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (b BLOB)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let mut err = None;
+        for _ in 0..100 {
+            if let Err(e) = sqlx::query("INSERT INTO t VALUES (zeroblob(4096))")
+                .execute(&pool)
+                .await
+            {
+                err = Some(e);
+                break;
+            }
+        }
+        let e = ApiError::from(err.expect("the database filled up"));
+        assert_eq!(e.status, StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(e.code, "storage_full");
     }
 
     #[test]

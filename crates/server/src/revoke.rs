@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use alpacon_proto::Control;
 use sqlx::Row;
@@ -24,22 +24,40 @@ use crate::auth::Caller;
 use crate::db::now_ms;
 use crate::error::ApiError;
 
-/// Who an operation runs for.
+/// Who an operation runs for, and by what right.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
     pub user_id: String,
     pub token_id: Option<String>,
     pub work_session: Option<String>,
+    /// Opened with an admin's right: as a system account rather than the
+    /// person's own, or watching someone else's terminal. Ends when the
+    /// person stops being an admin.
+    pub by_role: bool,
+    /// Reaches the server in its own right. False only for a read-only
+    /// share viewer, whom the terminal's owner let in: their reach does not
+    /// matter.
+    pub reaches: bool,
 }
 
 impl Owner {
-    /// The owner of an operation the caller starts in `work_session`.
+    /// The owner of an operation the caller starts in `work_session`, as
+    /// the caller's own account.
     pub fn of(c: &Caller, work_session: Option<&str>) -> Owner {
         Owner {
             user_id: c.user_id.clone(),
             token_id: c.token_id.clone(),
             work_session: work_session.map(str::to_string),
+            by_role: false,
+            reaches: true,
         }
+    }
+
+    /// ... acting as `account` on the server (an admin's right unless it is
+    /// the caller's own).
+    pub fn acting_as(mut self, c: &Caller, account: &str) -> Owner {
+        self.by_role = account != c.username;
+        self
     }
 }
 
@@ -58,6 +76,8 @@ pub enum Revocation {
     },
     /// The work session ended: everything opened in it ends.
     WorkSession { id: String },
+    /// The user is no longer an admin: what they opened by that right ends.
+    Role { user_id: String },
 }
 
 /// Whether `rev` ends an operation of `owner` on `server_id`.
@@ -66,16 +86,21 @@ pub fn covers(rev: &Revocation, owner: &Owner, server_id: &str) -> bool {
         Revocation::User { user_id } => owner.user_id == *user_id,
         Revocation::Token { token_id } => owner.token_id.as_deref() == Some(token_id.as_str()),
         Revocation::Reach { user_id, keep } => {
-            owner.user_id == *user_id && keep.as_ref().is_some_and(|k| !k.contains(server_id))
+            owner.user_id == *user_id
+                && owner.reaches
+                && keep.as_ref().is_some_and(|k| !k.contains(server_id))
         }
         Revocation::WorkSession { id } => owner.work_session.as_deref() == Some(id.as_str()),
+        Revocation::Role { user_id } => owner.user_id == *user_id && owner.by_role,
     }
 }
 
 impl Revocation {
     fn user_id(&self) -> Option<&str> {
         match self {
-            Revocation::User { user_id } | Revocation::Reach { user_id, .. } => Some(user_id),
+            Revocation::User { user_id }
+            | Revocation::Reach { user_id, .. }
+            | Revocation::Role { user_id } => Some(user_id),
             Revocation::Token { .. } | Revocation::WorkSession { .. } => None,
         }
     }
@@ -85,10 +110,13 @@ struct Entry {
     owner: Owner,
     server_id: String,
     cancel: CancellationToken,
+    reason: Arc<OnceLock<String>>,
 }
 
-/// Live operations that hold no other registry: file transfers (and later
-/// tunnels). Each registers for its lifetime and watches its token.
+/// Live operations that hold no other registry: file transfers, clients
+/// attached to terminals (the owner's, a share link's, an admin watching;
+/// the terminal itself is ended through the websh registry) and later
+/// tunnels. Each registers for its lifetime and watches its token.
 #[derive(Default)]
 pub struct OpenOps {
     next: AtomicU64,
@@ -100,6 +128,7 @@ pub struct OpGuard {
     ops: Arc<OpenOps>,
     key: u64,
     cancel: CancellationToken,
+    reason: Arc<OnceLock<String>>,
 }
 
 impl OpGuard {
@@ -110,6 +139,17 @@ impl OpGuard {
 
     pub fn is_revoked(&self) -> bool {
         self.cancel.is_cancelled()
+    }
+
+    /// A handle that tells whether the access was revoked, for a task that
+    /// does not own the guard.
+    pub fn token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Why the access was revoked (once it is).
+    pub fn reason(&self) -> Option<&str> {
+        self.reason.get().map(String::as_str)
     }
 }
 
@@ -127,27 +167,32 @@ impl OpenOps {
     pub fn register(self: &Arc<Self>, owner: Owner, server_id: &str) -> OpGuard {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
         let cancel = CancellationToken::new();
+        let reason = Arc::new(OnceLock::new());
         self.map().insert(
             key,
             Entry {
                 owner,
                 server_id: server_id.to_string(),
                 cancel: cancel.clone(),
+                reason: reason.clone(),
             },
         );
         OpGuard {
             ops: self.clone(),
             key,
             cancel,
+            reason,
         }
     }
 
-    /// Cancels every registered operation `rev` covers; returns how many.
-    pub fn cancel(&self, rev: &Revocation) -> usize {
+    /// Cancels every registered operation `rev` covers, for `reason`;
+    /// returns how many.
+    pub fn cancel(&self, rev: &Revocation, reason: &str) -> usize {
         let map = self.map();
         let mut n = 0;
         for e in map.values() {
             if covers(rev, &e.owner, &e.server_id) {
+                let _ = e.reason.set(reason.to_string());
                 e.cancel.cancel();
                 n += 1;
             }
@@ -177,7 +222,7 @@ pub struct Ended {
 /// whole takes about one agent round trip however many there are.
 pub async fn end(st: &AppState, rev: &Revocation, reason: &str) -> Result<Ended, ApiError> {
     let mut ended = Ended {
-        transfers: st.ops.cancel(rev),
+        transfers: st.ops.cancel(rev, reason),
         ..Ended::default()
     };
     if let Revocation::User { user_id } = rev {
@@ -198,8 +243,10 @@ pub async fn end(st: &AppState, rev: &Revocation, reason: &str) -> Result<Ended,
         ),
     };
     let rows = sqlx::query(&format!(
-        "SELECT id, server_id, user_id, token_id, work_session_id FROM websh_sessions
-         WHERE {col} = $1 AND status = 'open'"
+        "SELECT w.id, w.server_id, w.user_id, w.token_id, w.work_session_id, w.username,
+                u.username AS owner_name
+         FROM websh_sessions w LEFT JOIN users u ON u.id = w.user_id
+         WHERE w.{col} = $1 AND w.status = 'open'"
     ))
     .bind(key)
     .fetch_all(&st.db.pool)
@@ -210,6 +257,9 @@ pub async fn end(st: &AppState, rev: &Revocation, reason: &str) -> Result<Ended,
             user_id: r.try_get("user_id")?,
             token_id: r.try_get("token_id")?,
             work_session: r.try_get("work_session_id")?,
+            by_role: r.try_get::<Option<String>, _>("owner_name")?.as_deref()
+                != Some(r.try_get::<String, _>("username")?.as_str()),
+            reaches: true,
         };
         let server_id: String = r.try_get("server_id")?;
         if covers(rev, &owner, &server_id) {
@@ -225,8 +275,10 @@ pub async fn end(st: &AppState, rev: &Revocation, reason: &str) -> Result<Ended,
         col
     };
     let rows = sqlx::query(&format!(
-        "SELECT id, server_id, requested_by, token_id, status, work_session_id FROM commands
-         WHERE {ccol} = $1 AND status IN ('queued', 'sent')"
+        "SELECT c.id, c.server_id, c.requested_by, c.token_id, c.status, c.work_session_id,
+                c.username, u.username AS owner_name
+         FROM commands c LEFT JOIN users u ON u.id = c.requested_by
+         WHERE c.{ccol} = $1 AND c.status IN ('queued', 'sent')"
     ))
     .bind(key)
     .fetch_all(&st.db.pool)
@@ -239,11 +291,15 @@ pub async fn end(st: &AppState, rev: &Revocation, reason: &str) -> Result<Ended,
                 .unwrap_or_default(),
             token_id: r.try_get("token_id")?,
             work_session: r.try_get("work_session_id")?,
+            by_role: r.try_get::<Option<String>, _>("owner_name")?.as_deref()
+                != Some(r.try_get::<String, _>("username")?.as_str()),
+            reaches: true,
         };
         let server_id: String = r.try_get("server_id")?;
         if !covers(rev, &owner, &server_id) {
             continue;
         }
+        ended.commands += 1;
         let id: String = r.try_get("id")?;
         // Marked first: a command that was never delivered is never sent
         // again; one that runs gets its real result stored over the mark.
@@ -262,7 +318,6 @@ pub async fn end(st: &AppState, rev: &Revocation, reason: &str) -> Result<Ended,
             cancels.push((server_id, id));
         }
     }
-    ended.commands = rows.len();
     for (server_id, id) in cancels {
         st.relay
             .send_control(
@@ -343,7 +398,57 @@ mod tests {
             user_id: u.into(),
             token_id: t.map(Into::into),
             work_session: None,
+            by_role: false,
+            reaches: true,
         }
+    }
+
+    #[test]
+    fn role_revocation_covers_only_what_the_admin_right_opened() {
+        let rev = Revocation::Role {
+            user_id: "u1".into(),
+        };
+        let own = owner("u1", None);
+        assert!(!covers(&rev, &own, "s1"));
+        let as_root = Owner {
+            by_role: true,
+            ..owner("u1", None)
+        };
+        assert!(covers(&rev, &as_root, "s1"));
+        let other = Owner {
+            by_role: true,
+            ..owner("u2", None)
+        };
+        assert!(!covers(&rev, &other, "s1"));
+    }
+
+    #[test]
+    fn read_only_viewers_do_not_depend_on_reach_but_on_everything_else() {
+        let viewer = Owner {
+            reaches: false,
+            ..owner("u1", Some("t1"))
+        };
+        let keep: HashSet<String> = HashSet::new();
+        let reach = Revocation::Reach {
+            user_id: "u1".into(),
+            keep: Some(keep),
+        };
+        assert!(!covers(&reach, &viewer, "s1"));
+        assert!(covers(&reach, &owner("u1", None), "s1"));
+        assert!(covers(
+            &Revocation::User {
+                user_id: "u1".into()
+            },
+            &viewer,
+            "s1"
+        ));
+        assert!(covers(
+            &Revocation::Token {
+                token_id: "t1".into()
+            },
+            &viewer,
+            "s1"
+        ));
     }
 
     #[test]
@@ -447,11 +552,15 @@ mod tests {
         let a = ops.register(owner("u1", None), "s1");
         let b = ops.register(owner("u2", None), "s1");
         assert_eq!(ops.len(), 2);
-        let n = ops.cancel(&Revocation::User {
-            user_id: "u1".into(),
-        });
+        let n = ops.cancel(
+            &Revocation::User {
+                user_id: "u1".into(),
+            },
+            "gone",
+        );
         assert_eq!(n, 1);
         a.revoked().await;
+        assert_eq!(a.reason(), Some("gone"));
         assert!(a.is_revoked() && !b.is_revoked());
         drop(a);
         assert_eq!(ops.len(), 1);

@@ -185,39 +185,53 @@ pub async fn resolve(db: &Db, ident: &str) -> Result<ServerRow, ApiError> {
     .await?;
     match row.first() {
         Some(r) => Ok(ServerRow::from_row(r)?),
-        None => Err(ApiError::not_found(
-            "server_not_found",
-            format!("no server named {ident:?}; see `alpacon server ls`"),
-        )),
+        None => Err(not_found(ident)),
     }
 }
 
 /// Finds a server the caller may reach (their groups' servers; every server
-/// for admins). A server outside their reach answers like a missing one, so
-/// members cannot probe names; the refusal is audited as `action`.
+/// for admins). A server outside their reach answers exactly like a missing
+/// one, and both refusals are audited alike as `action` (with the name as
+/// typed, no server id: members read their own trail), so members cannot
+/// probe names.
 pub async fn resolve_for(
     st: &AppState,
     caller: &Caller,
     ident: &str,
     action: &str,
 ) -> Result<ServerRow, ApiError> {
-    let s = resolve(&st.db, ident).await?;
-    if crate::iam::groups::can_reach(&st.db, caller, &s.id).await? {
-        return Ok(s);
+    let found = match resolve(&st.db, ident).await {
+        Ok(s) => Some(s),
+        Err(e) if e.code == "server_not_found" => None,
+        Err(e) => return Err(e),
+    };
+    if caller.is_admin() {
+        return found.ok_or_else(|| not_found(ident));
     }
-    crate::audit::record(
-        &st.db,
-        crate::audit::Event::new(action)
-            .failed()
-            .by(caller)
-            .server(&s.id, &s.name)
-            .detail(serde_json::json!({"reason": "not_in_your_groups"})),
-    )
-    .await?;
+    if let Some(s) = found {
+        if crate::iam::groups::can_reach(&st.db, caller, &s.id).await? {
+            return Ok(s);
+        }
+    }
+    // The name as typed, never the id: the same event whether the server
+    // exists or not (admins still find it by that name).
+    let mut ev = crate::audit::Event::new(action)
+        .failed()
+        .by(caller)
+        .detail(serde_json::json!({"reason": "server_not_found", "server": ident}));
+    ev.server_name = Some(ident.chars().take(200).collect());
+    crate::audit::record(&st.db, ev).await?;
     Err(ApiError::not_found(
         "server_not_found",
         format!("no server named {ident:?} that you can reach; see `alpacon server ls` (servers reach you through your groups)"),
     ))
+}
+
+fn not_found(ident: &str) -> ApiError {
+    ApiError::not_found(
+        "server_not_found",
+        format!("no server named {ident:?}; see `alpacon server ls`"),
+    )
 }
 
 pub async fn get_by_id(db: &Db, id: &str) -> Result<Option<ServerRow>, ApiError> {

@@ -55,8 +55,13 @@ impl TestApp {
         self.send(b.body(body).expect("request")).await
     }
 
-    pub async fn send(&self, mut req: Request<Body>) -> (StatusCode, Value) {
-        let addr: SocketAddr = format!("{TEST_CLIENT_IP}:5555").parse().expect("addr");
+    pub async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
+        self.send_from(req, TEST_CLIENT_IP).await
+    }
+
+    /// [`TestApp::send`] from another client address.
+    pub async fn send_from(&self, mut req: Request<Body>, ip: &str) -> (StatusCode, Value) {
+        let addr: SocketAddr = format!("{ip}:5555").parse().expect("addr");
         req.extensions_mut().insert(ConnectInfo(addr));
         let resp = self.router.clone().oneshot(req).await.expect("infallible");
         let status = resp.status();
@@ -66,6 +71,24 @@ impl TestApp {
         let v = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         (status, v)
+    }
+
+    /// `POST /api/auth/login/` from `ip`: the status and body.
+    pub async fn try_login_from(
+        &self,
+        ip: &str,
+        username: &str,
+        password: &str,
+    ) -> (StatusCode, Value) {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/api/auth/login/")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                serde_json::json!({ "username": username, "password": password }).to_string(),
+            ))
+            .expect("request");
+        self.send_from(req, ip).await
     }
 
     pub async fn login(&self, username: &str, password: &str) -> String {
@@ -83,6 +106,53 @@ impl TestApp {
 
     pub async fn admin_key(&self) -> String {
         self.login("admin", &self.admin_password.clone()).await
+    }
+
+    /// Registers a server (its key derived from `seed`); returns its id.
+    pub async fn add_server(&self, name: &str, seed: u8) -> String {
+        let t =
+            crate::servers::create_registration_token(&self.state.db, name, None, None, Some(1))
+                .await
+                .expect("registration token");
+        let (row, _) = crate::servers::register_server(&self.state.db, &t.key, name, &pubkey(seed))
+            .await
+            .unwrap_or_else(|_| panic!("register {name}"));
+        row.id
+    }
+
+    /// Lets `username` reach `server_id` through a group of their own.
+    pub async fn reach(&self, username: &str, server_id: &str) {
+        let db = &self.state.db.pool;
+        let group = new_id();
+        let gid: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(gid), 50000) + 1 FROM iam_groups")
+            .fetch_one(db)
+            .await
+            .expect("gid");
+        sqlx::query("INSERT INTO iam_groups (id, name, gid, created_at) VALUES ($1, $2, $3, 0)")
+            .bind(&group)
+            .bind(format!("g{gid}"))
+            .bind(gid)
+            .execute(db)
+            .await
+            .expect("group");
+        sqlx::query(
+            "INSERT INTO memberships (id, group_id, user_id, role, created_at)
+             SELECT $1, $2, id, 'member', 0 FROM users WHERE username = $3",
+        )
+        .bind(new_id())
+        .bind(&group)
+        .bind(username)
+        .execute(db)
+        .await
+        .expect("membership");
+        sqlx::query(
+            "INSERT INTO group_servers (group_id, server_id, created_at) VALUES ($1, $2, 0)",
+        )
+        .bind(&group)
+        .bind(server_id)
+        .execute(db)
+        .await
+        .expect("group server");
     }
 
     /// Creates a plain (non-admin) user and returns a session key for it.
@@ -104,6 +174,16 @@ impl TestApp {
             .expect("uid");
         self.login(username, pw).await
     }
+}
+
+/// An agent's public key (base64 of the raw 32 bytes) from a seed.
+pub(crate) fn pubkey(seed: u8) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(
+        ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
+            .verifying_key()
+            .as_bytes(),
+    )
 }
 
 /// A throwaway PostgreSQL cluster for one test, stopped on drop.

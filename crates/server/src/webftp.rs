@@ -107,17 +107,27 @@ async fn check(
         op.audit_action(),
     )
     .await?;
-    if !caller.may_use_account(&username) {
-        return Err(ApiError::forbidden(
-            "account_not_allowed",
-            format!(
-                "you may only transfer files as your own account ({}); using {username:?} needs staff or superuser rights",
-                caller.username
-            ),
-        ));
-    }
+    crate::accounts::check_use(
+        state,
+        caller,
+        &server,
+        &username,
+        t.groupname.as_deref(),
+        op.audit_action(),
+        json!({"path": t.path}),
+    )
+    .await?;
     // Token ACLs (acl.rs): server and file ACLs, audited when refused.
-    crate::acl::enforce_file(state, caller, &server, &t.path, &username, op).await?;
+    crate::acl::enforce_file(
+        state,
+        caller,
+        &server,
+        &t.path,
+        &username,
+        t.groupname.as_deref(),
+        op,
+    )
+    .await?;
     let link = state.relay.link(&server.id).ok_or_else(|| {
         ApiError::unavailable(
             "server_offline",
@@ -272,6 +282,22 @@ fn parse_mode(v: &Option<String>) -> Result<Option<u32>, ApiError> {
     }
 }
 
+/// Setuid and setgid files outlive the access of whoever uploaded them (a
+/// setgid-root program keeps working after its author is removed): only an
+/// admin uploading as a system account may create one, never for a
+/// person's own (managed) account.
+fn check_mode(is_admin: bool, own_account: bool, mode: Option<u32>) -> Result<(), ApiError> {
+    match mode {
+        Some(m) if m & 0o6000 != 0 && (!is_admin || own_account) => {
+            Err(ApiError::bad_request(format!(
+                "mode {m:o} sets setuid/setgid bits, which only an admin uploading as a system account may do; use a mode such as {:o}",
+                m & 0o1777
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 async fn upload(
     State(state): State<AppState>,
     caller: Caller,
@@ -280,6 +306,12 @@ async fn upload(
 ) -> Result<Response, ApiError> {
     let overwrite = parse_bool(&q.overwrite)?;
     let mode = parse_mode(&q.mode)?;
+    let own = q
+        .target
+        .username
+        .as_deref()
+        .is_none_or(|u| u.is_empty() || u == caller.username);
+    check_mode(caller.is_admin(), own, mode)?;
     let c = check(&state, &caller, &q.target, crate::acl::FileOp::Upload).await?;
     let t = Transfer {
         id: new_id(),
@@ -300,7 +332,8 @@ async fn upload(
     .await;
     t.begin(&state.db).await?;
     let guard = state.ops.register(
-        crate::revoke::Owner::of(&caller, c.work_session.as_deref()),
+        crate::revoke::Owner::of(&caller, c.work_session.as_deref())
+            .acting_as(&caller, &c.account.username),
         &c.server.id,
     );
     let outcome = match opened {
@@ -445,7 +478,8 @@ async fn download(
     let (_tx, rx) = s.split();
     let mut feed = DownloadFeed {
         guard: state.ops.register(
-            crate::revoke::Owner::of(&caller, c.work_session.as_deref()),
+            crate::revoke::Owner::of(&caller, c.work_session.as_deref())
+                .acting_as(&caller, &c.account.username),
             &c.server.id,
         ),
         db: state.db.clone(),
@@ -702,6 +736,27 @@ async fn transfer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn setuid_and_setgid_only_for_admins_as_system_accounts() {
+        // (admin, own account, mode) -> allowed
+        for (admin, own, mode, ok) in [
+            (false, true, Some(0o2755), false),
+            (false, true, Some(0o4755), false),
+            (false, true, Some(0o755), true),
+            (false, true, Some(0o1777), true),
+            (false, true, None, true),
+            (true, true, Some(0o4755), false),
+            (true, false, Some(0o4755), true),
+            (true, false, Some(0o2755), true),
+        ] {
+            assert_eq!(
+                check_mode(admin, own, mode).is_ok(),
+                ok,
+                "admin={admin} own={own} {mode:?}"
+            );
+        }
+    }
 
     #[test]
     fn modes_and_bools() {

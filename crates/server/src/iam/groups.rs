@@ -127,11 +127,6 @@ pub fn next_id(max_used: Option<i64>, base: i64) -> i64 {
     max_used.map_or(base, |m| (m + 1).max(base))
 }
 
-/// Group names are system group names on servers.
-pub fn valid_group_name(n: &str) -> bool {
-    crate::iam::valid_username(n)
-}
-
 // ---------------------------------------------------------------------------
 // Storage
 // ---------------------------------------------------------------------------
@@ -366,11 +361,7 @@ async fn create_group(
     Json(b): Json<CreateGroup>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     crate::audit::require_admin(&st, &caller, "group.create").await?;
-    if !valid_group_name(&b.name) {
-        return Err(ApiError::bad_request(
-            "group name must start with a lowercase letter or '_' and contain only a-z, 0-9, '_', '-', '.' (at most 32): it becomes a group on servers",
-        ));
-    }
+    crate::iam::check_new_name("group name", &b.name)?;
     if b.display_name.len() > 200 || b.display_name.chars().any(char::is_control) {
         return Err(ApiError::bad_request(
             "display_name must be at most 200 printable characters",

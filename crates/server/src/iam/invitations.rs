@@ -139,9 +139,7 @@ async fn create_invitation(
         ));
     }
     if let Some(u) = &b.username {
-        if !super::valid_username(u) {
-            return Err(ApiError::bad_request(format!("invalid username {u:?}")));
-        }
+        super::check_new_name("username", u)?;
     }
     super::check_email(&b.email)?;
     let hours = b.expires_in_hours.unwrap_or(DEFAULT_HOURS);
@@ -316,11 +314,7 @@ async fn accept_invitation(
         (None, Some(u)) => u.clone(),
         (None, None) => return Err(ApiError::bad_request("choose a `username`")),
     };
-    if !super::valid_username(&username) {
-        return Err(ApiError::bad_request(
-            "username must start with a lowercase letter or '_' and contain only a-z, 0-9, '_', '-', '.' (at most 32)",
-        ));
-    }
+    super::check_new_name("username", &username)?;
     if b.password.len() < 10 {
         return Err(ApiError::bad_request(
             "password must be at least 10 characters",
@@ -420,7 +414,7 @@ async fn invite_page(Path(key): Path<String>) -> Response {
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'",
         ),
     );
     h.insert(
@@ -480,6 +474,91 @@ mod tests {
             .await
             .unwrap();
         assert!(String::from_utf8_lossy(&body).contains("const key = \"alpinv-Abc123\";"));
+    }
+
+    #[tokio::test]
+    async fn no_one_claims_a_system_name_and_pages_cannot_be_framed() {
+        use axum::http::{Method, StatusCode};
+        let app = crate::testutil::TestApp::new().await;
+        let admin = app.admin_key().await;
+        // Fixed in the invitation, chosen when accepting, or created directly.
+        let (s, v) = app
+            .call(
+                Method::POST,
+                "/api/iam/invitations/",
+                Some(&admin),
+                Some(serde_json::json!({"username": "root"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        let (s, v) = app
+            .call(
+                Method::POST,
+                "/api/iam/invitations/",
+                Some(&admin),
+                Some(serde_json::json!({})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let key = v["key"].as_str().expect("key").to_string();
+        for name in ["root", "shadow", "systemd-network", "alpacon-managed"] {
+            let (s, v) = app
+                .call(
+                    Method::POST,
+                    "/api/iam/invitations/accept/",
+                    None,
+                    Some(serde_json::json!({"key": key, "username": name, "password": "long enough pw"})),
+                )
+                .await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{name}: {v}");
+        }
+        let (s, v) = app
+            .call(
+                Method::POST,
+                "/api/iam/users/",
+                Some(&admin),
+                Some(serde_json::json!({"username": "daemon", "password": "long enough pw"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        for g in ["shadow", "sudo", "admin", "docker"] {
+            let (s, v) = app
+                .call(
+                    Method::POST,
+                    "/api/iam/groups/",
+                    Some(&admin),
+                    Some(serde_json::json!({"name": g})),
+                )
+                .await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{g}: {v}");
+        }
+        // The invitation is still good for an ordinary name.
+        let (s, v) = app
+            .call(
+                Method::POST,
+                "/api/iam/invitations/accept/",
+                None,
+                Some(serde_json::json!({"key": key, "username": "newbie", "password": "long enough pw"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        // The page with a key in its URL: not framed, not cached, no referrer.
+        let req = axum::http::Request::builder()
+            .uri("/invite/alpinv-Abc123")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = tower::ServiceExt::oneshot(app.router.clone(), req)
+            .await
+            .unwrap();
+        let h = resp.headers();
+        assert_eq!(h["x-frame-options"], "DENY");
+        assert!(h["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'"));
+        assert_eq!(h["cache-control"], "no-store");
+        assert_eq!(h["referrer-policy"], "no-referrer");
+        assert!(h.contains_key("strict-transport-security"));
     }
 
     #[test]

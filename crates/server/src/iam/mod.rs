@@ -433,8 +433,18 @@ async fn update_user(
     if u.is_active && !is_active {
         ended = end_everything(&st, &u, "the account was disabled").await?;
     } else if (u.is_staff || u.is_superuser) && !(is_staff || is_superuser) {
-        // No longer an admin: from now on only their groups' servers.
-        ended = groups::reach_shrank(&st, &u.id, "workspace role changed").await?;
+        // No longer an admin: what they opened by that right (system
+        // accounts, watching others) ends, and from now on only their
+        // groups' servers.
+        let reason = "workspace role changed";
+        let rev = crate::revoke::Revocation::Role {
+            user_id: u.id.clone(),
+        };
+        let by_role = crate::revoke::end(&st, &rev, reason).await?;
+        ended = json!({
+            "by_role": by_role,
+            "reach": groups::reach_shrank(&st, &u.id, reason).await?,
+        });
     }
     audit::record(
         &st.db,
@@ -465,7 +475,18 @@ async fn end_everything(st: &AppState, u: &User, reason: &str) -> Result<Value, 
     };
     let ended = crate::revoke::end(st, &rev, reason).await?;
     crate::accounts::user_revoked(st, &u.id, &u.username).await?;
-    Ok(serde_json::to_value(ended).unwrap_or_default())
+    // Their tokens stay disabled if the person is enabled again: each must
+    // be re-enabled on purpose (`alpacon token enable`), so a token that
+    // leaked while its owner was away does not come back with them.
+    let tokens =
+        sqlx::query("UPDATE api_tokens SET enabled = 0 WHERE user_id = $1 AND enabled = 1")
+            .bind(&u.id)
+            .execute(&st.db.pool)
+            .await?
+            .rows_affected();
+    let mut v = serde_json::to_value(ended).unwrap_or_default();
+    v["tokens_disabled"] = json!(tokens);
+    Ok(v)
 }
 
 async fn delete_user(
@@ -534,6 +555,107 @@ fn default_shell() -> String {
     "/bin/bash".into()
 }
 
+/// Names servers keep for themselves: system accounts and privileged
+/// groups. A person or an Alpacon group with one of these names would be
+/// that account or group on every server (an invitation claiming `root`, a
+/// group called `shadow`), so none may be created with them.
+const RESERVED: &[&str] = &[
+    "root",
+    "daemon",
+    "bin",
+    "sys",
+    "sync",
+    "games",
+    "man",
+    "lp",
+    "mail",
+    "news",
+    "uucp",
+    "proxy",
+    "www-data",
+    "backup",
+    "list",
+    "irc",
+    "gnats",
+    "nobody",
+    "nogroup",
+    "_apt",
+    "messagebus",
+    "sshd",
+    "syslog",
+    "uuidd",
+    "tcpdump",
+    "tss",
+    "polkitd",
+    "avahi",
+    "postfix",
+    "postgres",
+    "mysql",
+    "redis",
+    "nginx",
+    "ntp",
+    "chrony",
+    "dnsmasq",
+    "sudo",
+    "wheel",
+    "adm",
+    "shadow",
+    "disk",
+    "kmem",
+    "tty",
+    "dialout",
+    "cdrom",
+    "floppy",
+    "tape",
+    "audio",
+    "video",
+    "plugdev",
+    "staff",
+    "users",
+    "input",
+    "kvm",
+    "render",
+    "netdev",
+    "docker",
+    "lxd",
+    "libvirt",
+    "operator",
+    "utmp",
+    "voice",
+    "src",
+    "sasl",
+    "crontab",
+    "ssh",
+    "ssl-cert",
+    "systemd-journal",
+    "alpacon-managed",
+    "alpamon",
+];
+
+/// Whether `n` is a name servers keep for themselves ([`RESERVED`], or any
+/// `systemd-` account).
+pub fn reserved_name(n: &str) -> bool {
+    RESERVED.contains(&n) || n.starts_with("systemd-")
+}
+
+/// A name for a new person (`what` = "username") or Alpacon group ("group
+/// name"): valid as an account name on servers and not a reserved one.
+pub fn check_new_name(what: &str, n: &str) -> Result<(), ApiError> {
+    if !valid_username(n) {
+        return Err(ApiError::bad_request(format!(
+            "{what} must start with a lowercase letter or '_' and contain only a-z, 0-9, '_', '-', '.' (at most 32): it becomes a name on servers"
+        )));
+    }
+    // `admin` is the initial superuser's name, but as a group it is sudo's
+    // on older Ubuntu.
+    if reserved_name(n) || (what != "username" && n == "admin") {
+        return Err(ApiError::bad_request(format!(
+            "{n:?} is a system name on servers; choose another {what}"
+        )));
+    }
+    Ok(())
+}
+
 /// Usernames double as account names on servers, so they follow useradd's
 /// rules.
 pub fn valid_username(u: &str) -> bool {
@@ -556,11 +678,7 @@ async fn create_user(
             "only a superuser can create a superuser",
         ));
     }
-    if !valid_username(&b.username) {
-        return Err(ApiError::bad_request(
-            "username must start with a lowercase letter or '_' and contain only a-z, 0-9, '_', '-', '.' (at most 32)",
-        ));
-    }
+    check_new_name("username", &b.username)?;
     check_profile(&b.email, &b.full_name, &b.shell)?;
     let hash = match (&b.password, b.is_service) {
         (Some(_), true) => {
@@ -654,6 +772,58 @@ async fn list_users(
 mod tests {
     use super::*;
     use crate::db::sqlite_url;
+
+    #[tokio::test]
+    async fn a_disabled_persons_tokens_stay_off_when_they_come_back() {
+        use axum::http::{Method, StatusCode};
+        let app = crate::testutil::TestApp::new().await;
+        let admin = app.admin_key().await;
+        let alice = app.user_key("alice").await;
+        let (s, v) = app
+            .call(
+                Method::POST,
+                "/api/auth/tokens/",
+                Some(&alice),
+                Some(json!({"name": "laptop"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let token = v["key"].as_str().unwrap().to_string();
+        let token_id = v["id"].as_str().unwrap().to_string();
+        let whoami = |k: String| {
+            let app = &app;
+            async move {
+                app.call(Method::GET, "/api/auth/whoami/", Some(&k), None)
+                    .await
+                    .0
+            }
+        };
+        assert_eq!(whoami(token.clone()).await, StatusCode::OK);
+        for active in [false, true] {
+            let (s, v) = app
+                .call(
+                    Method::PATCH,
+                    "/api/iam/users/alice/",
+                    Some(&admin),
+                    Some(json!({"is_active": active})),
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+        }
+        assert_eq!(whoami(token.clone()).await, StatusCode::UNAUTHORIZED);
+        // Re-enabled on purpose, it works again.
+        let alice = app.login("alice", "correct horse battery staple").await;
+        let (s, v) = app
+            .call(
+                Method::PATCH,
+                &format!("/api/auth/tokens/{token_id}/"),
+                Some(&alice),
+                Some(json!({"enabled": true})),
+            )
+            .await;
+        assert!(s.is_success(), "{v}");
+        assert_eq!(whoami(token).await, StatusCode::OK);
+    }
 
     #[tokio::test]
     async fn first_start_creates_admin_once_with_private_password_file() {

@@ -422,10 +422,10 @@ pub async fn password_login(
     username: &str,
     password: &str,
 ) -> Result<Value, ApiError> {
-    throttle::check(&st.db, username, ip, "password").await?;
+    let attempt = throttle::reserve(&st.db, username, ip, "password").await?;
     let user = crate::iam::verify_password(&st.db, username, password).await?;
     let Some(user) = user else {
-        throttle::record_failure(&st.db, username, ip).await?;
+        attempt.failed();
         // Record the attempted name (bounded: it is attacker-chosen).
         let attempted: String = username.chars().take(150).collect();
         audit::record(
@@ -446,7 +446,7 @@ pub async fn password_login(
     let e = enrolled(&st.db, &user.id).await?;
     match policy::login_next(&e, &policy) {
         LoginNext::Session => {
-            throttle::clear_account(&st.db, &user.username).await?;
+            attempt.succeeded().await?;
             create_session(
                 st,
                 &user.id,
@@ -459,7 +459,7 @@ pub async fn password_login(
             .await
         }
         LoginNext::EnrollOnly => {
-            throttle::clear_account(&st.db, &user.username).await?;
+            attempt.succeeded().await?;
             let mut v =
                 create_session(st, &user.id, &user.username, user.to_json(), ip, None, true)
                     .await?;
@@ -471,6 +471,7 @@ pub async fn password_login(
             Ok(v)
         }
         LoginNext::SecondFactor(methods) => {
+            attempt.passed().await?;
             let token = generate_key(MFA_TOKEN_PREFIX);
             let now = now_ms();
             let expires_at = now + MFA_TOKEN_TTL_MS;
@@ -619,7 +620,7 @@ async fn login_mfa(
             "this account is disabled",
         ));
     };
-    throttle::check(&st.db, &username, &ip, "mfa").await?;
+    let attempt = throttle::reserve(&st.db, &username, &ip, "mfa").await?;
     let policy = load_policy(&st.db).await?;
     let wa_state = match (&body.proof.webauthn, ch.state.get("webauthn")) {
         (Some(_), Some(s)) => {
@@ -639,7 +640,7 @@ async fn login_mfa(
     };
     match check_proof(&st, &ch.user_id, &username, body.proof, wa_state, &policy).await? {
         Err(reason) => {
-            throttle::record_failure(&st.db, &username, &ip).await?;
+            attempt.failed();
             audit::record(
                 &st.db,
                 Event::new("auth.login_failed")
@@ -667,7 +668,7 @@ async fn login_mfa(
                     "this login step was already used; log in again with your password",
                 ));
             }
-            throttle::clear_account(&st.db, &username).await?;
+            attempt.succeeded().await?;
             let user_json = ch
                 .state
                 .get("user")
@@ -827,7 +828,7 @@ async fn verify_session(
     Json(proof): Json<Proof>,
 ) -> Result<Json<Value>, ApiError> {
     let session_id = session_only(&caller)?.to_string();
-    throttle::check(&st.db, &caller.username, &caller.client_ip, "verify").await?;
+    let attempt = throttle::reserve(&st.db, &caller.username, &caller.client_ip, "verify").await?;
     let policy = load_policy(&st.db).await?;
     let wa_state = if proof.webauthn.is_some() {
         take_ceremony(&st.db, "webauthn_auth", &session_id)
@@ -847,7 +848,7 @@ async fn verify_session(
     .await?
     {
         Err(reason) => {
-            throttle::record_failure(&st.db, &caller.username, &caller.client_ip).await?;
+            attempt.failed();
             audit::record(
                 &st.db,
                 Event::new("mfa.verify")
@@ -862,6 +863,7 @@ async fn verify_session(
             ))
         }
         Ok(method) => {
+            attempt.succeeded().await?;
             let now = now_ms();
             mark_verified(&st.db, &session_id, now).await?;
             audit::record(
@@ -1024,7 +1026,7 @@ async fn totp_confirm(
     Json(body): Json<CodeBody>,
 ) -> Result<Json<Value>, ApiError> {
     let session_id = session_only(&caller)?.to_string();
-    throttle::check(&st.db, &caller.username, &caller.client_ip, "enroll").await?;
+    let attempt = throttle::reserve(&st.db, &caller.username, &caller.client_ip, "enroll").await?;
     let row = sqlx::query("SELECT secret, confirmed, last_step FROM mfa_totp WHERE user_id = $1")
         .bind(&caller.user_id)
         .fetch_optional(&st.db.pool)
@@ -1049,7 +1051,7 @@ async fn totp_confirm(
     let step = match totp::accept(&gen, &body.code, (now / 1000) as u64, last) {
         Ok(s) => s,
         Err(r) => {
-            throttle::record_failure(&st.db, &caller.username, &caller.client_ip).await?;
+            attempt.failed();
             audit::record(
                 &st.db,
                 Event::new("mfa.totp.confirm")
@@ -1079,6 +1081,7 @@ async fn totp_confirm(
             "this TOTP authenticator was confirmed meanwhile",
         ));
     }
+    attempt.passed().await?;
     // Proving the new factor is a verification.
     mark_verified(&st.db, &session_id, now).await?;
     audit::record(&st.db, Event::new("mfa.totp.confirm").by(&caller)).await?;

@@ -4,10 +4,9 @@
 //! nothing. [`retry_after`] is the pure decision; the rest is storage.
 
 use serde_json::json;
-use sqlx::Row;
 
 use crate::audit::{self, Event};
-use crate::db::{new_id, now_ms, Db};
+use crate::db::{new_id, now_ms, Backend, Db};
 use crate::error::ApiError;
 
 /// When failures lock a subject out, and for how long.
@@ -22,11 +21,23 @@ pub struct Limit {
     pub max_lock_ms: i64,
 }
 
-/// Per account: 5 failures within 15 minutes lock logins for 1 minute,
-/// doubling with every further failure that day, up to an hour.
+/// Per account *and* address: 5 failures within 15 minutes lock that
+/// account from that address for 1 minute, doubling with every further
+/// failure that day, up to an hour. Keyed by both so that someone guessing
+/// from one address cannot lock the right password out from every other.
 pub const ACCOUNT: Limit = Limit {
     window_ms: 15 * 60_000,
     max_failures: 5,
+    base_lock_ms: 60_000,
+    max_lock_ms: 3_600_000,
+};
+
+/// Per account from all addresses together: guessing spread over many
+/// addresses still meets a limit, high enough that one address cannot
+/// reach it alone (that takes more than three locked-out addresses).
+pub const ACCOUNT_ANYWHERE: Limit = Limit {
+    window_ms: 15 * 60_000,
+    max_failures: 100,
     base_lock_ms: 60_000,
     max_lock_ms: 3_600_000,
 };
@@ -92,57 +103,168 @@ pub fn wait_secs(ms: i64) -> i64 {
     ((ms + 999) / 1000).max(1)
 }
 
-fn account_subject(username: &str) -> String {
+fn bounded(username: &str) -> String {
     // The name is attacker-chosen: bound it.
-    let name: String = username.chars().take(150).collect();
-    format!("user:{name}")
+    username.chars().take(150).collect()
 }
 
-fn address_subject(ip: &str) -> String {
-    format!("ip:{ip}")
+/// The subjects an attempt counts against, with their limits and how a
+/// refusal names them.
+fn subjects(username: &str, ip: &str) -> [(String, &'static Limit, &'static str); 3] {
+    let name = bounded(username);
+    [
+        (
+            format!("user:{name}|ip:{ip}"),
+            &ACCOUNT,
+            "for this account from this address",
+        ),
+        (format!("ip:{ip}"), &ADDRESS, "from this address"),
+        (
+            format!("user:{name}"),
+            &ACCOUNT_ANYWHERE,
+            "for this account",
+        ),
+    ]
 }
 
-async fn failures(db: &Db, subject: &str, now: i64) -> Result<Vec<i64>, ApiError> {
-    let rows = sqlx::query(
-        "SELECT ts FROM login_failures WHERE subject = $1 AND ts > $2
-         ORDER BY ts DESC LIMIT 1000",
-    )
-    .bind(subject)
-    .bind(now - MEMORY_MS)
-    .fetch_all(&db.pool)
-    .await?;
-    rows.iter()
-        .map(|r| r.try_get::<i64, _>("ts").map_err(ApiError::from))
-        .collect()
+/// Logins (and second-factor checks) verified at once in this process.
+/// Each argon2 verification holds ~19 MiB for ~50 ms: without a bound, a
+/// burst of logins is a burst of memory.
+static VERIFYING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// An attempt counted, before it is checked, as a failure of each of its
+/// subjects. Settle it with [`Attempt::failed`] (it stays a failure) or
+/// [`Attempt::succeeded`]; dropped otherwise (an error on the way), it is
+/// withdrawn. Holding it holds one of the few verification slots.
+pub struct Attempt {
+    db: Db,
+    ids: Vec<String>,
+    subjects: Vec<String>,
+    settled: bool,
+    _slot: tokio::sync::SemaphorePermit<'static>,
 }
 
-/// Refuses (429 `login_throttled`, audited as `auth.login_throttled`) a
-/// login attempt for `username` from `ip` while either is locked.
-pub async fn check(db: &Db, username: &str, ip: &str, stage: &str) -> Result<(), ApiError> {
+impl Attempt {
+    /// The attempt was wrong: it stays counted.
+    pub fn failed(mut self) {
+        self.settled = true;
+    }
+
+    /// Right, and the login is complete: the account's failures (from
+    /// this address and everywhere) are forgiven; the address's are not
+    /// (one right password must not reset a guesser's budget for other
+    /// names), only this attempt's own count is withdrawn.
+    pub async fn succeeded(mut self) -> Result<(), ApiError> {
+        self.settled = true;
+        let mut tx = self.db.pool.begin().await?;
+        for subject in [&self.subjects[0], &self.subjects[2]] {
+            sqlx::query("DELETE FROM login_failures WHERE subject = $1")
+                .bind(subject)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM login_failures WHERE id = $1")
+            .bind(&self.ids[1])
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Right, but the login goes on (a second factor follows): only this
+    /// attempt's count is withdrawn.
+    pub async fn passed(mut self) -> Result<(), ApiError> {
+        self.settled = true;
+        withdraw(&self.db, &self.ids).await
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if !self.settled {
+            let (db, ids) = (self.db.clone(), std::mem::take(&mut self.ids));
+            tokio::spawn(async move {
+                if let Err(e) = withdraw(&db, &ids).await {
+                    tracing::warn!("cannot withdraw a login attempt: {}", e.detail);
+                }
+            });
+        }
+    }
+}
+
+async fn withdraw(db: &Db, ids: &[String]) -> Result<(), ApiError> {
+    for id in ids {
+        sqlx::query("DELETE FROM login_failures WHERE id = $1")
+            .bind(id)
+            .execute(&db.pool)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Counts an attempt for `username` from `ip` against its subjects and lets
+/// it through unless the attempts before it lock one of them: then 429
+/// `login_throttled` (audited as `auth.login_throttled`), and the refused
+/// attempt is not counted. Counting first, in one transaction that
+/// concurrent attempts (and gateway nodes) pass one at a time, is what
+/// stops 30 parallel guesses from all being checked against a limit of 5.
+pub async fn reserve(db: &Db, username: &str, ip: &str, stage: &str) -> Result<Attempt, ApiError> {
+    let slot = VERIFYING
+        .acquire()
+        .await
+        .map_err(|_| ApiError::unavailable("busy", "the gateway is shutting down"))?;
     let now = now_ms();
-    let account = retry_after(
-        &failures(db, &account_subject(username), now).await?,
-        now,
-        &ACCOUNT,
-    );
-    let address = retry_after(
-        &failures(db, &address_subject(ip), now).await?,
-        now,
-        &ADDRESS,
-    );
-    let (wait, what) = match (account, address) {
-        (None, None) => return Ok(()),
-        (Some(a), Some(b)) if b > a => (b, "from this address"),
-        (Some(a), _) => (a, "for this account"),
-        (None, Some(b)) => (b, "from this address"),
+    let subjects = subjects(username, ip);
+    let ids: Vec<String> = subjects.iter().map(|_| new_id()).collect();
+    let mut tx = db.pool.begin().await?;
+    if db.backend == Backend::Postgres {
+        // SQLite serialises writers already (the first INSERT takes the
+        // write lock); PostgreSQL needs a lock for the same effect.
+        sqlx::query("SELECT pg_advisory_xact_lock(7368041)")
+            .execute(&mut *tx)
+            .await?;
+    }
+    let mut refusal: Option<(i64, &str)> = None;
+    for ((subject, limit, what), id) in subjects.iter().zip(&ids) {
+        sqlx::query("INSERT INTO login_failures (id, subject, ts) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(subject)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let before: Vec<i64> = sqlx::query_scalar(
+            "SELECT ts FROM login_failures WHERE subject = $1 AND ts > $2 AND id <> $3
+             ORDER BY ts DESC LIMIT 1000",
+        )
+        .bind(subject)
+        .bind(now - MEMORY_MS)
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        if let Some(wait) = retry_after(&before, now, limit) {
+            if refusal.is_none_or(|(w, _)| wait > w) {
+                refusal = Some((wait, what));
+            }
+        }
+    }
+    let Some((wait, what)) = refusal else {
+        tx.commit().await?;
+        prune(db, now).await;
+        return Ok(Attempt {
+            db: db.clone(),
+            ids,
+            subjects: subjects.into_iter().map(|(s, _, _)| s).collect(),
+            settled: false,
+            _slot: slot,
+        });
     };
+    tx.rollback().await?;
     let secs = wait_secs(wait);
-    let attempted: String = username.chars().take(150).collect();
     audit::record(
         db,
         Event::new("auth.login_throttled")
             .failed()
-            .actor_name(&attempted)
+            .actor_name(&bounded(username))
             .ip(ip)
             .detail(json!({ "retry_after_secs": secs, "scope": what, "stage": stage })),
     )
@@ -154,37 +276,106 @@ pub async fn check(db: &Db, username: &str, ip: &str, stage: &str) -> Result<(),
     ))
 }
 
-/// Counts one failed attempt against the account and the address.
-pub async fn record_failure(db: &Db, username: &str, ip: &str) -> Result<(), ApiError> {
-    let now = now_ms();
-    for subject in [account_subject(username), address_subject(ip)] {
-        sqlx::query("INSERT INTO login_failures (id, subject, ts) VALUES ($1, $2, $3)")
-            .bind(new_id())
-            .bind(subject)
-            .bind(now)
+/// Failures older than [`MEMORY_MS`] go, now and then.
+async fn prune(db: &Db, now: i64) {
+    if rand::random::<u8>() < 8 {
+        let r = sqlx::query("DELETE FROM login_failures WHERE ts < $1")
+            .bind(now - MEMORY_MS)
             .execute(&db.pool)
-            .await?;
+            .await;
+        if let Err(e) = r {
+            tracing::warn!("cannot prune old login failures: {e}");
+        }
     }
-    sqlx::query("DELETE FROM login_failures WHERE ts < $1")
-        .bind(now - MEMORY_MS)
-        .execute(&db.pool)
-        .await?;
-    Ok(())
-}
-
-/// A completed login forgives the account's failures (not the address's:
-/// one right password must not reset a guesser's budget for other names).
-pub async fn clear_account(db: &Db, username: &str) -> Result<(), ApiError> {
-    sqlx::query("DELETE FROM login_failures WHERE subject = $1")
-        .bind(account_subject(username))
-        .execute(&db.pool)
-        .await?;
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
+
+    #[tokio::test]
+    async fn parallel_guesses_are_counted_before_they_are_checked() {
+        let app = crate::testutil::TestApp::new().await;
+        let guesses = (0..30).map(|i| {
+            let app = &app;
+            async move {
+                app.try_login_from("198.51.100.1", "admin", &format!("wrong-{i}"))
+                    .await
+                    .0
+            }
+        });
+        let answers = futures_util::future::join_all(guesses).await;
+        let checked = answers
+            .iter()
+            .filter(|s| **s == StatusCode::UNAUTHORIZED)
+            .count();
+        let throttled = answers
+            .iter()
+            .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+            .count();
+        assert_eq!((checked, throttled), (5, 25), "{answers:?}");
+        // Only the checked ones count as failures.
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM login_failures WHERE subject = 'ip:198.51.100.1'",
+        )
+        .fetch_one(&app.state.db.pool)
+        .await
+        .unwrap();
+        assert_eq!(n, 5);
+    }
+
+    #[tokio::test]
+    async fn a_lock_from_one_address_does_not_lock_the_account_everywhere() {
+        let app = crate::testutil::TestApp::new().await;
+        let pw = app.admin_password.clone();
+        for i in 0..5 {
+            let (s, _) = app
+                .try_login_from("198.51.100.1", "admin", &format!("x{i}"))
+                .await;
+            assert_eq!(s, StatusCode::UNAUTHORIZED);
+        }
+        // The guesser's address is locked, even with the right password...
+        let (s, v) = app.try_login_from("198.51.100.1", "admin", &pw).await;
+        assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+        assert_eq!(v["code"], "login_throttled");
+        // ...the owner, elsewhere, is not.
+        let (s, v) = app.try_login_from("203.0.113.9", "admin", &pw).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_ends_in_an_error_is_withdrawn() {
+        let app = crate::testutil::TestApp::new().await;
+        let db = &app.state.db;
+        let a = reserve(db, "admin", "198.51.100.2", "password")
+            .await
+            .unwrap();
+        let count = || async {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM login_failures")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap()
+        };
+        assert_eq!(
+            count().await,
+            3,
+            "counted against pair, address and account"
+        );
+        drop(a);
+        for _ in 0..100 {
+            if count().await == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(count().await, 0);
+        let a = reserve(db, "admin", "198.51.100.2", "password")
+            .await
+            .unwrap();
+        a.failed();
+        assert_eq!(count().await, 3);
+    }
 
     const MIN: i64 = 60_000;
 

@@ -410,6 +410,7 @@ async fn drive(
             Err(e) => return Ending::Closed(format!("cannot write the session log: {e}")),
         };
         let mut unacked = 0u64;
+        let mut log_failed = false;
         // Output the clients have caught up with is acknowledged once the
         // terminal has been quiet for a moment, not per chunk: an ack per
         // echoed keystroke would cross the link right behind the echo, in
@@ -456,9 +457,25 @@ async fn drive(
             };
             match ev {
                 Some(Event::Data(d)) => {
-                    // In the log before readers are told of it.
+                    if log_failed {
+                        // Being hung up: what we cannot store is dropped.
+                        continue;
+                    }
+                    // In the log before readers are told of it. A terminal
+                    // whose output cannot be kept (the disk is full) is hung
+                    // up on the server too, like any close: its shell must
+                    // not live on unrecorded, nor come back after a restart.
                     if let Err(e) = raw.write_all(&d) {
-                        break Some(Ending::Closed(format!("cannot write the session log: {e}")));
+                        log_failed = true;
+                        let reason = if crate::error::is_no_space(&e) {
+                            "the gateway's disk is full: the terminal's output could not be recorded".to_string()
+                        } else {
+                            format!("cannot write the session log: {e}")
+                        };
+                        tracing::error!(session = %live.id, "{reason}; hanging up");
+                        let (state, id) = (state.clone(), live.id.clone());
+                        tokio::spawn(async move { close_live(&state, &id, &reason).await });
+                        continue;
                     }
                     let recorded = {
                         let mut st = live.st();
@@ -537,38 +554,65 @@ async fn finish_session(state: &AppState, live: &Arc<Live>, ending: Ending) {
         Ending::Closed(r) => (None, Some(r.clone())),
     };
     let recorded = live.st().recorded as i64;
-    let r = sqlx::query(
+    let closed_at = now_ms();
+    // The end and its audit event commit together, retried until they do
+    // (the disk may be full): a session left `open` in the database would
+    // be brought back after a restart though its users were told it ended.
+    // The session stays in the registry meanwhile, so nothing restores it.
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match record_end(state, live, code, &reason, recorded, closed_at).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::error!(
+                    session = %live.id,
+                    "could not record the end of the session ({}); retrying in {delay:?}",
+                    e.detail
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    tracing::info!(session = %live.id, ?ending, "terminal session ended");
+}
+
+async fn record_end(
+    state: &AppState,
+    live: &Live,
+    code: Option<i64>,
+    reason: &Option<String>,
+    recorded: i64,
+    closed_at: i64,
+) -> Result<(), ApiError> {
+    let server = servers::get_by_id(&state.db, &live.server_id).await?;
+    let mut tx = state.db.pool.begin().await?;
+    let closed = sqlx::query(
         "UPDATE websh_sessions SET status = 'closed', closed_at = $1, exit_code = $2,
              close_reason = $3, output_bytes = $4 WHERE id = $5 AND status = 'open'",
     )
-    .bind(now_ms())
+    .bind(closed_at)
     .bind(code)
-    .bind(&reason)
+    .bind(reason)
     .bind(recorded)
     .bind(&live.id)
-    .execute(&state.db.pool)
-    .await;
-    if let Err(e) = r {
-        tracing::error!(session = %live.id, "could not record the end of a session: {e}");
+    .execute(&mut *tx)
+    .await?;
+    if closed.rows_affected() == 1 {
+        let ev = AuditEvent::new("websh.close")
+            .actor_name(&live.account.username)
+            .server(
+                &live.server_id,
+                server.as_ref().map(|s| s.name.as_str()).unwrap_or(""),
+            )
+            .detail(
+                json!({"session": live.id, "exit_code": code, "reason": reason,
+                           "output_bytes": recorded}),
+            );
+        audit::record_in(&mut tx, ev).await?;
     }
-    let server = servers::get_by_id(&state.db, &live.server_id)
-        .await
-        .ok()
-        .flatten();
-    let ev = AuditEvent::new("websh.close")
-        .actor_name(&live.account.username)
-        .server(
-            &live.server_id,
-            server.as_ref().map(|s| s.name.as_str()).unwrap_or(""),
-        )
-        .detail(
-            json!({"session": live.id, "exit_code": code, "reason": reason,
-                       "output_bytes": recorded}),
-        );
-    if let Err(e) = audit::record(&state.db, ev).await {
-        tracing::warn!("audit write failed: {}", e.detail);
-    }
-    tracing::info!(session = %live.id, ?ending, "terminal session ended");
+    tx.commit().await?;
+    Ok(())
 }
 
 fn session_dir(state: &AppState) -> PathBuf {
@@ -880,21 +924,16 @@ async fn create(
         "websh.open",
     )
     .await?;
-    if !caller.may_use_account(&username) {
-        let ev = AuditEvent::new("websh.open")
-            .failed()
-            .by(&caller)
-            .server(&server.id, &server.name)
-            .detail(json!({"username": username, "reason": "account_not_allowed"}));
-        audit::record(&state.db, ev).await?;
-        return Err(ApiError::forbidden(
-            "account_not_allowed",
-            format!(
-                "you may only open terminals as your own account ({}); using {username:?} needs staff or superuser rights",
-                caller.username
-            ),
-        ));
-    }
+    crate::accounts::check_use(
+        &state,
+        &caller,
+        &server,
+        &username,
+        body.groupname.as_deref(),
+        "websh.open",
+        json!({}),
+    )
+    .await?;
     // Token ACLs (acl.rs): server ACL; no terminal with a command ACL.
     crate::acl::enforce_terminal(
         &state,
@@ -916,17 +955,14 @@ async fn create(
     }
     let id = new_id();
     let now = now_ms();
-    tokio::fs::create_dir_all(session_dir(&state))
-        .await
-        .map_err(ApiError::internal)?;
+    tokio::fs::create_dir_all(session_dir(&state)).await?;
     let cast = CastWriter::create(
         &cast_path(&state, &id),
         cols,
         rows,
         &format!("{}@{}", username, server.name),
         now / 1000,
-    )
-    .map_err(ApiError::internal)?;
+    )?;
     sqlx::query(
         "INSERT INTO websh_sessions (id, server_id, user_id, username, groupname, rows_, cols,
              status, created_at, output_bytes, token_id, client_ip, last_activity_at,
@@ -985,7 +1021,11 @@ async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let page = q.page.page()?;
     let server_id = match &q.server {
-        Some(s) => Some(servers::resolve(&state.db, s).await?.id),
+        Some(s) => Some(
+            servers::resolve_for(&state, &caller, s, "websh.list")
+                .await?
+                .id,
+        ),
         None => None,
     };
     let mine = (!caller.is_admin()).then(|| caller.user_id.clone());
@@ -1124,11 +1164,53 @@ async fn attach(
         .filter(|c| !c.is_empty() && c.len() <= 64)
         .unwrap_or_else(|| format!("{}-{}", caller.user_id, new_id()));
     let offset = q.offset.unwrap_or(0);
+    // Every attachment is known to revocation: the person, the token they
+    // came with, their reach (if they may type), their admin role (if they
+    // watch by it); a share link's expiry ends it too.
+    let owner = crate::revoke::Owner {
+        user_id: caller.user_id.clone(),
+        token_id: caller.token_id.clone(),
+        work_session: None,
+        by_role: access == Access::Watcher,
+        reaches: !access.read_only(),
+    };
+    let guard = state.ops.register(owner, &row.server_id);
+    let until = match access {
+        Access::Participant { .. } => {
+            sqlx::query_scalar::<_, Option<i64>>(
+                "SELECT MAX(expires_at) FROM websh_participants
+                 WHERE session_id = $1 AND user_id = $2",
+            )
+            .bind(&row.id)
+            .bind(&caller.user_id)
+            .fetch_one(&state.db.pool)
+            .await?
+        }
+        _ => None,
+    };
+    let attachment = Attachment {
+        access,
+        client,
+        offset,
+        guard,
+        until,
+    };
     Ok(ws
         .max_message_size(1 << 20)
         .on_upgrade(move |socket| async move {
-            serve_client(state, row, live, access, client, offset, socket).await;
+            serve_client(state, row, live, attachment, socket).await;
         }))
+}
+
+/// One client attached to a terminal.
+struct Attachment {
+    access: Access,
+    client: String,
+    offset: u64,
+    /// Registered with revocation for as long as the client is attached.
+    guard: crate::revoke::OpGuard,
+    /// When a share link's access ends (unix ms).
+    until: Option<i64>,
 }
 
 async fn send_msg(
@@ -1143,11 +1225,16 @@ async fn serve_client(
     state: AppState,
     row: SessionRow,
     live: Option<Arc<Live>>,
-    access: Access,
-    client: String,
-    offset: u64,
+    att: Attachment,
     socket: WebSocket,
 ) {
+    let Attachment {
+        access,
+        client,
+        offset,
+        guard,
+        until,
+    } = att;
     let (mut sink, mut source) = socket.split();
     let raw = raw_path(&state, &row.id);
     let (recorded, input_offset, rows, cols) = match &live {
@@ -1190,9 +1277,13 @@ async fn serve_client(
         let state = state.clone();
         let id = row.id.clone();
         let client = client.clone();
+        let revoked = guard.token();
         tokio::spawn(async move {
             while let Some(Ok(msg)) = source.next().await {
                 let Some(l) = &live else { continue };
+                if revoked.is_cancelled() || until.is_some_and(|t| now_ms() >= t) {
+                    break;
+                }
                 match msg {
                     Message::Binary(b) if !read_only => l.input(&client, b).await,
                     Message::Text(t) => match serde_json::from_str::<ClientMsg>(&t) {
@@ -1211,8 +1302,27 @@ async fn serve_client(
             }
         })
     };
-    let _ = stream_output(&raw, live.as_ref(), offset, &mut sink, &state, &row.id).await;
+    let expiry = async {
+        match until {
+            Some(t) => {
+                tokio::time::sleep(Duration::from_millis((t - now_ms()).max(0) as u64)).await
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let cut = tokio::select! {
+        _ = stream_output(&raw, live.as_ref(), offset, &mut sink, &state, &row.id) => None,
+        _ = guard.revoked() => Some(format!(
+            "access revoked: {}",
+            guard.reason().unwrap_or("your access to this terminal ended")
+        )),
+        _ = expiry => Some("the share link expired".to_string()),
+    };
     reader.abort();
+    if let Some(reason) = cut {
+        tracing::info!(session = %row.id, %reason, "client detached");
+        send_msg(&mut sink, &ServerMsg::Closed { reason }).await;
+    }
     let _ = sink.close().await;
 }
 
@@ -1362,18 +1472,40 @@ async fn stored_ending(state: &AppState, id: &str) -> Ending {
     }
 }
 
+/// A recording is read by whoever may see the session, and by a token only
+/// if it could have used the terminal: one limited to a command ACL (or to
+/// other servers) reads no recordings, as it opens no terminals.
+async fn readable_recording(
+    state: &AppState,
+    caller: &Caller,
+    row: &SessionRow,
+    action: &str,
+) -> Result<(), ApiError> {
+    access(state, caller, row).await?;
+    crate::acl::enforce_terminal(
+        state,
+        caller,
+        &row.server_id,
+        row.json["server_name"].as_str().unwrap_or(""),
+        action,
+        json!({"session": row.id}),
+    )
+    .await?;
+    if let Some(l) = state.relay.websh.get(&row.id) {
+        if let Some(w) = l.cast().as_mut() {
+            let _ = w.flush();
+        }
+    }
+    Ok(())
+}
+
 async fn recording_file(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let row = fetch(&state, &id).await?;
-    access(&state, &caller, &row).await?;
-    if let Some(l) = state.relay.websh.get(&id) {
-        if let Some(w) = l.cast().as_mut() {
-            let _ = w.flush();
-        }
-    }
+    readable_recording(&state, &caller, &row, "websh.recording").await?;
     let body = tokio::fs::read(cast_path(&state, &id))
         .await
         .map_err(|_| ApiError::not_found("not_found", "this session has no recording"))?;
@@ -1393,12 +1525,7 @@ async fn records(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let row = fetch(&state, &id).await?;
-    access(&state, &caller, &row).await?;
-    if let Some(l) = state.relay.websh.get(&id) {
-        if let Some(w) = l.cast().as_mut() {
-            let _ = w.flush();
-        }
-    }
+    readable_recording(&state, &caller, &row, "websh.records").await?;
     let text = tokio::fs::read_to_string(cast_path(&state, &id))
         .await
         .unwrap_or_default();
@@ -1639,6 +1766,67 @@ mod tests {
         assert_eq!(decide_access(false, None, false), None);
         assert!(Access::Watcher.read_only());
         assert!(!Access::Owner.read_only());
+    }
+
+    #[tokio::test]
+    async fn a_token_limited_to_commands_reads_no_recordings() {
+        use axum::http::Method;
+        let app = crate::testutil::TestApp::new().await;
+        let admin = app.admin_key().await;
+        let server = app.add_server("web-1", 1).await;
+        let admin_id: String = sqlx::query_scalar("SELECT id FROM users WHERE username = 'admin'")
+            .fetch_one(&app.state.db.pool)
+            .await
+            .unwrap();
+        let id = new_id();
+        sqlx::query(
+            "INSERT INTO websh_sessions (id, server_id, user_id, username, rows_, cols, status,
+                 created_at, last_activity_at)
+             VALUES ($1, $2, $3, 'root', 24, 80, 'closed', 0, 0)",
+        )
+        .bind(&id)
+        .bind(&server)
+        .bind(&admin_id)
+        .execute(&app.state.db.pool)
+        .await
+        .unwrap();
+        std::fs::create_dir_all(session_dir(&app.state)).unwrap();
+        std::fs::write(
+            cast_path(&app.state, &id),
+            "{\"version\": 2, \"width\": 80, \"height\": 24}\n[0.1, \"i\", \"cat /etc/shadow\\r\"]\n",
+        )
+        .unwrap();
+        let (s, v) = app
+            .call(
+                Method::POST,
+                "/api/auth/tokens/",
+                Some(&admin),
+                Some(json!({"name": "ci"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let token = v["key"].as_str().unwrap().to_string();
+        let recording = format!("/api/websh/sessions/{id}/recording");
+        let records = format!("/api/websh/sessions/{id}/records/");
+        // Unrestricted: the owner's token reads their recording.
+        let (s, _) = app.call(Method::GET, &recording, Some(&token), None).await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, v) = app
+            .call(
+                Method::POST,
+                "/api/security/command-acl/",
+                Some(&admin),
+                Some(json!({"token": "ci", "line": "uptime"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        for path in [&recording, &records] {
+            let (s, v) = app.call(Method::GET, path, Some(&token), None).await;
+            assert_eq!(s, StatusCode::FORBIDDEN, "{path}: {v}");
+        }
+        // The session key still reads it.
+        let (s, _) = app.call(Method::GET, &records, Some(&admin), None).await;
+        assert_eq!(s, StatusCode::OK);
     }
 
     #[test]

@@ -174,7 +174,10 @@ fn to_json(s: &Session) -> Value {
 /// Writes `n` over the session's lifecycle columns if it is still in
 /// `from` (another node or request may have moved it). Returns whether this
 /// caller made the change.
-async fn store_life(db: &Db, id: &str, from: Status, n: &Life) -> Result<bool, ApiError> {
+async fn store_life<'e, E>(ex: E, id: &str, from: Status, n: &Life) -> Result<bool, ApiError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let ended = n.status.is_final().then(now_ms);
     let r = sqlx::query(
         "UPDATE work_sessions SET status = $1, starts_at = $2, duration_ms = $3,
@@ -191,7 +194,7 @@ async fn store_life(db: &Db, id: &str, from: Status, n: &Life) -> Result<bool, A
     .bind(ended)
     .bind(id)
     .bind(from.as_str())
-    .execute(&db.pool)
+    .execute(ex)
     .await?;
     Ok(r.rows_affected() == 1)
 }
@@ -529,7 +532,7 @@ async fn transition(st: &AppState, id: &str, e: Ev, reason: &str) -> Result<Sess
     if n == ws.life {
         return Ok(ws);
     }
-    if !store_life(&st.db, id, ws.life.status, &n).await? {
+    if !store_life(&st.db.pool, id, ws.life.status, &n).await? {
         return Err(ApiError::conflict(
             "work_session_state",
             "the session changed meanwhile; look again",
@@ -662,8 +665,8 @@ fn parse_duration_field(v: &Value, what: &str) -> Result<Option<i64>, ApiError> 
         Value::Null => Ok(None),
         Value::Number(n) => n
             .as_i64()
-            .filter(|s| *s > 0)
-            .map(|s| Some(s * 1000))
+            .and_then(state::duration_from_secs)
+            .map(Some)
             .ok_or_else(|| {
                 ApiError::bad_request(format!("{what} must be a positive number of seconds"))
             }),
@@ -948,22 +951,23 @@ async fn approve(
         Some(_) => parse_time(&b.starts_at)?,
         None => ws.life.starts_at,
     };
+    // Everything is checked before anything is written.
     let mut adjusted = json!({});
-    if let Some(sc) = &b.scopes {
-        let sc = parse_scope_list(sc)?;
-        if let Some(x) = sc.iter().find(|s| !ws.scopes.contains(s)) {
-            return Err(ApiError::bad_request(format!(
-                "{} was not requested; approval can only narrow the scopes",
-                x.as_str()
-            )));
+    let scopes = match &b.scopes {
+        Some(sc) => {
+            let sc = parse_scope_list(sc)?;
+            if let Some(x) = sc.iter().find(|s| !ws.scopes.contains(s)) {
+                return Err(ApiError::bad_request(format!(
+                    "{} was not requested; approval can only narrow the scopes",
+                    x.as_str()
+                )));
+            }
+            adjusted["scopes"] = json!(sc.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+            Some(serde_json::to_string(&sc).map_err(ApiError::internal)?)
         }
-        sqlx::query("UPDATE work_sessions SET scopes = $1 WHERE id = $2 AND status = 'pending'")
-            .bind(serde_json::to_string(&sc).map_err(ApiError::internal)?)
-            .bind(&id)
-            .execute(&st.db.pool)
-            .await?;
-        adjusted["scopes"] = json!(sc.iter().map(|s| s.as_str()).collect::<Vec<_>>());
-    }
+        None => None,
+    };
+    let mut dropped: Vec<String> = Vec::new();
     if let Some(svs) = &b.servers {
         let mut keep = Vec::new();
         for s in svs {
@@ -979,51 +983,76 @@ async fn approve(
         if keep.is_empty() {
             return Err(ApiError::bad_request("keep at least one server, or reject"));
         }
-        for s in ws
+        dropped = ws
             .servers
             .iter()
-            .map(|s| &s.id)
+            .map(|s| s.id.clone())
             .filter(|s| !keep.contains(s))
-        {
-            sqlx::query(
-                "DELETE FROM work_session_servers WHERE session_id = $1 AND server_id = $2",
-            )
-            .bind(&id)
-            .bind(s)
-            .execute(&st.db.pool)
-            .await?;
-        }
+            .collect();
         adjusted["servers"] = json!(svs);
     }
     if duration != ws.life.duration_ms {
         adjusted["duration_seconds"] = json!(duration / 1000);
     }
-    sqlx::query("UPDATE work_sessions SET decided_at = $1, decided_by = $2, decision_note = $3 WHERE id = $4")
-        .bind(now_ms())
-        .bind(&caller.user_id)
-        .bind(&b.note)
-        .bind(&id)
-        .execute(&st.db.pool)
-        .await?;
-    record(
-        &st,
-        Event::new("work_session.approve")
-            .by(&caller)
-            .detail(json!({"adjusted": adjusted, "note": b.note})),
-        &id,
-    )
-    .await?;
-    let ws = transition(
-        &st,
-        &id,
-        Ev::Approve {
-            now: now_ms(),
+    let now = now_ms();
+    let n = state::apply(
+        &ws.life,
+        &Ev::Approve {
+            now,
             starts_at,
             duration_ms: duration,
         },
-        "approved",
     )
+    .map_err(|state::Refused(why)| {
+        ApiError::conflict(
+            "work_session_state",
+            format!("{why} (it is {})", ws.life.status.as_str()),
+        )
+    })?;
+    // The decision, what it narrowed and its audit event commit together,
+    // and only if the session is still as we read it: of two admins
+    // approving at once one wins, and only the winner is recorded.
+    let mut tx = st.db.pool.begin().await?;
+    if !store_life(&mut *tx, &id, ws.life.status, &n).await? {
+        return Err(ApiError::conflict(
+            "work_session_state",
+            "the session was decided meanwhile; look again",
+        ));
+    }
+    if let Some(sc) = &scopes {
+        sqlx::query("UPDATE work_sessions SET scopes = $1 WHERE id = $2")
+            .bind(sc)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    for s in &dropped {
+        sqlx::query("DELETE FROM work_session_servers WHERE session_id = $1 AND server_id = $2")
+            .bind(&id)
+            .bind(s)
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(
+        "UPDATE work_sessions SET decided_at = $1, decided_by = $2, decision_note = $3 WHERE id = $4",
+    )
+    .bind(now)
+    .bind(&caller.user_id)
+    .bind(&b.note)
+    .bind(&id)
+    .execute(&mut *tx)
     .await?;
+    let ev = Event::new("work_session.approve")
+        .by(&caller)
+        .work_session(Some(&id))
+        .detail(json!({"adjusted": adjusted, "note": b.note}));
+    audit::record_in(&mut tx, ev).await?;
+    tx.commit().await?;
+    // What the new state brings (activation, sudo), on the narrowed session.
+    let mut decided = load(&st.db, &id).await?.ok_or_else(|| not_found(&id))?;
+    decided.life = ws.life;
+    after(&st, &decided, &n, "approved").await?;
+    let ws = load(&st.db, &id).await?.ok_or_else(|| not_found(&id))?;
     Ok(Json(to_json(&ws)))
 }
 
@@ -1144,7 +1173,10 @@ async fn extend(
     }
     let ms = parse_duration_field(&b.duration, "duration")?
         .ok_or_else(|| ApiError::bad_request("give the extra `duration`, e.g. \"1h\""))?;
-    check_duration(&policy(&st.db).await?, ws.life.duration_ms + ms)?;
+    check_duration(
+        &policy(&st.db).await?,
+        ws.life.duration_ms.saturating_add(ms),
+    )?;
     let ws = transition(&st, &id, Ev::RequestExtension { ms }, "extension requested").await?;
     record(
         &st,
@@ -1360,4 +1392,99 @@ async fn put_policy(
     )
     .await?;
     Ok(Json(serde_json::to_value(&p).map_err(ApiError::internal)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testutil::TestApp;
+    use axum::http::{Method, StatusCode};
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn of_two_racing_approvals_one_wins_and_only_it_is_recorded() {
+        let app = TestApp::new().await;
+        let admin = app.admin_key().await;
+        let web = app.add_server("web-1", 1).await;
+        let alice = app.user_key("alice").await;
+        app.reach("alice", &web).await;
+        let staff = app.user_key("carol").await;
+        sqlx::query("UPDATE users SET is_staff = 1 WHERE username = 'carol'")
+            .execute(&app.state.db.pool)
+            .await
+            .unwrap();
+        let (s, v) = app
+            .call(
+                Method::POST,
+                "/api/work-sessions/sessions/",
+                Some(&alice),
+                Some(
+                    json!({"purpose": "INC-1", "servers": ["web-1"], "scopes": ["command"],
+                            "duration": "1h"}),
+                ),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let path = format!(
+            "/api/work-sessions/sessions/{}/approve/",
+            v["id"].as_str().unwrap()
+        );
+        let (a, b) = tokio::join!(
+            app.call(
+                Method::POST,
+                &path,
+                Some(&admin),
+                Some(json!({"note": "a"}))
+            ),
+            app.call(
+                Method::POST,
+                &path,
+                Some(&staff),
+                Some(json!({"note": "b"}))
+            ),
+        );
+        let mut statuses = [a.0, b.0];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [StatusCode::OK, StatusCode::CONFLICT],
+            "{a:?} {b:?}"
+        );
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM audit_events WHERE action = 'work_session.approve' AND result = 'ok'",
+        )
+        .fetch_one(&app.state.db.pool)
+        .await
+        .unwrap();
+        assert_eq!(n, 1);
+        let winner = if a.0 == StatusCode::OK { "a" } else { "b" };
+        let note: Option<String> = sqlx::query_scalar("SELECT decision_note FROM work_sessions")
+            .fetch_one(&app.state.db.pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            note.as_deref(),
+            Some(winner),
+            "the loser overwrote the decision"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_huge_numeric_duration_is_refused_not_wrapped() {
+        let app = TestApp::new().await;
+        let web = app.add_server("web-1", 1).await;
+        let alice = app.user_key("alice").await;
+        app.reach("alice", &web).await;
+        let (s, v) = app
+            .call(
+                Method::POST,
+                "/api/work-sessions/sessions/",
+                Some(&alice),
+                Some(
+                    json!({"purpose": "x", "servers": ["web-1"], "scopes": ["command"],
+                            "duration": i64::MAX}),
+                ),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    }
 }

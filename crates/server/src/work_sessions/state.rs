@@ -216,9 +216,9 @@ pub fn apply(s: &Life, e: &Event) -> Result<Life, Refused> {
                     "the approved extension must be positive and at most what was asked",
                 );
             }
-            n.duration_ms += ms;
+            n.duration_ms = n.duration_ms.saturating_add(*ms);
             if let Some(x) = n.expires_at.as_mut() {
-                *x += ms;
+                *x = x.saturating_add(*ms);
             }
             n.extension_ms = None;
         }
@@ -236,7 +236,7 @@ pub fn apply(s: &Life, e: &Event) -> Result<Life, Refused> {
 fn activate(n: &mut Life, at: i64) {
     n.status = Status::Active;
     n.activated_at = Some(at);
-    n.expires_at = Some(at + n.duration_ms);
+    n.expires_at = Some(at.saturating_add(n.duration_ms));
 }
 
 fn end_clock(n: &mut Life, now: i64) {
@@ -409,6 +409,12 @@ pub fn auto_approves(p: &Policy, requester_is_superuser: bool) -> bool {
 }
 
 /// Parses `90m`, `2h`, `1d`, `30s` (or plain seconds) into milliseconds.
+/// A duration given as a number of seconds, in ms; `None` unless positive
+/// and representable (a huge number must not wrap into a negative one).
+pub fn duration_from_secs(secs: i64) -> Option<i64> {
+    (secs > 0).then(|| secs.checked_mul(1000)).flatten()
+}
+
 pub fn parse_duration(s: &str) -> Option<i64> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
@@ -431,6 +437,17 @@ mod tests {
     use super::*;
 
     const H: i64 = 3_600_000;
+
+    #[test]
+    fn durations_never_wrap() {
+        assert_eq!(duration_from_secs(90), Some(90_000));
+        assert_eq!(duration_from_secs(0), None);
+        assert_eq!(duration_from_secs(-5), None);
+        assert_eq!(duration_from_secs(i64::MAX), None);
+        assert_eq!(duration_from_secs(i64::MAX / 1000 + 1), None);
+        assert_eq!(parse_duration("9223372036854775807s"), None);
+        assert_eq!(parse_duration("2h"), Some(2 * H));
+    }
 
     fn life(status: Status) -> Life {
         let active = matches!(status, Status::Active);
