@@ -836,7 +836,7 @@ fn attachments_end_when_their_access_does() {
     // The share link expires while attached (the API's shortest link lasts
     // a minute: the test moves the expiry into the next two seconds, then
     // attaches again as the participant).
-    let (mut eve, eve_cli) = join("eve");
+    let (eve, eve_cli) = join("eve");
     eve.wait_for("READY", Duration::from_secs(30)).unwrap();
     drop(eve);
     let soon = (std::time::SystemTime::now()
