@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::exec::Runner;
+use crate::exec::{Retry, Runner};
 use crate::link::Link;
 use crate::pty::Terminals;
 use crate::spool::Spool;
@@ -32,21 +32,28 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Open the spool (reporting commands cut short by our own death) and
-    /// get ready to connect.
+    /// Open the spool (stopping and reporting commands cut short by our own
+    /// death) and get ready to connect.
     pub fn new(cfg: Config, key: SigningKey, helper: PathBuf) -> anyhow::Result<Agent> {
         let spool = Spool::open(&cfg.data_dir)
             .with_context(|| format!("cannot open the spool in {}", cfg.data_dir.display()))?;
         let recovered = spool.recover().context("cannot recover the spool")?;
-        for id in &recovered {
+        for r in &recovered {
             warn!(
-                id,
-                "command was running when the agent stopped; reporting it as interrupted"
+                id = r.id,
+                "command was running when the agent stopped; reporting it as interrupted: {}",
+                r.leftover.detail()
             );
         }
+        let lc = &cfg.link;
+        let first = Duration::from_millis(lc.result_retry_initial_ms.max(1));
+        let retry = Retry {
+            first,
+            max: Duration::from_secs(lc.result_retry_max_secs.max(1)).max(first),
+        };
         let link = Link::default();
         Ok(Agent {
-            runner: Runner::new(spool, link.clone()),
+            runner: Runner::new(spool, link.clone(), retry),
             link,
             terminals: Terminals::default(),
             system: crate::sysinfo::collect(),

@@ -40,6 +40,12 @@ pub struct LinkConfig {
     pub backoff_initial_ms: u64,
     /// Cap of the reconnection delay.
     pub backoff_max_secs: u64,
+    /// While the link is up, a command result the gateway has not
+    /// acknowledged is sent again after this long; the delay doubles per
+    /// attempt and starts over on every new link.
+    pub result_retry_initial_ms: u64,
+    /// Cap of the delay between two sends of an unacknowledged result.
+    pub result_retry_max_secs: u64,
 }
 
 impl Default for LinkConfig {
@@ -48,6 +54,8 @@ impl Default for LinkConfig {
             heartbeat_timeout_secs: 45,
             backoff_initial_ms: 500,
             backoff_max_secs: 60,
+            result_retry_initial_ms: 5_000,
+            result_retry_max_secs: 60,
         }
     }
 }

@@ -3,7 +3,8 @@
 //! One agent runs on every managed server. It dials out to the gateway over
 //! WSS (`link`), proves its identity with the Ed25519 key made at
 //! `alpamon register` (`register`), runs commands as the requested account
-//! (`exec`) with a durable result spool (`spool`), and performs file
+//! (`exec`) with a durable result spool (`spool`) and stops what a command
+//! left running when the agent died (`procs`), performs file
 //! operations in helper processes that have dropped to the requested account
 //! (`files` in the agent, `helper` in the child), and keeps interactive
 //! terminals that outlive the link (`pty`).
@@ -19,6 +20,7 @@ pub mod exec;
 pub mod files;
 pub mod helper;
 pub mod link;
+pub mod procs;
 pub mod provision;
 pub mod pty;
 pub mod register;

@@ -353,36 +353,14 @@ where
         }
         Ok::<(), String>(())
     });
-    // Publish the link first, then resend the spool: a result spooled
-    // concurrently is then either sent by its command or found here.
+    // Publish the link first, then deliver: a result finishing concurrently
+    // waits in the outbox either way.
     agent.link.set(Some(mux.clone()));
-    {
-        let spool = agent.runner.spool().clone();
+    let delivery = {
+        let runner = agent.runner.clone();
         let mux = mux.clone();
-        tokio::spawn(async move {
-            let ids = match spool.result_ids() {
-                Ok(ids) => ids,
-                Err(e) => {
-                    warn!("cannot list the spool: {e}");
-                    return;
-                }
-            };
-            if !ids.is_empty() {
-                info!("resending {} spooled command result(s)", ids.len());
-            }
-            for id in ids {
-                match spool.read_result(&id) {
-                    Ok(Some(r)) => {
-                        if mux.send_control(Control::CommandResult(r)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => {} // acknowledged meanwhile
-                    Err(e) => warn!(id, "unreadable spooled result: {e}"),
-                }
-            }
-        });
-    }
+        tokio::spawn(async move { runner.deliver(mux).await })
+    };
 
     let end = loop {
         let msg = tokio::select! {
@@ -436,6 +414,7 @@ where
     };
     agent.link.set(None);
     mux.shutdown("link lost");
+    delivery.abort();
     writer.abort();
     end
 }

@@ -116,7 +116,11 @@ async fn reject_is_reported() {
 
 #[tokio::test]
 async fn commands_are_deduplicated_spooled_resent_and_acked() {
-    let s = setup(45);
+    // Resent on reconnection, not by the timer (see tests/commands.rs).
+    let s = setup_with(alpamon::config::LinkConfig {
+        result_retry_initial_ms: 3_600_000,
+        ..Default::default()
+    });
     let (mut ws, h, stop) = connect(&s.agent).await;
     handshake(&mut ws, &s.key).await;
     let (mux, mut rx) = gateway_mux(ws);

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,29 +47,39 @@ pub struct Setup {
 }
 
 pub fn setup(heartbeat_timeout_secs: u64) -> Setup {
+    setup_with(LinkConfig {
+        heartbeat_timeout_secs,
+        ..LinkConfig::default()
+    })
+}
+
+pub fn setup_with(link: LinkConfig) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let cfg = Config {
-        url: "https://gateway.test".into(),
-        server_id: "srv-1".into(),
-        name: "box".into(),
-        key_file: dir.path().join("agent.key"),
-        ca_cert: None,
-        data_dir: data.clone(),
-        link: LinkConfig {
-            heartbeat_timeout_secs,
-            ..LinkConfig::default()
-        },
-    };
-    let helper = alpamon::helper::held_open(env!("CARGO_BIN_EXE_alpamon").as_ref()).unwrap();
-    let agent = Arc::new(Agent::new(cfg, key.clone(), helper).unwrap());
+    let agent = agent_in(dir.path(), &key, link);
     Setup {
         _dir: dir,
         data,
         agent,
         key,
     }
+}
+
+/// An agent whose state lives in `dir` (`dir/data`): a second one on the
+/// same directory is the same agent after a restart.
+pub fn agent_in(dir: &Path, key: &SigningKey, link: LinkConfig) -> Arc<Agent> {
+    let cfg = Config {
+        url: "https://gateway.test".into(),
+        server_id: "srv-1".into(),
+        name: "box".into(),
+        key_file: dir.join("agent.key"),
+        ca_cert: None,
+        data_dir: dir.join("data"),
+        link,
+    };
+    let helper = alpamon::helper::held_open(env!("CARGO_BIN_EXE_alpamon").as_ref()).unwrap();
+    Arc::new(Agent::new(cfg, key.clone(), helper).unwrap())
 }
 
 pub type Ws = WebSocketStream<DuplexStream>;
@@ -206,8 +216,20 @@ pub async fn link_up(
     JoinHandle<LinkError>,
     watch::Sender<bool>,
 ) {
-    let (mut ws, h, stop) = connect(&s.agent).await;
-    handshake(&mut ws, &s.key).await;
+    link_up_to(&s.agent, &s.key).await
+}
+
+pub async fn link_up_to(
+    agent: &Arc<Agent>,
+    key: &SigningKey,
+) -> (
+    Mux,
+    mpsc::UnboundedReceiver<Control>,
+    JoinHandle<LinkError>,
+    watch::Sender<bool>,
+) {
+    let (mut ws, h, stop) = connect(agent).await;
+    handshake(&mut ws, key).await;
     let (mux, rx) = gateway_mux(ws);
     (mux, rx, h, stop)
 }
