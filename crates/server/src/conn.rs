@@ -217,7 +217,8 @@ impl LogLimiter {
     }
 }
 
-static LOGS: LazyLock<Mutex<LogLimiter>> = LazyLock::new(|| Mutex::new(LogLimiter::new(LOG_WINDOW)));
+static LOGS: LazyLock<Mutex<LogLimiter>> =
+    LazyLock::new(|| Mutex::new(LogLimiter::new(LOG_WINDOW)));
 
 /// Whether to write a log line of this kind now (see [`LogLimiter`]);
 /// `Some(n)` with the number held back since the last one.
@@ -865,7 +866,10 @@ mod tests {
         c.release(ip("10.0.0.1"));
         c.release(ip("10.0.0.1")); // one too many: ignored
         assert_eq!((c.total(), c.of(ip("10.0.0.1"))), (2, 0));
-        assert!(c.per_addr.get(&ip("10.0.0.1")).is_none(), "no empty entries left");
+        assert!(
+            !c.per_addr.contains_key(&ip("10.0.0.1")),
+            "no empty entries left"
+        );
     }
 
     #[test]
@@ -968,11 +972,23 @@ mod tests {
             (v(0, false, 3, s(20), None), s(50), Verdict::Wait(s(80))),
             (v(0, false, 3, s(20), None), s(80), Verdict::Shutdown),
             // A graceful close the peer does not finish is cut.
-            (v(0, false, 3, s(20), Some(s(80))), s(85), Verdict::Wait(s(90))),
+            (
+                v(0, false, 3, s(20), Some(s(80))),
+                s(85),
+                Verdict::Wait(s(90)),
+            ),
             (v(0, false, 3, s(20), Some(s(80))), s(90), Verdict::Drop),
             // Requests in flight (downloads) and upgrades are never cut.
-            (v(1, false, 1, t0, None), s(10_000), Verdict::Wait(s(10_060))),
-            (v(1, false, 1, t0, Some(t0)), s(10_000), Verdict::Wait(s(10_060))),
+            (
+                v(1, false, 1, t0, None),
+                s(10_000),
+                Verdict::Wait(s(10_060)),
+            ),
+            (
+                v(1, false, 1, t0, Some(t0)),
+                s(10_000),
+                Verdict::Wait(s(10_060)),
+            ),
             (v(0, true, 1, t0, None), s(10_000), Verdict::Wait(s(10_060))),
             // Server shutdown before any request: still the pending rule.
             (v(0, false, 0, t0, Some(t0)), s(3), Verdict::Wait(s(10))),
