@@ -69,12 +69,23 @@ fn kill(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// How a gateway is started beyond the defaults.
+#[derive(Clone, Default)]
+pub struct GatewayOpts {
+    pub database_url: Option<String>,
+    /// More flags for `alpacon-server`.
+    pub args: Vec<String>,
+    /// The process's RLIMIT_NOFILE (soft, hard), set before it starts.
+    pub nofile: Option<(u64, u64)>,
+}
+
 /// A running gateway with its own data directory.
 pub struct Gateway {
     pub dir: tempfile::TempDir,
     pub port: u16,
     pub url: String,
     pub database_url: Option<String>,
+    opts: GatewayOpts,
     child: Option<Child>,
     pub admin_password: String,
     http: reqwest::blocking::Client,
@@ -87,6 +98,14 @@ impl Gateway {
     }
 
     pub fn start_with(database_url: Option<String>) -> Result<Gateway> {
+        Self::start_opts(GatewayOpts {
+            database_url,
+            ..Default::default()
+        })
+    }
+
+    pub fn start_opts(opts: GatewayOpts) -> Result<Gateway> {
+        let database_url = opts.database_url.clone();
         let dir = tempfile::Builder::new().prefix("alpacon-gw-").tempdir()?;
         let port = free_port();
         let url = format!("https://127.0.0.1:{port}");
@@ -95,6 +114,7 @@ impl Gateway {
             port,
             url,
             database_url,
+            opts,
             child: None,
             admin_password: String::new(),
             http: reqwest::blocking::Client::new(),
@@ -138,6 +158,24 @@ impl Gateway {
             .stderr(log);
         if let Some(db) = &self.database_url {
             cmd.arg("--database-url").arg(db);
+        }
+        cmd.args(&self.opts.args);
+        if let Some((soft, hard)) = self.opts.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit (async-signal-safe) runs in the child
+            // between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: soft,
+                        rlim_max: hard,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         self.child = Some(cmd.spawn().context("starting alpacon-server")?);
         self.wait_ready()

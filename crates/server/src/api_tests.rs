@@ -670,6 +670,7 @@ async fn gateway_serves_https_and_restarts_cleanly() {
         agent_binary: d.path().join("alpamon"),
         session_ttl_hours: 1,
         account_termination: Default::default(),
+        limits: Default::default(),
     };
     let gw = Gateway::start(settings.clone()).await.unwrap();
     let pw = gw

@@ -8,8 +8,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
+
+use crate::conn::{self, Limits};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 pub const DEFAULT_DATA_DIR: &str = "./alpacon-data";
@@ -114,6 +118,99 @@ pub struct Options {
         global = true
     )]
     pub account_termination: Option<AccountTermination>,
+
+    /// Seconds a new connection gets to finish the TLS handshake [default:
+    /// 10].
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "ALPACON_TLS_HANDSHAKE_TIMEOUT_SECS",
+        global = true,
+        help_heading = "Connections and limits"
+    )]
+    pub tls_handshake_timeout_secs: Option<u64>,
+
+    /// Seconds from the TLS handshake until a new connection's first
+    /// request head must be complete; a connection sending nothing or half
+    /// a header is closed [default: 10].
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "ALPACON_HEADER_READ_TIMEOUT_SECS",
+        global = true,
+        help_heading = "Connections and limits"
+    )]
+    pub header_read_timeout_secs: Option<u64>,
+
+    /// Seconds a connection may stay open with no request in flight
+    /// (keep-alive); WebSockets (agent links, terminals) and transfers in
+    /// progress are not affected [default: 60].
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "ALPACON_IDLE_TIMEOUT_SECS",
+        global = true,
+        help_heading = "Connections and limits"
+    )]
+    pub idle_timeout_secs: Option<u64>,
+
+    /// Most connections open at once, agent links included; more are closed
+    /// as they arrive [default: the open-file limit (soft limit raised to
+    /// the hard one at start) less a quarter, at least 128, for the
+    /// database and files].
+    #[arg(
+        long,
+        value_name = "N",
+        env = "ALPACON_MAX_CONNECTIONS",
+        global = true,
+        help_heading = "Connections and limits"
+    )]
+    pub max_connections: Option<usize>,
+
+    /// Most connections from one address (IPv6: one /64) that have not yet
+    /// finished TLS and their first request; more are closed as they arrive.
+    /// Established connections are not capped per address [default: 64].
+    #[arg(
+        long,
+        value_name = "N",
+        env = "ALPACON_MAX_PENDING_PER_ADDRESS",
+        global = true,
+        help_heading = "Connections and limits"
+    )]
+    pub max_pending_per_address: Option<usize>,
+
+    /// Most such pending connections from all addresses together [default:
+    /// 1024].
+    #[arg(
+        long,
+        value_name = "N",
+        env = "ALPACON_MAX_PENDING",
+        global = true,
+        help_heading = "Connections and limits"
+    )]
+    pub max_pending: Option<usize>,
+
+    /// Most agent links from one address that have not yet authenticated;
+    /// more are refused (429) and the agent retries later [default: 8].
+    #[arg(
+        long,
+        value_name = "N",
+        env = "ALPACON_MAX_AGENT_HANDSHAKES_PER_ADDRESS",
+        global = true,
+        help_heading = "Connections and limits"
+    )]
+    pub max_agent_handshakes_per_address: Option<usize>,
+
+    /// Most agent links from all addresses that have not yet authenticated
+    /// (503 beyond) [default: 256].
+    #[arg(
+        long,
+        value_name = "N",
+        env = "ALPACON_MAX_AGENT_HANDSHAKES",
+        global = true,
+        help_heading = "Connections and limits"
+    )]
+    pub max_agent_handshakes: Option<usize>,
 }
 
 /// What the agent does with a managed account at termination.
@@ -138,6 +235,14 @@ struct FileConfig {
     agent_binary: Option<PathBuf>,
     session_ttl_hours: Option<i64>,
     account_termination: Option<AccountTermination>,
+    tls_handshake_timeout_secs: Option<u64>,
+    header_read_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    max_pending_per_address: Option<usize>,
+    max_pending: Option<usize>,
+    max_agent_handshakes_per_address: Option<usize>,
+    max_agent_handshakes: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +275,8 @@ pub struct Settings {
     pub agent_binary: PathBuf,
     pub session_ttl_hours: i64,
     pub account_termination: AccountTermination,
+    /// Connection timeouts and caps (`conn.rs`).
+    pub limits: Limits,
 }
 
 impl Settings {
@@ -191,6 +298,7 @@ impl Settings {
             None => (FileConfig::default(), PathBuf::new()),
         };
         let from_file = |p: Option<PathBuf>| p.map(|p| base.join(p));
+        let limits = limits(opts, &file)?;
 
         let data_dir = opts
             .data_dir
@@ -252,8 +360,81 @@ impl Settings {
             agent_binary,
             session_ttl_hours,
             account_termination,
+            limits,
         })
     }
+}
+
+/// The connection limits from flags, environment and file; zero or absurd
+/// values are refused rather than taken to mean "no limit".
+fn limits(opts: &Options, file: &FileConfig) -> Result<Limits, ConfigError> {
+    let secs = |name: &str, flag: Option<u64>, file: Option<u64>, default: u64| {
+        let v = flag.or(file).unwrap_or(default);
+        if (1..=3600).contains(&v) {
+            Ok(Duration::from_secs(v))
+        } else {
+            Err(ConfigError::Invalid(format!(
+                "{name} must be between 1 and 3600 seconds, not {v}"
+            )))
+        }
+    };
+    let count = |name: &str, flag: Option<usize>, file: Option<usize>, default: usize| {
+        let v = flag.or(file).unwrap_or(default);
+        if v >= 1 {
+            Ok(v)
+        } else {
+            Err(ConfigError::Invalid(format!("{name} must be at least 1")))
+        }
+    };
+    let max_connections = match opts.max_connections.or(file.max_connections) {
+        Some(n) => Some(count("max_connections", Some(n), None, 0)?),
+        None => None,
+    };
+    Ok(Limits {
+        tls_handshake_timeout: secs(
+            "tls_handshake_timeout_secs",
+            opts.tls_handshake_timeout_secs,
+            file.tls_handshake_timeout_secs,
+            conn::DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS,
+        )?,
+        header_read_timeout: secs(
+            "header_read_timeout_secs",
+            opts.header_read_timeout_secs,
+            file.header_read_timeout_secs,
+            conn::DEFAULT_HEADER_READ_TIMEOUT_SECS,
+        )?,
+        idle_timeout: secs(
+            "idle_timeout_secs",
+            opts.idle_timeout_secs,
+            file.idle_timeout_secs,
+            conn::DEFAULT_IDLE_TIMEOUT_SECS,
+        )?,
+        max_connections,
+        max_pending_per_address: count(
+            "max_pending_per_address",
+            opts.max_pending_per_address,
+            file.max_pending_per_address,
+            conn::DEFAULT_MAX_PENDING_PER_ADDRESS,
+        )?,
+        max_pending: count(
+            "max_pending",
+            opts.max_pending,
+            file.max_pending,
+            conn::DEFAULT_MAX_PENDING,
+        )?,
+        max_agent_handshakes_per_address: count(
+            "max_agent_handshakes_per_address",
+            opts.max_agent_handshakes_per_address,
+            file.max_agent_handshakes_per_address,
+            conn::DEFAULT_MAX_AGENT_HANDSHAKES_PER_ADDRESS,
+        )?,
+        max_agent_handshakes: count(
+            "max_agent_handshakes",
+            opts.max_agent_handshakes,
+            file.max_agent_handshakes,
+            conn::DEFAULT_MAX_AGENT_HANDSHAKES,
+        )?,
+    })
 }
 
 /// `alpamon` in the directory of the running executable.
@@ -310,6 +491,9 @@ pub struct Config {
     pub session_ttl_secs: i64,
     /// Lock or remove managed accounts at termination (`accounts.rs`).
     pub account_termination: AccountTermination,
+    /// Connection timeouts and caps (`conn.rs`; the agent handshake caps
+    /// are applied in `relay.rs`).
+    pub limits: Limits,
 }
 
 impl Config {
@@ -326,6 +510,7 @@ impl Config {
             agent_binary: data_dir.join("alpamon"),
             session_ttl_secs: DEFAULT_SESSION_TTL_HOURS * 3600,
             account_termination: AccountTermination::Lock,
+            limits: Limits::default(),
         }
     }
 }
@@ -413,6 +598,69 @@ mod tests {
         assert!(matches!(cli.command, Some(Command::Quickstart)));
         assert_eq!(cli.opts.data_dir, Some(PathBuf::from("/x")));
         assert!(Cli::try_parse_from(["alpacon-server", "--tls-cert", "a"]).is_err());
+    }
+
+    #[test]
+    fn connection_limits_from_flags_and_file() {
+        let s = Settings::load(&Options::default()).unwrap();
+        assert_eq!(s.limits, Limits::default());
+        assert_eq!(s.limits.max_connections, None);
+
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "idle_timeout_secs = 5\nmax_pending_per_address = 3\nmax_connections = 500\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "alpacon-server",
+            "--config",
+            f.to_str().unwrap(),
+            "--idle-timeout-secs",
+            "7",
+            "--tls-handshake-timeout-secs",
+            "2",
+            "--max-agent-handshakes-per-address",
+            "4",
+        ])
+        .unwrap();
+        let l = Settings::load(&cli.opts).unwrap().limits;
+        assert_eq!(l.idle_timeout, Duration::from_secs(7));
+        assert_eq!(l.tls_handshake_timeout, Duration::from_secs(2));
+        assert_eq!(l.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(l.max_pending_per_address, 3);
+        assert_eq!(l.max_connections, Some(500));
+        assert_eq!(l.max_agent_handshakes_per_address, 4);
+        assert_eq!(l.max_agent_handshakes, 256);
+
+        for bad in [
+            "idle_timeout_secs = 0\n",
+            "header_read_timeout_secs = 100000\n",
+            "max_pending = 0\n",
+            "max_connections = 0\n",
+        ] {
+            std::fs::write(&f, bad).unwrap();
+            let opts = Options {
+                config: Some(f.clone()),
+                ..Default::default()
+            };
+            assert!(Settings::load(&opts).is_err(), "{bad}");
+        }
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        for flag in [
+            "--tls-handshake-timeout-secs",
+            "--header-read-timeout-secs",
+            "--idle-timeout-secs",
+            "--max-connections",
+            "--max-pending-per-address",
+            "--max-pending ",
+            "--max-agent-handshakes-per-address",
+            "--max-agent-handshakes ",
+        ] {
+            assert!(help.contains(flag), "{flag}");
+        }
     }
 
     #[test]

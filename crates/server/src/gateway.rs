@@ -1,53 +1,22 @@
 //! Starting and stopping the gateway: data dir, listener, TLS, database,
 //! initial admin, HTTPS server.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alpacon_mux::io::Buffered;
 use anyhow::Context;
-use axum_server::tls_rustls::RustlsConfig;
-use axum_server::Handle;
 use tokio::task::JoinHandle;
 
 use crate::app::{router, AppState};
 use crate::config::{public_url_host, Config, Settings};
+use crate::conn::{self, Stats, Stop};
 use crate::db::{sqlite_url, Db};
 use crate::{iam, tls};
 
 /// How long in-flight requests (and agent links) get to finish on shutdown.
 const GRACE: Duration = Duration::from_secs(10);
-
-/// HTTP/2 settings (see `Gateway::start`).
-const H2_MAX_FRAME: u32 = alpacon_proto::MAX_DATA as u32;
-const H2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-const H2_CONN_WINDOW: u32 = 4 * 1024 * 1024;
-const H2_SEND_BUF: usize = 1024 * 1024;
-
-/// Prepares every accepted connection before TLS:
-/// - `TCP_NODELAY`: terminal keystrokes and API answers are small writes
-///   that must not wait for the peer's delayed ACK (~40 ms);
-/// - [`Buffered`]: reads in 64 KiB pieces instead of rustls' 4 KiB, and
-///   one write per flush instead of one per TLS record; idle connections
-///   (most agent links) hold no buffer.
-#[derive(Clone, Copy, Debug, Default)]
-struct TransportAcceptor;
-
-impl<S> axum_server::accept::Accept<tokio::net::TcpStream, S> for TransportAcceptor {
-    type Stream = Buffered<tokio::net::TcpStream>;
-    type Service = S;
-    type Future = std::future::Ready<std::io::Result<(Self::Stream, S)>>;
-
-    fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
-        std::future::ready(
-            stream
-                .set_nodelay(true)
-                .map(|()| (Buffered::new(stream), service)),
-        )
-    }
-}
 
 /// A running gateway.
 pub struct Gateway {
@@ -55,8 +24,10 @@ pub struct Gateway {
     pub state: AppState,
     /// The initial admin password, when this start created the admin.
     pub initial_password: Option<String>,
-    handle: Handle,
-    task: JoinHandle<std::io::Result<()>>,
+    /// Connections open and pending, for logs and tests.
+    pub connections: Arc<Stats>,
+    stop: Stop,
+    task: JoinHandle<()>,
 }
 
 impl Gateway {
@@ -69,6 +40,10 @@ impl Gateway {
             .data_dir
             .canonicalize()
             .with_context(|| format!("data dir {}", settings.data_dir.display()))?;
+
+        // Every connection is a file descriptor: use all the system allows.
+        let nofile = conn::raise_nofile();
+        let cap = conn::resolve_cap(settings.limits.max_connections, nofile);
 
         // Bind first: with --listen :0 the real port goes into the public URL.
         let listener = TcpListener::bind(settings.listen)
@@ -124,31 +99,36 @@ impl Gateway {
             agent_binary: settings.agent_binary.clone(),
             session_ttl_secs: settings.session_ttl_hours * 3600,
             account_termination: settings.account_termination,
+            limits: settings.limits.clone(),
         };
         let state = AppState::new(db, config);
         tokio::spawn(crate::websh::reaper(state.clone()));
         crate::work_sessions::spawn_ticker(state.clone());
         let app = router(state.clone());
-        let handle = Handle::new();
-        let tls = RustlsConfig::from_config(Arc::new(rustls_cfg));
-        let acceptor =
-            axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(TransportAcceptor);
-        let mut server = axum_server::from_tcp(listener)
-            .acceptor(acceptor)
-            .handle(handle.clone());
-        // HTTP/2 (the CLI, API clients): frames and windows sized for
-        // file transfers. Uploads come in frames of up to MAX_DATA (what one
-        // agent frame carries) instead of 16 KiB; the windows only say how
-        // much a peer may send ahead, memory is used as data actually waits.
-        server
-            .http_builder()
-            .http2()
-            .max_frame_size(H2_MAX_FRAME)
-            .initial_stream_window_size(H2_STREAM_WINDOW)
-            .initial_connection_window_size(H2_CONN_WINDOW)
-            .max_send_buf_size(H2_SEND_BUF);
-        let server = server.serve(app.into_make_service_with_connect_info::<SocketAddr>());
-        let task = tokio::spawn(server);
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(rustls_cfg));
+        let stats = Arc::new(Stats::default());
+        let stop = Stop::default();
+        let task = tokio::spawn(conn::serve(
+            listener,
+            acceptor,
+            app,
+            settings.limits.clone(),
+            cap,
+            stats.clone(),
+            stop.clone(),
+        ));
+        tracing::info!(
+            "connections: at most {cap} open, {} pending ({} per address), {} agent handshakes \
+             ({} per address); timeouts: TLS {:?}, first request {:?}, idle {:?}",
+            settings.limits.max_pending,
+            settings.limits.max_pending_per_address,
+            settings.limits.max_agent_handshakes,
+            settings.limits.max_agent_handshakes_per_address,
+            settings.limits.tls_handshake_timeout,
+            settings.limits.header_read_timeout,
+            settings.limits.idle_timeout,
+        );
         tracing::info!(
             "alpacon-server {} listening on {listen}, public URL {}",
             env!("CARGO_PKG_VERSION"),
@@ -158,7 +138,8 @@ impl Gateway {
             config: state.config.clone(),
             state,
             initial_password,
-            handle,
+            connections: stats,
+            stop,
             task,
         })
     }
@@ -166,8 +147,8 @@ impl Gateway {
     /// Stops accepting, lets in-flight requests finish (up to a grace
     /// period) and waits for the server to end.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        self.handle.graceful_shutdown(Some(GRACE));
-        self.task.await??;
+        self.stop.shutdown(GRACE).await;
+        self.task.await?;
         self.state.db.pool.close().await;
         Ok(())
     }
@@ -177,7 +158,7 @@ impl Gateway {
         tokio::select! {
             r = &mut self.task => {
                 // The server ended by itself: that is an error.
-                r??;
+                r?;
                 anyhow::bail!("the HTTPS server stopped unexpectedly");
             }
             s = shutdown_signal() => {

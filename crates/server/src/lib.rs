@@ -9,6 +9,7 @@ pub mod audit;
 pub mod auth;
 pub mod commands;
 pub mod config;
+pub mod conn;
 pub mod console;
 pub mod db;
 pub mod error;

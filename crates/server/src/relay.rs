@@ -7,8 +7,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use alpacon_mux::{Incoming, Mux, Side};
@@ -16,21 +18,30 @@ use alpacon_proto::{
     auth, negotiate, Close, Control, ErrorCode, Frame, StreamError, SystemInfo, MAX_FRAME,
     SUPPORTED,
 };
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
-use axum::response::Response;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use ed25519_dalek::Signature;
 use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
 use rand::RngCore;
 use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{timeout, Instant};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 use crate::app::AppState;
 use crate::audit::{self, Event};
 use crate::commands;
+use crate::conn::{self, Refusal};
 use crate::db::Db;
+use crate::error::ApiError;
 use crate::servers::{self, SystemUpdate};
 
 /// How often the gateway pings an agent; a link silent for three intervals
@@ -40,6 +51,15 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 const PRESENCE_WRITE_EVERY: Duration = Duration::from_secs(60);
 /// Most bytes of frames written to an agent before a flush.
 const WRITE_BURST: usize = 512 * 1024;
+/// Most bytes an agent link may send before it is welcomed. It only sends
+/// `Auth`: a server id, a 64-byte signature, versions and a few short
+/// system facts, well under 4 KiB. The link's full message size
+/// (`MAX_FRAME`) applies from `Welcome` on, so an unauthenticated peer
+/// cannot make the gateway hold megabytes.
+pub const PRE_AUTH_MAX_BYTES: u64 = 64 * 1024;
+
+/// The agent link's WebSocket, over the upgraded HTTP connection.
+type AgentSocket = WebSocketStream<PreAuth<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// A live, authenticated agent link.
 #[derive(Clone)]
@@ -58,6 +78,9 @@ pub struct Relay {
     pub(crate) websh: crate::websh::Sessions,
     /// Woken whenever an agent link comes up.
     pub(crate) link_changed: tokio::sync::Notify,
+    /// Agent links that have not been welcomed yet, per address and in
+    /// total (`Limits::max_agent_handshakes*`).
+    pub(crate) handshakes: Arc<conn::Limiter>,
 }
 
 impl Relay {
@@ -68,6 +91,7 @@ impl Relay {
             live: commands::LiveOutputs::default(),
             websh: Default::default(),
             link_changed: tokio::sync::Notify::new(),
+            handshakes: Arc::default(),
         });
         // Whatever the database says about links from a previous run is
         // stale: no agent is connected to a process that just started.
@@ -131,42 +155,222 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/ws/agent/", get(upgrade))
 }
 
+/// Upgrades `GET /ws/agent/` to a WebSocket. Done here rather than with
+/// axum's `WebSocketUpgrade`, whose socket has one configuration for life:
+/// the link's socket reads at most `PRE_AUTH_MAX_BYTES` until the agent is
+/// welcomed ([`PreAuth`]), the full message size after.
 async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    ws: WebSocketUpgrade,
+    mut req: Request,
 ) -> Response {
-    // Small buffers: one link per server, tens of thousands of them, and
-    // tungstenite's default read buffer (128 KiB) would stay resident.
-    ws.max_message_size(MAX_FRAME + 1024)
-        .max_frame_size(MAX_FRAME + 1024)
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
-        .on_upgrade(move |socket| async move {
-            serve_agent(state, socket, peer.ip().to_string()).await;
-        })
+    let accept = match websocket_accept(req.headers()) {
+        Ok(a) => a,
+        Err(detail) => {
+            return ApiError::new(StatusCode::UPGRADE_REQUIRED, "websocket_required", detail)
+                .into_response()
+        }
+    };
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "websocket_required",
+            "this connection cannot be upgraded (agent links use HTTP/1.1)",
+        )
+        .into_response();
+    };
+    let limits = &state.config.limits;
+    let permit = match state.relay.handshakes.try_acquire(
+        peer.ip(),
+        limits.max_agent_handshakes_per_address,
+        limits.max_agent_handshakes,
+    ) {
+        Ok(p) => p,
+        Err(r) => return refuse_handshake(peer, r, limits),
+    };
+    let ip = peer.ip().to_string();
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(%ip, "agent link upgrade failed: {e}");
+                return;
+            }
+        };
+        // Small buffers: one link per server, tens of thousands of them,
+        // and tungstenite's default read buffer (128 KiB) would stay
+        // resident.
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(0)
+            .max_message_size(Some(MAX_FRAME + 1024))
+            .max_frame_size(Some(MAX_FRAME + 1024));
+        let io = PreAuth::new(TokioIo::new(upgraded), PRE_AUTH_MAX_BYTES);
+        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        serve_agent(state, ws, ip, permit).await;
+    });
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    resp
 }
 
-async fn send_frame(ws: &mut WebSocket, f: Frame) -> Result<(), axum::Error> {
+/// The `Sec-WebSocket-Accept` answering a valid WebSocket upgrade request
+/// (RFC 6455 4.2.1), or why the request is not one.
+fn websocket_accept(h: &HeaderMap) -> Result<HeaderValue, &'static str> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        h.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return Err("the agent link is a WebSocket: send Connection: upgrade, Upgrade: websocket");
+    }
+    if h.get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err("unsupported WebSocket version (want 13)");
+    }
+    let key = h
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or("missing Sec-WebSocket-Key")?;
+    HeaderValue::from_str(&derive_accept_key(key.as_bytes())).map_err(|_| "bad Sec-WebSocket-Key")
+}
+
+/// Too many agent links waiting to authenticate: refused at once (the
+/// agent backs off and retries), with one log line per reason and window.
+fn refuse_handshake(peer: SocketAddr, r: Refusal, limits: &crate::conn::Limits) -> Response {
+    let ip = peer.ip();
+    let (status, reason, detail) = match r {
+        Refusal::PerAddress => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "agent_handshakes_per_address",
+            format!(
+                "{} agent links from this address are already authenticating; retry later",
+                limits.max_agent_handshakes_per_address
+            ),
+        ),
+        Refusal::Total => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "agent_handshakes_total",
+            format!(
+                "{} agent links are already authenticating; retry later",
+                limits.max_agent_handshakes
+            ),
+        ),
+    };
+    if let Some(held) = conn::log_now(reason) {
+        tracing::warn!(held, %ip, "agent link refused: {detail}");
+    }
+    let mut resp = ApiError::new(status, "too_many_handshakes", detail).into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    resp
+}
+
+/// The agent link's socket: reads fail once more than a budget of bytes
+/// came in, until [`PreAuth::lift`] (at `Welcome`). The check counts what
+/// each read returned, so at most one read buffer passes the budget.
+pub struct PreAuth<S> {
+    inner: S,
+    read: u64,
+    budget: Option<u64>,
+}
+
+impl<S> PreAuth<S> {
+    pub fn new(inner: S, budget: u64) -> PreAuth<S> {
+        PreAuth {
+            inner,
+            read: 0,
+            budget: Some(budget),
+        }
+    }
+
+    /// The peer is authenticated: no budget from now on.
+    pub fn lift(&mut self) {
+        self.budget = None;
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for PreAuth<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let Some(budget) = self.budget else {
+            return Poll::Ready(Ok(()));
+        };
+        self.read += (buf.filled().len() - before) as u64;
+        if self.read > budget {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("more than {budget} bytes before authenticating"),
+            )));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for PreAuth<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+async fn send_frame(ws: &mut AgentSocket, f: Frame) -> Result<(), WsError> {
     ws.send(Message::Binary(f.encode())).await
 }
 
+type WsError = tokio_tungstenite::tungstenite::Error;
+
 /// Reads the next protocol frame during the handshake.
-async fn recv_frame(ws: &mut WebSocket) -> Result<Frame, String> {
+async fn recv_frame(ws: &mut AgentSocket) -> Result<Frame, String> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Binary(b))) => {
                 return Frame::decode(b).map_err(|e| format!("bad frame: {e}"))
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Close(_))) | None => return Err("connection closed".into()),
             Some(Ok(_)) => return Err("unexpected text frame".into()),
             Some(Err(e)) => return Err(e.to_string()),
-            None => return Err("connection closed".into()),
         }
     }
 }
 
-async fn reject(ws: &mut WebSocket, code: &str, detail: &str) {
+async fn reject(ws: &mut AgentSocket, code: &str, detail: &str) {
     let _ = send_frame(
         ws,
         Frame::Control(Control::Reject {
@@ -175,7 +379,7 @@ async fn reject(ws: &mut WebSocket, code: &str, detail: &str) {
         }),
     )
     .await;
-    let _ = ws.close().await;
+    let _ = ws.close(None).await;
 }
 
 /// Outcome of the challenge–response handshake.
@@ -186,7 +390,7 @@ struct Authenticated {
     system: SystemInfo,
 }
 
-async fn handshake(state: &AppState, ws: &mut WebSocket, ip: &str) -> Option<Authenticated> {
+async fn handshake(state: &AppState, ws: &mut AgentSocket, ip: &str) -> Option<Authenticated> {
     let mut nonce = vec![0u8; auth::NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     send_frame(
@@ -200,12 +404,17 @@ async fn handshake(state: &AppState, ws: &mut WebSocket, ip: &str) -> Option<Aut
     .ok()?;
     let frame = match timeout(HANDSHAKE_TIMEOUT, recv_frame(ws)).await {
         Ok(Ok(f)) => f,
+        // Anyone can open links that fail here: one line per window.
         Ok(Err(e)) => {
-            tracing::info!(%ip, "agent handshake failed: {e}");
+            if let Some(held) = conn::log_now("agent_handshake_failed") {
+                tracing::info!(held, %ip, "agent handshake failed: {e}");
+            }
             return None;
         }
         Err(_) => {
-            tracing::info!(%ip, "agent handshake timed out");
+            if let Some(held) = conn::log_now("agent_handshake_timeout") {
+                tracing::info!(held, %ip, "agent handshake timed out");
+            }
             return None;
         }
     };
@@ -223,7 +432,9 @@ async fn handshake(state: &AppState, ws: &mut WebSocket, ip: &str) -> Option<Aut
     let server = match servers::get_by_id(&state.db, &server_id).await {
         Ok(Some(s)) => s,
         Ok(None) => {
-            tracing::warn!(%ip, %server_id, "agent link refused: unknown server");
+            if let Some(held) = conn::log_now("agent_unknown_server") {
+                tracing::warn!(held, %ip, %server_id, "agent link refused: unknown server");
+            }
             audit_failure(state, "unknown_server", &server_id, ip).await;
             reject(
                 ws,
@@ -245,7 +456,9 @@ async fn handshake(state: &AppState, ws: &mut WebSocket, ip: &str) -> Option<Aut
             .ok()
     });
     if verified.is_none() {
-        tracing::warn!(%ip, server = %server.name, "agent link refused: bad signature");
+        if let Some(held) = conn::log_now("agent_bad_signature") {
+            tracing::warn!(held, %ip, server = %server.name, "agent link refused: bad signature");
+        }
         audit_failure(state, "bad_signature", &server.id, ip).await;
         reject(
             ws,
@@ -285,10 +498,14 @@ async fn audit_failure(state: &AppState, reason: &str, server_id: &str, ip: &str
     }
 }
 
-async fn serve_agent(state: AppState, mut ws: WebSocket, ip: String) {
+async fn serve_agent(state: AppState, mut ws: AgentSocket, ip: String, permit: conn::Permit) {
     let Some(a) = handshake(&state, &mut ws, &ip).await else {
         return;
     };
+    // Authenticated: the full message size from now on, and no longer
+    // counted among the links waiting to authenticate.
+    ws.get_mut().lift();
+    drop(permit);
     if send_frame(
         &mut ws,
         Frame::Control(Control::Welcome {
@@ -412,7 +629,7 @@ async fn serve_agent(state: AppState, mut ws: WebSocket, ip: String) {
 async fn read_loop(
     state: &AppState,
     mux: &Mux,
-    source: &mut futures_util::stream::SplitStream<WebSocket>,
+    source: &mut futures_util::stream::SplitStream<AgentSocket>,
     server_id: &str,
 ) -> String {
     let beat = Duration::from_secs(HEARTBEAT_SECS as u64);
@@ -428,7 +645,7 @@ async fn read_loop(
                     Some(Ok(Message::Binary(b))) => b,
                     Some(Ok(Message::Close(_))) | None => return "closed by agent".into(),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => { last_heard = Instant::now(); continue }
-                    Some(Ok(Message::Text(_))) => return "protocol violation: text frame".into(),
+                    Some(Ok(Message::Text(_) | Message::Frame(_))) => return "protocol violation: text frame".into(),
                     Some(Err(e)) => return format!("read error: {e}"),
                 };
                 last_heard = Instant::now();
@@ -506,5 +723,62 @@ async fn handle_control(state: &AppState, mux: &Mux, server_id: &str, c: Control
         other => {
             tracing::debug!("ignoring unexpected control message from agent: {other:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn websocket_upgrade_requests() {
+        let req = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(
+                    header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            websocket_accept(&h)
+        };
+        let good = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ];
+        // RFC 6455's example.
+        assert_eq!(req(&good).unwrap(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        for drop in 0..good.len() {
+            let mut h = good.to_vec();
+            h.remove(drop);
+            assert!(req(&h).is_err(), "without {}", good[drop].0);
+        }
+        let mut old = good.to_vec();
+        old[2].1 = "8";
+        assert!(req(&old).is_err());
+    }
+
+    #[tokio::test]
+    async fn pre_auth_reads_stop_at_the_budget_until_lifted() {
+        let (mut peer, ours) = tokio::io::duplex(64 * 1024);
+        let mut s = PreAuth::new(ours, 100);
+        peer.write_all(&[7u8; 100]).await.unwrap();
+        let mut buf = [0u8; 100];
+        s.read_exact(&mut buf).await.unwrap();
+        peer.write_all(&[7u8; 1]).await.unwrap();
+        let e = s.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+
+        let (mut peer, ours) = tokio::io::duplex(64 * 1024);
+        let mut s = PreAuth::new(ours, 100);
+        s.lift();
+        peer.write_all(&[7u8; 10_000]).await.unwrap();
+        drop(peer);
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all.len(), 10_000);
     }
 }
