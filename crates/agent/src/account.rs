@@ -199,13 +199,15 @@ pub fn managed_group(
     gid: u32,
 ) -> Result<(), String> {
     let not_theirs = format!("group {name} is not one of {username}'s groups");
+    // The private group first: it is the account's own primary group even
+    // when the person's name is one of the privileged ones (a user `admin`).
+    if name == username && gid == m.uid && m.gid == m.uid && gid >= MIN_GID {
+        return Ok(());
+    }
     if gid < MIN_GID || PRIVILEGED_GROUPS.contains(&name) || name == MANAGED_GROUP {
         return Err(format!(
             "{not_theirs}; a person's own account never runs with a system or privileged group (GID {gid})"
         ));
-    }
-    if name == username && gid == m.gid && m.gid == m.uid {
-        return Ok(());
     }
     if name != username && m.groups.iter().any(|g| g.name == name && g.gid == gid) {
         return Ok(());
@@ -318,6 +320,17 @@ mod tests {
             "group alice is not one of alice's groups; here it has GID 50003, not alice's \
              private GID 20001"
         );
+        // A person named like a privileged group has that private group,
+        // and no other group of that name.
+        let admin = ManagedAccount {
+            uid: 20000,
+            gid: 20000,
+            ..m.clone()
+        };
+        assert!(managed_group("admin", &admin, "admin", 20000).is_ok());
+        assert!(managed_group("admin", &admin, "admin", 115).is_err());
+        assert!(managed_group("admin", &admin, "sudo", 27).is_err());
+        assert!(managed_group("alice", &m, "admin", 20000).is_err());
         // A private group is only that when its GID is the UID.
         let odd = ManagedAccount {
             gid: 20005,
