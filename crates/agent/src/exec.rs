@@ -244,7 +244,11 @@ where
             return failed(&spec.id, started, e);
         }
     }
-    let runas = match RunAs::resolve(&spec.username, spec.groupname.as_deref()) {
+    let runas = match RunAs::resolve(
+        &spec.username,
+        spec.groupname.as_deref(),
+        spec.managed.as_ref(),
+    ) {
         Ok(r) => r,
         Err(e) => return failed(&spec.id, started, e),
     };

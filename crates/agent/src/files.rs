@@ -99,7 +99,11 @@ impl Helper {
         with_stdin: bool,
     ) -> Result<Helper, StreamError> {
         crate::provision::ensure_account(account).await?;
-        let runas = RunAs::resolve(&account.username, account.groupname.as_deref())?;
+        let runas = RunAs::resolve(
+            &account.username,
+            account.groupname.as_deref(),
+            account.managed.as_ref(),
+        )?;
         let mut cmd = Command::new(exe);
         cmd.args(args)
             .env_clear()
@@ -222,40 +226,44 @@ pub async fn serve(stream: Stream, open: Open, helper: Arc<PathBuf>) {
             return;
         }
     };
-    // The token's file ACL on the real path (symlinks resolved).
-    let confined = match &open {
-        Open::FileWrite { path, confine, .. } | Open::Mkdir { path, confine, .. } => {
-            crate::confine::check(path, true, confine)
-        }
-        Open::FileRead { path, confine, .. } | Open::Stat { path, confine, .. } => {
-            crate::confine::check(path, false, confine)
-        }
-        Open::Pty { .. } | Open::PtyAttach { .. } => Ok(()),
-    };
-    if let Err(e) = confined {
-        warn!(op, path = %path, user = %user, "refused: {}", e.detail);
-        tx.close(Close::Err(e));
-        return;
-    }
+    // The token's file ACL is checked by the helper, as the account, on
+    // what it opens (see `helper`).
     let result = match open {
         Open::FileWrite {
             path,
             account,
             overwrite,
             mode,
-            ..
-        } => write(&tx, &mut rx, &helper, &path, &account, overwrite, mode).await,
-        Open::FileRead { path, account, .. } => read(&tx, &helper, &path, &account).await,
-        Open::Mkdir { path, account, .. } => {
-            one_shot(&helper, &account, "__mkdir", &path, &[]).await
+            confine,
+        } => {
+            let w = Upload {
+                path: &path,
+                overwrite,
+                mode,
+                confine: &confine,
+            };
+            write(&tx, &mut rx, &helper, &account, w).await
         }
+        Open::FileRead {
+            path,
+            account,
+            confine,
+        } => read(&tx, &helper, &path, &account, &confine).await,
+        Open::Mkdir {
+            path,
+            account,
+            confine,
+        } => one_shot(&helper, &account, "__mkdir", &path, confine_args(&confine)).await,
         Open::Stat {
             path,
             account,
             recursive,
-            ..
+            confine,
         } => {
-            let flags: &[&str] = if recursive { &["--recursive"] } else { &[] };
+            let mut flags = confine_args(&confine);
+            if recursive {
+                flags.push("--recursive".into());
+            }
             one_shot(&helper, &account, "__stat", &path, flags)
                 .await
                 .and_then(fits_in_a_frame)
@@ -271,6 +279,9 @@ pub async fn serve(stream: Stream, open: Open, helper: Arc<PathBuf>) {
             )
         }
         Ok(_) => debug!(stream = tx.id(), "{op} {path} as {user}: ok"),
+        Err(e) if e.code == ErrorCode::OutsideAcl => {
+            warn!(stream = tx.id(), op, path = %path, user = %user, "refused: {}", e.detail)
+        }
         Err(e) => info!(stream = tx.id(), "{op} {path} as {user} failed: {e}"),
     }
     tx.close(match result {
@@ -298,16 +309,21 @@ fn fits_in_a_frame(r: StreamResult) -> Result<StreamResult, StreamError> {
     }
 }
 
+/// The helper's arguments for a token's file ACL.
+fn confine_args(patterns: &[String]) -> Vec<String> {
+    patterns.iter().map(|p| format!("--confine={p}")).collect()
+}
+
 async fn one_shot(
     exe: &Path,
     account: &Account,
     sub: &str,
     path: &str,
-    flags: &[&str],
+    flags: Vec<String>,
 ) -> Result<StreamResult, StreamError> {
     check_path(path)?;
     let mut args = vec![sub.to_string(), format!("--path={path}")];
-    args.extend(flags.iter().map(|f| f.to_string()));
+    args.extend(flags);
     let mut h = Helper::spawn(exe, account, args, false).await?;
     let r = match h.reply().await? {
         Reply::Ok(r) => Ok(r),
@@ -326,23 +342,34 @@ async fn write_chunk(stdin: &mut ChildStdin, data: &[u8]) -> std::io::Result<()>
     Ok(())
 }
 
+/// An upload's request.
+struct Upload<'a> {
+    path: &'a str,
+    overwrite: bool,
+    mode: Option<u32>,
+    confine: &'a [String],
+}
+
 async fn write(
     tx: &StreamSender,
     rx: &mut StreamReceiver,
     exe: &Path,
-    path: &str,
     account: &Account,
-    overwrite: bool,
-    mode: Option<u32>,
+    w: Upload<'_>,
 ) -> Result<StreamResult, StreamError> {
-    check_path(path)?;
-    let mut args = vec!["__file-write".to_string(), format!("--path={path}")];
-    if overwrite {
+    check_path(w.path)?;
+    let mut args = vec!["__file-write".to_string(), format!("--path={}", w.path)];
+    if w.overwrite {
         args.push("--overwrite".into());
     }
-    if let Some(m) = mode {
+    if let Some(m) = w.mode {
         args.push(format!("--mode={m}"));
     }
+    // A person's own account never creates setuid or setgid files.
+    if account.managed.is_some() {
+        args.push("--no-setid".into());
+    }
+    args.extend(confine_args(w.confine));
     let mut h = Helper::spawn(exe, account, args, true).await?;
     match h.reply().await? {
         Reply::Ready(_) => {}
@@ -400,9 +427,11 @@ async fn read(
     exe: &Path,
     path: &str,
     account: &Account,
+    confine: &[String],
 ) -> Result<StreamResult, StreamError> {
     check_path(path)?;
-    let args = vec!["__file-read".to_string(), format!("--path={path}")];
+    let mut args = vec!["__file-read".to_string(), format!("--path={path}")];
+    args.extend(confine_args(confine));
     let mut h = Helper::spawn(exe, account, args, false).await?;
     let (size, mode) = match h.reply().await? {
         Reply::Ready(StreamInfo::File { size, mode }) => (size, mode),

@@ -59,6 +59,8 @@ enum Cmd {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    // The file helpers (see `helper`). `--confine` is a token's file ACL
+    // pattern, repeated; `--no-setid` marks a person's own account.
     #[command(name = "__file-write", hide = true)]
     FileWrite {
         #[arg(long)]
@@ -67,16 +69,24 @@ enum Cmd {
         overwrite: bool,
         #[arg(long)]
         mode: Option<u32>,
+        #[arg(long)]
+        confine: Vec<String>,
+        #[arg(long)]
+        no_setid: bool,
     },
     #[command(name = "__file-read", hide = true)]
     FileRead {
         #[arg(long)]
         path: PathBuf,
+        #[arg(long)]
+        confine: Vec<String>,
     },
     #[command(name = "__mkdir", hide = true)]
     Mkdir {
         #[arg(long)]
         path: PathBuf,
+        #[arg(long)]
+        confine: Vec<String>,
     },
     #[command(name = "__stat", hide = true)]
     Stat {
@@ -84,6 +94,8 @@ enum Cmd {
         path: PathBuf,
         #[arg(long)]
         recursive: bool,
+        #[arg(long)]
+        confine: Vec<String>,
     },
 }
 
@@ -120,10 +132,18 @@ fn main() -> ExitCode {
             path,
             overwrite,
             mode,
-        } => exit(helper::main_file_write(&path, overwrite, mode)),
-        Cmd::FileRead { path } => exit(helper::main_file_read(&path)),
-        Cmd::Mkdir { path } => exit(helper::main_mkdir(&path)),
-        Cmd::Stat { path, recursive } => exit(helper::main_stat(&path, recursive)),
+            confine,
+            no_setid,
+        } => exit(helper::main_file_write(
+            &path, overwrite, mode, &confine, no_setid,
+        )),
+        Cmd::FileRead { path, confine } => exit(helper::main_file_read(&path, &confine)),
+        Cmd::Mkdir { path, confine } => exit(helper::main_mkdir(&path, &confine)),
+        Cmd::Stat {
+            path,
+            recursive,
+            confine,
+        } => exit(helper::main_stat(&path, recursive, &confine)),
         Cmd::Register {
             url,
             token,

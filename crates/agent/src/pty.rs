@@ -221,7 +221,11 @@ impl Terminals {
                 err(ErrorCode::Invalid, "invalid terminal session id"),
             );
         }
-        let runas = match RunAs::resolve(&account.username, account.groupname.as_deref()) {
+        let runas = match RunAs::resolve(
+            &account.username,
+            account.groupname.as_deref(),
+            account.managed.as_ref(),
+        ) {
             Ok(r) => r,
             Err(e) => return refuse(stream, e),
         };
