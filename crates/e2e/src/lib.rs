@@ -110,10 +110,7 @@ impl Gateway {
         let port = free_port();
         let url = format!("https://127.0.0.1:{port}");
         let tmpfs = match opts.data_tmpfs_mib {
-            Some(mib) => Some(mountns::PrivateTmpfs::mount(
-                &dir.path().join("data"),
-                mib,
-            )?),
+            Some(mib) => Some(mountns::PrivateTmpfs::mount(&dir.path().join("data"), mib)?),
             None => None,
         };
         let mut gw = Gateway {

@@ -260,7 +260,12 @@ fn processes_naming(marker: &str) -> usize {
         return 0;
     };
     dir.filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
         .filter(|c| String::from_utf8_lossy(c).contains(marker))
         .count()
@@ -270,7 +275,10 @@ fn processes_naming(marker: &str) -> usize {
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().to_string()))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_string())
+        })
         .is_some_and(|rest| !rest.starts_with('Z'))
 }
 
@@ -332,13 +340,32 @@ struct DbView {
     integrity: String,
 }
 
+/// Reads a copy of the database (and its WAL): SQLite resolves symbolic
+/// links, so it cannot open a file through `/proc/<pid>/root` (the private
+/// tmpfs), and a copy leaves the gateway's own files untouched.
 fn read_db(path: &Path) -> Result<DbView> {
     use sqlx::{Connection, Row};
+    let copy = tempfile::tempdir()?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow!("no file name in {}", path.display()))?;
+    for ext in ["", "-wal"] {
+        let mut from = path.as_os_str().to_owned();
+        from.push(ext);
+        let mut to = copy.path().join(name).into_os_string();
+        to.push(ext);
+        match std::fs::copy(&from, &to) {
+            Ok(_) => {}
+            Err(e) if ext == "-wal" && e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let path = copy.path().join(name);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
         let mut conn = sqlx::SqliteConnection::connect_with(&opts).await?;
         let integrity: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
             .fetch_all(&mut conn)
@@ -358,8 +385,10 @@ fn read_db(path: &Path) -> Result<DbView> {
         }
         let mut audit: HashMap<String, (usize, usize)> = HashMap::new();
         for r in sqlx::query(
+            // Any result: a command that ended in an error is audited as
+            // a failed command.finish.
             "SELECT action, detail FROM audit_events
-             WHERE action IN ('command.run', 'command.finish') AND result = 'ok'",
+             WHERE action IN ('command.run', 'command.finish')",
         )
         .fetch_all(&mut conn)
         .await?
@@ -388,7 +417,10 @@ fn read_db(path: &Path) -> Result<DbView> {
 
 /// The token a command line appends: its second word (`echo KEY >> …`).
 fn key_of(line: &str) -> String {
-    line.split_whitespace().nth(1).unwrap_or_default().to_string()
+    line.split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn is_final(status: &str) -> bool {
@@ -511,7 +543,9 @@ fn verdict(e: &Evidence) -> Verdict {
                 refused_keys.insert(key.clone());
                 // Expected refusals say "not now": 503 or 507.
                 if !(refusals.contains(&code.as_str()) && matches!(status, 503 | 507)) {
-                    let u = unexpected.entry(what).or_insert_with(|| (detail.clone(), vec![]));
+                    let u = unexpected
+                        .entry(what)
+                        .or_insert_with(|| (detail.clone(), vec![]));
                     u.1.push(key.clone());
                 }
             }
@@ -1086,7 +1120,10 @@ fn verdict_catches_each_kind_of_failure() {
         let runs: HashMap<String, usize> = [("k-a".to_string(), 1)].into();
         (subs, db, runs)
     };
-    type Case = (&'static str, fn(&mut Vec<(String, Outcome)>, &mut DbView, &mut HashMap<String, usize>));
+    type Case = (
+        &'static str,
+        fn(&mut Vec<(String, Outcome)>, &mut DbView, &mut HashMap<String, usize>),
+    );
     let cases: &[Case] = &[
         ("", |_, _, _| {}),
         ("ran more than once", |_, _, r| {
