@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
+pub mod mountns;
 pub mod pg;
 pub mod relay;
 
@@ -77,6 +78,9 @@ pub struct GatewayOpts {
     pub args: Vec<String>,
     /// The process's RLIMIT_NOFILE (soft, hard), set before it starts.
     pub nofile: Option<(u64, u64)>,
+    /// Put the data directory on a tmpfs of this many MiB in a private
+    /// mount namespace (see `mountns`), so a test can fill it. Needs root.
+    pub data_tmpfs_mib: Option<u64>,
 }
 
 /// A running gateway with its own data directory.
@@ -90,6 +94,8 @@ pub struct Gateway {
     pub admin_password: String,
     http: reqwest::blocking::Client,
     admin_key: Option<String>,
+    /// Dropped after `Drop::drop` stopped the gateway that runs in it.
+    tmpfs: Option<mountns::PrivateTmpfs>,
 }
 
 impl Gateway {
@@ -109,6 +115,10 @@ impl Gateway {
         let dir = tempfile::Builder::new().prefix("alpacon-gw-").tempdir()?;
         let port = free_port();
         let url = format!("https://127.0.0.1:{port}");
+        let tmpfs = match opts.data_tmpfs_mib {
+            Some(mib) => Some(mountns::PrivateTmpfs::mount(&dir.path().join("data"), mib)?),
+            None => None,
+        };
         let mut gw = Gateway {
             dir,
             port,
@@ -119,6 +129,7 @@ impl Gateway {
             admin_password: String::new(),
             http: reqwest::blocking::Client::new(),
             admin_key: None,
+            tmpfs,
         };
         gw.spawn()?;
         gw.admin_password = std::fs::read_to_string(gw.data().join("initial-admin-password"))
@@ -128,7 +139,17 @@ impl Gateway {
         Ok(gw)
     }
 
+    /// The data directory as this process sees it (through the mount
+    /// namespace when it is on a private tmpfs).
     pub fn data(&self) -> PathBuf {
+        match &self.tmpfs {
+            Some(t) => t.view(&self.data_arg()),
+            None => self.data_arg(),
+        }
+    }
+
+    /// The data directory as the gateway sees it.
+    fn data_arg(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
@@ -145,9 +166,12 @@ impl Gateway {
             .create(true)
             .append(true)
             .open(self.dir.path().join("server.log"))?;
-        let mut cmd = Command::new(bin("alpacon-server"));
+        let mut cmd = match &self.tmpfs {
+            Some(t) => t.command(bin("alpacon-server")),
+            None => Command::new(bin("alpacon-server")),
+        };
         cmd.arg("--data-dir")
-            .arg(self.data())
+            .arg(self.data_arg())
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--public-url")
@@ -214,6 +238,7 @@ impl Gateway {
         Ok(())
     }
 
+    /// Kills the gateway (SIGKILL: no graceful shutdown) and reaps it.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             kill(&mut c);
@@ -224,6 +249,7 @@ impl Gateway {
         self.child.as_ref().map(Child::id)
     }
 
+    /// `stop` (SIGKILL), then start again on the same data and port.
     pub fn restart(&mut self) -> Result<()> {
         self.stop();
         self.spawn()
