@@ -69,6 +69,7 @@ impl Db {
                             Ok(())
                         })
                     })
+                    .after_release(|conn, _| Box::pin(async move { Ok(settled(conn)) }))
                     .connect(&url)
                     .await?
             }
@@ -76,6 +77,7 @@ impl Db {
                 AnyPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(30))
+                    .after_release(|conn, _| Box::pin(async move { Ok(settled(conn)) }))
                     .connect(&url)
                     .await?
             }
@@ -89,6 +91,21 @@ impl Db {
         }
         Ok(Db { pool, backend })
     }
+}
+
+/// Whether a connection coming back to the pool may be used again: not if
+/// sqlx still counts a transaction on it. That happens when SQLite already
+/// rolled a transaction back by itself (it does on "disk full") and sqlx's
+/// own ROLLBACK then failed: sqlx would begin the next transaction on that
+/// connection with a SAVEPOINT, whose rollback leaves a transaction open
+/// and the write lock held for good ("database is locked" everywhere).
+fn settled(conn: &mut sqlx::AnyConnection) -> bool {
+    use sqlx::Connection;
+    let settled = !conn.is_in_transaction();
+    if !settled {
+        tracing::warn!("closing a database connection left inside a transaction");
+    }
+    settled
 }
 
 fn backend_of(url: &str) -> Result<Backend, DbError> {
@@ -204,6 +221,48 @@ pub(crate) mod tests {
         // A second connect finds the schema in place.
         let db2 = Db::connect(&sqlite_url(&path)).await.unwrap();
         round_trip(&db2).await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_transaction_the_database_ended_is_not_reused() {
+        let d = tempfile::tempdir().unwrap();
+        let db = Db::connect(&sqlite_url(&d.path().join("a.db"))).await.unwrap();
+        sqlx::query("CREATE TABLE t (b BLOB)")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        // A transaction that fills its database: SQLite rolls it back itself
+        // (as on a full disk) and sqlx's ROLLBACK fails.
+        let mut tx = db.pool.begin().await.unwrap();
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query(&format!("PRAGMA max_page_count = {}", pages + 1))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let full = sqlx::query("INSERT INTO t VALUES (zeroblob(1000000))")
+            .execute(&mut *tx)
+            .await;
+        assert!(full.is_err());
+        let before = db.pool.size();
+        drop(tx);
+        // That connection is closed, not handed out again.
+        for _ in 0..100 {
+            if db.pool.size() < before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(db.pool.size(), before - 1);
+        // And writing goes on.
+        let mut tx = db.pool.begin().await.unwrap();
+        sqlx::query("INSERT INTO t VALUES (x'00')")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
     }
 
     /// Writes and reads every column type the schema uses, through the Any
