@@ -24,7 +24,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use alpacon_e2e::relay::CutRelay;
-use alpacon_e2e::{is_root, wait_for, Agent, AgentOpts, Gateway, GatewayOpts};
+use alpacon_e2e::{is_root, login, wait_for, Agent, AgentOpts, Gateway, GatewayOpts, Interactive};
 use anyhow::{anyhow, Result};
 use rand::Rng;
 use serde_json::{json, Value};
@@ -1084,6 +1084,83 @@ fn disk_full_refuses_clearly_and_recovers_without_reconnecting() {
         ),
     );
     report(&sc, &gw, &agent, &failures);
+}
+
+/// A terminal whose output the gateway can no longer record (its disk is
+/// full) is hung up on the server as well: its shell does not live on
+/// unrecorded, and it does not come back after a gateway restart, though its
+/// user was told it ended.
+#[test]
+fn a_terminal_that_cannot_be_recorded_is_hung_up_and_stays_ended() {
+    let mut gw = Gateway::start_opts(GatewayOpts {
+        data_tmpfs_mib: Some(32),
+        ..GatewayOpts::default()
+    })
+    .unwrap();
+    let mut agent = agent_for(&mut gw, "tf", None);
+    let cli = login(&gw, "admin", &gw.admin_password.clone());
+    let work = tempfile::tempdir().unwrap();
+    let pid_file = work.path().join("shell.pid");
+    let mut term = {
+        let mut c = cli.command();
+        c.args(["websh", "-u", "root", "tf"]);
+        Interactive::spawn(c).unwrap()
+    };
+    term.write(format!("echo $$ > {}; echo READY-$((1+1))\n", pid_file.display()).as_bytes())
+        .unwrap();
+    term.wait_for("READY-2", Duration::from_secs(30)).unwrap();
+    let shell: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(alive(shell));
+    let (_, v) = gw.call("GET", "/api/websh/sessions/", None).unwrap();
+    let id = v["results"][0]["id"].as_str().unwrap().to_string();
+
+    let filler = gw.data().join("filler");
+    fill(&filler);
+    // More output than the little space left can take.
+    term.write(b"head -c 4000000 /dev/zero | tr '\\0' x; echo\n")
+        .unwrap();
+    let status = term.wait(Duration::from_secs(60)).unwrap_or_else(|e| {
+        let log = gw.log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        panic!(
+            "{e}\n--- gateway log (newest first) ---\n{}",
+            tail.join("\n")
+        )
+    });
+    assert!(!status.success());
+    assert!(term.stderr().contains("disk is full"), "{}", term.stderr());
+    wait_for("the shell to be hung up", Duration::from_secs(30), || {
+        (!alive(shell)).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n--- agent log ---\n{}", agent.log()));
+
+    // Space comes back and the gateway restarts: the session stays ended.
+    std::fs::remove_file(&filler).unwrap();
+    gw.restart().unwrap();
+    gw.wait_connected("tf", true).unwrap();
+    let closed = wait_for(
+        "the session to be recorded as closed",
+        Duration::from_secs(60),
+        || {
+            let (_, v) = gw
+                .call("GET", &format!("/api/websh/sessions/{id}/"), None)
+                .ok()?;
+            (v["status"] == "closed").then_some(v)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.log()));
+    assert!(
+        closed["close_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("disk is full") || r.contains("gone")),
+        "{closed}"
+    );
+    assert!(!alive(shell));
+    agent.stop();
 }
 
 /// The verdict catches each fault it exists for (no sockets: data only).

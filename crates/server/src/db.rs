@@ -226,7 +226,9 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_connection_whose_transaction_the_database_ended_is_not_reused() {
         let d = tempfile::tempdir().unwrap();
-        let db = Db::connect(&sqlite_url(&d.path().join("a.db"))).await.unwrap();
+        let db = Db::connect(&sqlite_url(&d.path().join("a.db")))
+            .await
+            .unwrap();
         sqlx::query("CREATE TABLE t (b BLOB)")
             .execute(&db.pool)
             .await

@@ -817,6 +817,19 @@ impl SessionRow {
             v["agent_connected"] = json!(st.agent.is_some());
             v["rows"] = json!(st.rows);
             v["cols"] = json!(st.cols);
+            // Ended, but not yet stored (the disk may be full): say so, so
+            // no client keeps coming back to a session that is over.
+            match &st.ended {
+                Some(Ending::Exit(code)) => {
+                    v["status"] = json!("closed");
+                    v["exit_code"] = json!(code);
+                }
+                Some(Ending::Closed(reason)) => {
+                    v["status"] = json!("closed");
+                    v["close_reason"] = json!(reason);
+                }
+                None => {}
+            }
         }
         v
     }
