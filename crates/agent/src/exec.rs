@@ -644,37 +644,31 @@ impl Runner {
                 debug!(id = %spec.id, "command already running; ignoring the duplicate");
                 return;
             }
-            if lock(&inner.outbox).contains(&spec.id) {
-                debug!(id = %spec.id, "command already finished; offering its result again");
-                self.offer(&spec.id, None);
-                return;
-            }
-            match inner.spool.has_result(&spec.id) {
-                Ok(true) => {
+            // Answered already? `Some(false)`: finished, not acknowledged;
+            // `Some(true)`: acknowledged. Unreadable state refuses: a second
+            // run is worse than none.
+            let answered = (|| -> std::io::Result<Option<bool>> {
+                if lock(&inner.outbox).contains(&spec.id) || inner.spool.has_result(&spec.id)? {
+                    return Ok(Some(false));
+                }
+                if lock(&inner.remembered).ids.contains(&spec.id)
+                    || inner.spool.is_done(&spec.id)?
+                {
+                    return Ok(Some(true));
+                }
+                Ok(None)
+            })();
+            match answered {
+                Ok(None) => {}
+                Ok(Some(false)) => {
                     debug!(id = %spec.id, "command already finished; offering its result again");
                     self.offer(&spec.id, None);
                     return;
                 }
-                Ok(false) => {}
-                Err(e) => {
-                    warn!(id = %spec.id, "cannot tell whether the command already ran: {e}");
-                    self.refuse(
-                        &spec.id,
-                        io_err("the agent cannot tell whether the command already ran", e),
-                    );
-                    return;
-                }
-            }
-            if lock(&inner.remembered).ids.contains(&spec.id) {
-                debug!(id = %spec.id, "command already finished and acknowledged; ignoring it");
-                return;
-            }
-            match inner.spool.is_done(&spec.id) {
-                Ok(true) => {
+                Ok(Some(true)) => {
                     debug!(id = %spec.id, "command already finished and acknowledged; ignoring it");
                     return;
                 }
-                Ok(false) => {}
                 Err(e) => {
                     warn!(id = %spec.id, "cannot tell whether the command already ran: {e}");
                     self.refuse(
