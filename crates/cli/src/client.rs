@@ -25,6 +25,8 @@ pub const USER_AGENT: &str = concat!("alpacon/", env!("CARGO_PKG_VERSION"));
 
 /// Listings ask for the largest page the API allows.
 const MAX_PAGE_SIZE: usize = 100;
+/// Tries of an idempotent `POST` (waits 0.5, 1, 2 and 4 s between them).
+const POST_ATTEMPTS: u32 = 5;
 
 /// How the gateway's certificate is checked.
 #[derive(Debug, Clone, Default)]
@@ -286,6 +288,39 @@ impl Client {
             .await
     }
 
+    /// `POST` with an `Idempotency-Key`, sent again (same key) while the
+    /// gateway is unreachable, the connection breaks or it answers 502–504,
+    /// for up to about 15 s: the gateway creates one object however many
+    /// times the request arrives.
+    pub async fn post_idempotent<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        body: &impl Serialize,
+    ) -> Result<T> {
+        let key = uuid::Uuid::new_v4().to_string();
+        let mut delay = Duration::from_millis(500);
+        let mut attempt = 1;
+        loop {
+            let url = self.endpoint(segments);
+            let rb = self
+                .request(Method::POST, url)
+                .header("Idempotency-Key", key.as_str())
+                .json(body);
+            match self.send_json(rb).await {
+                Err(e)
+                    if attempt < POST_ATTEMPTS
+                        && e.downcast_ref::<CliError>()
+                            .is_some_and(CliError::retryable) =>
+                {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
     pub async fn delete(&self, segments: &[&str]) -> Result<()> {
         let url = self.endpoint(segments);
         self.send(self.request(Method::DELETE, url)).await?;
@@ -352,7 +387,11 @@ impl Client {
             }
             .into();
         }
-        anyhow!("request to {url} failed: {}", root_cause(&err))
+        CliError::Transport {
+            url,
+            reason: root_cause(&err),
+        }
+        .into()
     }
 }
 
@@ -474,6 +513,75 @@ mod tests {
             "https://gw:8443/api/webftp/stat/?server=web+1&path=%2Fa%26b"
         );
         assert_eq!(c.base_display(), "https://gw:8443");
+    }
+
+    /// A gateway that drops the first request unanswered and answers the
+    /// second: the client sends it again, with the same key.
+    #[tokio::test]
+    async fn an_idempotent_post_is_sent_again_with_its_key() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut keys = Vec::new();
+            for n in 0..2 {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !String::from_utf8_lossy(&req).contains("\r\n\r\n{") {
+                    let k = sock.read(&mut buf).await.unwrap();
+                    if k == 0 {
+                        break;
+                    }
+                    req.extend_from_slice(&buf[..k]);
+                }
+                let text = String::from_utf8_lossy(&req).to_lowercase();
+                keys.push(
+                    text.lines()
+                        .find_map(|l| l.strip_prefix("idempotency-key: "))
+                        .map(|k| k.trim().to_string()),
+                );
+                if n == 1 {
+                    let body = r#"{"id":"c1"}"#;
+                    let resp = format!(
+                        "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    sock.write_all(resp.as_bytes()).await.unwrap();
+                }
+                // The first connection just closes: the answer is lost.
+            }
+            keys
+        });
+        let c = Client::new(&format!("http://{addr}"), None, &TlsOptions::default()).unwrap();
+        let v: Value = c
+            .post_idempotent(
+                &["api", "events", "commands"],
+                &serde_json::json!({"line": "x"}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(v["id"], "c1");
+        let keys = server.await.unwrap();
+        assert_eq!(keys.len(), 2);
+        assert!(keys[0].is_some());
+        assert_eq!(keys[0], keys[1]);
+    }
+
+    #[test]
+    fn only_failures_a_retry_can_mend_are_retried() {
+        let api = |status| CliError::api(status, "x", "y");
+        assert!(api(503).retryable());
+        assert!(api(502).retryable());
+        assert!(!api(500).retryable());
+        assert!(!api(507).retryable());
+        assert!(!api(403).retryable());
+        assert!(CliError::Transport {
+            url: "u".into(),
+            reason: "reset".into()
+        }
+        .retryable());
+        assert!(!CliError::NotLoggedIn.retryable());
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub enum CliError {
     #[error("cannot connect to the gateway at {url}: {reason}")]
     Connect { url: String, reason: String },
 
+    /// The connection failed during a request (reset, closed).
+    #[error("request to {url} failed: {reason}")]
+    Transport { url: String, reason: String },
+
     #[error("the TLS certificate of {url} is not trusted: {reason}")]
     UntrustedCert {
         url: String,
@@ -73,7 +77,18 @@ impl CliError {
                 "check the gateway URL, or pass its CA with --ca-cert to `alpacon login`".into(),
             ),
             CliError::LoginRefused { hint, .. } => Some(hint.to_string()),
-            CliError::NotLoggedIn | CliError::Usage(_) => None,
+            CliError::NotLoggedIn | CliError::Usage(_) | CliError::Transport { .. } => None,
+        }
+    }
+
+    /// Whether a request that failed this way may be sent again, provided
+    /// it is safe to repeat (it carries an `Idempotency-Key`): the gateway
+    /// was unreachable, the connection broke, or it was briefly unable.
+    pub fn retryable(&self) -> bool {
+        match self {
+            CliError::Connect { .. } | CliError::Transport { .. } => true,
+            CliError::Api { status, .. } => matches!(status, 502..=504),
+            _ => false,
         }
     }
 

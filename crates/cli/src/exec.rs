@@ -119,10 +119,10 @@ pub fn command_body(opts: &RunOptions, server: &str, line: &str) -> Value {
 
 async fn run_command(ctx: &Ctx, opts: &RunOptions, server: &str, line: &str) -> Result<u8> {
     let client = ctx.client()?;
-    // Not retried: a lost answer may mean the command was created, and
-    // running it twice is worse than reporting the failure.
+    // Retried under one Idempotency-Key: a lost answer may mean the command
+    // was created, and the gateway answers a retry with that same command.
     let created: Value = client
-        .post(COMMANDS, &command_body(opts, server, line))
+        .post_idempotent(COMMANDS, &command_body(opts, server, line))
         .await?;
     let id = match created.get("id") {
         Some(Value::String(s)) => s.clone(),
