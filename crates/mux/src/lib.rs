@@ -469,6 +469,40 @@ impl StreamSender {
         Ok(())
     }
 
+    /// Send `data` as one `Data` frame, waiting until there is credit for
+    /// all of it. For streams whose frames are messages (a terminal's
+    /// `PtyIn`): [`StreamSender::send`] splits data where the credit runs
+    /// out, which would cut a message in two, and the receiver would take
+    /// its second half (user input) for the next message's tag.
+    pub async fn send_message(&self, data: Bytes) -> Result<(), MuxError> {
+        if data.len() > MAX_DATA {
+            return Err(MuxError::Protocol(format!(
+                "a message is at most {MAX_DATA} bytes, not {}",
+                data.len()
+            )));
+        }
+        loop {
+            let notified = self.shared.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.check_open()?;
+            {
+                let mut credit = lock(&self.shared.credit);
+                if credit.available() >= data.len() as u64 {
+                    credit.take(data.len());
+                    break;
+                }
+            }
+            notified.await;
+        }
+        self.inner
+            .send(Frame::Data {
+                stream: self.shared.id,
+                data,
+            })
+            .await
+    }
+
     /// Send a small message (at most `MAX_DATA` bytes) only if the credit
     /// for all of it is there now; `Ok(false)` when it is not. For messages
     /// a later one supersedes (acknowledgements), which must not wait behind

@@ -370,3 +370,39 @@ async fn try_next_frame_takes_what_is_queued() {
     assert!(matches!(f, Frame::Control(Control::Ping { seq: 2 })));
     assert!(io.try_next_frame().is_none());
 }
+
+#[tokio::test]
+async fn a_message_is_never_cut_where_the_credit_runs_out() {
+    let (g, _a, mut at_agent, _) = pair();
+    let s = g.open(read_open()).await.unwrap();
+    let (mut peer, _) = next_open(&mut at_agent).await;
+    let (tx, _rx) = s.split();
+    // Leave 10 bytes of credit.
+    tx.send(Bytes::from(vec![0u8; INITIAL_WINDOW as usize - 10]))
+        .await
+        .unwrap();
+    let message = Bytes::from(vec![7u8; 100]);
+    let sender = {
+        let tx = tx.clone();
+        let m = message.clone();
+        tokio::spawn(async move { tx.send_message(m).await })
+    };
+    // The peer reads what came first (granting credit as it drains), then
+    // the message arrives whole, in one frame.
+    let mut filler = 0;
+    while filler < INITIAL_WINDOW as usize - 10 {
+        match timeout(Duration::from_secs(5), peer.rx.recv()).await {
+            Ok(Some(Event::Data(d))) => filler += d.len(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    match timeout(Duration::from_secs(5), peer.rx.recv()).await {
+        Ok(Some(Event::Data(d))) => assert_eq!(d, message),
+        other => panic!("unexpected {other:?}"),
+    }
+    sender.await.unwrap().unwrap();
+    assert!(tx
+        .send_message(Bytes::from(vec![0u8; MAX_DATA + 1]))
+        .await
+        .is_err());
+}

@@ -183,7 +183,7 @@ impl Live {
         if let Some(tx) = agent {
             for chunk in bytes.chunks(MAX_DATA - 1) {
                 let _ = tx
-                    .send(PtyIn::Input(Bytes::copy_from_slice(chunk)).encode())
+                    .send_message(PtyIn::Input(Bytes::copy_from_slice(chunk)).encode())
                     .await;
             }
         }
@@ -201,7 +201,7 @@ impl Live {
         };
         self.record(|w| w.resize(cols, rows));
         if let Some(tx) = agent {
-            let _ = tx.send(PtyIn::Resize { rows, cols }.encode()).await;
+            let _ = tx.send_message(PtyIn::Resize { rows, cols }.encode()).await;
         }
     }
 
@@ -243,7 +243,7 @@ impl Live {
             // through (`close_live` ends the session on its own then).
             None => {
                 tokio::spawn(async move {
-                    let terminate = tx.send(PtyIn::Terminate.encode());
+                    let terminate = tx.send_message(PtyIn::Terminate.encode());
                     let _ = tokio::time::timeout(OPEN_TIMEOUT, terminate).await;
                 });
             }
@@ -386,14 +386,14 @@ async fn drive(
         };
         for chunk in resend.chunks(MAX_DATA - 1) {
             let _ = tx
-                .send(PtyIn::Input(Bytes::copy_from_slice(chunk)).encode())
+                .send_message(PtyIn::Input(Bytes::copy_from_slice(chunk)).encode())
                 .await;
         }
         let (rows, cols) = {
             let st = live.st();
             (st.rows, st.cols)
         };
-        let _ = tx.send(PtyIn::Resize { rows, cols }.encode()).await;
+        let _ = tx.send_message(PtyIn::Resize { rows, cols }.encode()).await;
         live.changed.notify_waiters();
         tracing::info!(session = %live.id, "terminal attached to the agent");
 
