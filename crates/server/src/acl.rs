@@ -592,6 +592,48 @@ pub async fn load_policy(
     }))
 }
 
+/// Whose operations (commands, transfers, terminals) a caller may read.
+#[derive(Debug, Clone)]
+pub struct Viewer {
+    pub user_id: String,
+    pub admin: bool,
+    /// A token with any ACL reads only what it did itself: it may reach
+    /// only some servers or commands, and the output of what its owner ran
+    /// elsewhere (`head /etc/shadow` in a session) is not for it.
+    pub only_token: Option<String>,
+}
+
+impl Viewer {
+    /// Whether an operation by `user` (with `token`) is visible.
+    pub fn sees(&self, user: Option<&str>, token: Option<&str>) -> bool {
+        match &self.only_token {
+            Some(t) => token == Some(t.as_str()),
+            None => self.admin || user == Some(self.user_id.as_str()),
+        }
+    }
+
+    /// The same as list filters: `(requested by, token)`, `None` for any.
+    pub fn filter(&self) -> (Option<&str>, Option<&str>) {
+        match &self.only_token {
+            Some(t) => (None, Some(t.as_str())),
+            None if self.admin => (None, None),
+            None => (Some(self.user_id.as_str()), None),
+        }
+    }
+}
+
+/// The caller as a reader of operations.
+pub async fn viewer(state: &AppState, caller: &Caller) -> Result<Viewer, ApiError> {
+    let restricted = load_policy(state, caller)
+        .await?
+        .is_some_and(|p| !p.commands.is_empty() || !p.servers.is_empty() || !p.files.is_empty());
+    Ok(Viewer {
+        user_id: caller.user_id.clone(),
+        admin: caller.is_admin(),
+        only_token: restricted.then(|| caller.token_id.clone()).flatten(),
+    })
+}
+
 /// The caller's file ACL patterns that allow `op`, for the agent to check
 /// the real path against (empty: the caller has no file ACL).
 pub async fn confine_patterns(
@@ -1348,6 +1390,34 @@ mod tests {
         let acls = [acl_as("docker ps", "a"), acl_as("docker ps", "b")];
         assert!(check_command(&acls, "docker ps", "b", None, false).is_ok());
         assert!(check_command(&acls, "docker ps", "c", None, false).is_err());
+    }
+
+    #[test]
+    fn a_restricted_token_reads_only_what_it_did() {
+        let person = Viewer {
+            user_id: "u".into(),
+            admin: false,
+            only_token: None,
+        };
+        assert!(person.sees(Some("u"), None));
+        assert!(person.sees(Some("u"), Some("t2")));
+        assert!(!person.sees(Some("v"), None));
+        let admin = Viewer {
+            admin: true,
+            ..person.clone()
+        };
+        assert!(admin.sees(Some("v"), None));
+        let token = Viewer {
+            admin: true,
+            only_token: Some("t1".into()),
+            ..person.clone()
+        };
+        assert!(token.sees(Some("u"), Some("t1")));
+        assert!(!token.sees(Some("u"), None), "its owner's session");
+        assert!(!token.sees(Some("u"), Some("t2")), "another token");
+        assert_eq!(token.filter(), (None, Some("t1")));
+        assert_eq!(person.filter(), (Some("u"), None));
+        assert_eq!(admin.filter(), (None, None));
     }
 
     #[test]

@@ -494,7 +494,7 @@ pub async fn store_result(
 const SELECT: &str = "SELECT c.id, c.server_id, s.name AS server_name, c.line, c.username,
         c.groupname, c.env, c.status, u.username AS requester, c.requested_by,
         c.created_at, c.delivered_at, c.finished_at, c.exit_code, c.elapsed_ms, c.output,
-        c.output_truncated, c.error_code, c.error_detail
+        c.output_truncated, c.error_code, c.error_detail, c.token_id
     FROM commands c
     LEFT JOIN servers s ON s.id = c.server_id
     LEFT JOIN users u ON u.id = c.requested_by";
@@ -503,6 +503,7 @@ const SELECT: &str = "SELECT c.id, c.server_id, s.name AS server_name, c.line, c
 struct CommandRow {
     json: Value,
     requested_by: Option<String>,
+    token_id: Option<String>,
     output: Vec<u8>,
     done: bool,
 }
@@ -542,6 +543,7 @@ fn from_row(r: &AnyRow) -> Result<CommandRow, sqlx::Error> {
     Ok(CommandRow {
         json,
         requested_by: r.try_get("requested_by")?,
+        token_id: r.try_get("token_id")?,
         output,
         done,
     })
@@ -566,10 +568,12 @@ fn not_found() -> ApiError {
     ApiError::not_found("not_found", "no such command")
 }
 
-/// Loads a command the caller may see (admins: all; others: their own).
+/// Loads a command the caller may see (admins: all; others: their own; a
+/// token with an ACL: what it ran itself, see `acl::Viewer`).
 async fn visible(state: &AppState, caller: &Caller, id: &str) -> Result<CommandRow, ApiError> {
+    let viewer = crate::acl::viewer(state, caller).await?;
     match fetch(state, id).await? {
-        Some(c) if caller.is_admin() || c.requested_by.as_deref() == Some(&caller.user_id) => Ok(c),
+        Some(c) if viewer.sees(c.requested_by.as_deref(), c.token_id.as_deref()) => Ok(c),
         _ => Err(not_found()),
     }
 }
@@ -605,9 +609,10 @@ async fn list(
         ),
         None => None,
     };
-    let mine = (!caller.is_admin()).then(|| caller.user_id.clone());
+    let viewer = crate::acl::viewer(&state, &caller).await?;
+    let (mine, token) = viewer.filter();
     let filter = "WHERE ($1 IS NULL OR c.server_id = $1) AND ($2 IS NULL OR c.status = $2)
-                  AND ($3 IS NULL OR c.requested_by = $3)";
+                  AND ($3 IS NULL OR c.requested_by = $3) AND ($4 IS NULL OR c.token_id = $4)";
     let (count, rows) = Listing {
         count_from: "commands c",
         select: SELECT,
@@ -616,7 +621,8 @@ async fn list(
         binds: vec![
             Bind::OptText(server_id.as_deref()),
             Bind::OptText(q.status.as_deref()),
-            Bind::OptText(mine.as_deref()),
+            Bind::OptText(mine),
+            Bind::OptText(token),
         ],
     }
     .fetch(&state.db, page)
@@ -960,6 +966,65 @@ mod tests {
                 Some(&alice),
                 None,
             )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_restricted_token_reads_only_the_commands_it_ran() {
+        let app = TestApp::new().await;
+        let admin = app.admin_key().await;
+        app.add_server("web-1", 1).await;
+        app.add_server("db-1", 2).await;
+        let body = json!({"server": "db-1", "line": "head /etc/shadow", "username": "root"});
+        let (s, secret) = submit(&app, &admin, None, body).await;
+        assert_eq!(s, StatusCode::CREATED, "{secret}");
+        let (_, t) = app
+            .call(
+                Method::POST,
+                "/api/auth/tokens/",
+                Some(&admin),
+                Some(json!({"name": "ci"})),
+            )
+            .await;
+        let token = t["key"].as_str().unwrap().to_string();
+        let own = json!({"server": "web-1", "line": "uptime", "username": "root"});
+        let (s, mine) = submit(&app, &token, None, own).await;
+        assert_eq!(s, StatusCode::CREATED, "{mine}");
+        let (s, v) = app
+            .call(
+                Method::POST,
+                "/api/security/server-acl/",
+                Some(&admin),
+                Some(json!({"token": "ci", "server": "web-1"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let detail = |id: &Value| format!("/api/events/commands/{}/", id.as_str().unwrap());
+        let (s, _) = app
+            .call(Method::GET, &detail(&secret["id"]), Some(&token), None)
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, _) = app
+            .call(
+                Method::GET,
+                &format!("{}stream/", detail(&secret["id"])),
+                Some(&token),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, _) = app
+            .call(Method::GET, &detail(&mine["id"]), Some(&token), None)
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let (_, v) = app
+            .call(Method::GET, "/api/events/commands/", Some(&token), None)
+            .await;
+        assert_eq!(v["count"], 1, "{v}");
+        // The person's own session still reads everything of theirs.
+        let (s, _) = app
+            .call(Method::GET, &detail(&secret["id"]), Some(&admin), None)
             .await;
         assert_eq!(s, StatusCode::OK);
     }

@@ -708,8 +708,8 @@ async fn transfer(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let row = sqlx::query(
-        "SELECT id, server_id, direction, path, username, requested_by, status, bytes, sha256,
-                error, created_at, finished_at FROM transfers WHERE id = $1",
+        "SELECT id, server_id, direction, path, username, requested_by, token_id, status, bytes,
+                sha256, error, created_at, finished_at FROM transfers WHERE id = $1",
     )
     .bind(&id)
     .fetch_optional(&state.db.pool)
@@ -718,7 +718,9 @@ async fn transfer(
         return Err(ApiError::not_found("not_found", "no such transfer"));
     };
     let owner: Option<String> = r.try_get("requested_by")?;
-    if !caller.is_admin() && owner.as_deref() != Some(&caller.user_id) {
+    let token: Option<String> = r.try_get("token_id")?;
+    let viewer = crate::acl::viewer(&state, &caller).await?;
+    if !viewer.sees(owner.as_deref(), token.as_deref()) {
         return Err(ApiError::not_found("not_found", "no such transfer"));
     }
     let mut v: HashMap<&str, Value> = HashMap::new();

@@ -68,7 +68,7 @@ fn invitation_json(r: &AnyRow) -> Result<Value, ApiError> {
 }
 
 const SELECT: &str = "SELECT i.id, i.email, i.username, i.is_staff, i.role, i.created_at,
-        i.expires_at, i.accepted_at, i.group_id, g.name AS group_name, u.username AS inviter
+        i.expires_at, i.accepted_at, i.group_id, i.created_by, g.name AS group_name, u.username AS inviter
  FROM invitations i LEFT JOIN iam_groups g ON g.id = i.group_id
  LEFT JOIN users u ON u.id = i.created_by";
 
@@ -95,6 +95,14 @@ async fn create_invitation(
     caller: Caller,
     Json(b): Json<CreateInvitation>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    // An invitation creates a person: that outlives any token, so only a
+    // person signed in may send one (as only a person may create tokens).
+    if caller.token_id.is_some() {
+        return Err(ApiError::forbidden(
+            "token_not_allowed",
+            "API tokens cannot invite people; log in with a password (`alpacon login`)",
+        ));
+    }
     let role = Role::parse(&b.role)
         .ok_or_else(|| ApiError::bad_request("role must be owner, manager or member"))?;
     // Admins invite anyone; a group's owners and managers invite into it.
@@ -321,6 +329,7 @@ async fn accept_invitation(
         ));
     }
     super::check_full_name(&b.full_name)?;
+    inviter_still_may(&st, &row).await?;
     // Claim the invitation first: two concurrent accepts cannot both win.
     let claimed = sqlx::query(
         "UPDATE invitations SET accepted_at = $1 WHERE id = $2 AND accepted_at IS NULL",
@@ -391,6 +400,83 @@ async fn accept_invitation(
         .await?
         .ok_or_else(|| ApiError::internal("user vanished"))?;
     Ok((StatusCode::CREATED, Json(u.to_json())))
+}
+
+/// What the inviter is now, for [`inviter_allows`].
+#[derive(Debug, Clone, Copy)]
+pub struct Inviter {
+    pub active: bool,
+    pub superuser: bool,
+    pub admin: bool,
+    /// Their role in the invitation's group, if any.
+    pub role: Option<Role>,
+}
+
+/// Whether an invitation may still be accepted: it grants what its inviter
+/// could grant *now*. Someone removed from the group, demoted or disabled
+/// since (or deleted: `None`) cannot bring people, or themselves under a new
+/// name, back in with a link they sent before.
+pub fn inviter_allows(inviter: Option<Inviter>, staff: bool, group: bool, role: Role) -> bool {
+    let Some(i) = inviter.filter(|i| i.active) else {
+        return false;
+    };
+    if staff {
+        return i.superuser;
+    }
+    if i.admin {
+        return true;
+    }
+    group
+        && groups::may(
+            groups::Actor {
+                is_admin: false,
+                role: i.role,
+            },
+            groups::GroupAction::Add(role),
+        )
+        .is_ok()
+}
+
+async fn inviter_still_may(st: &AppState, inv: &AnyRow) -> Result<(), ApiError> {
+    let created_by: Option<String> = inv.try_get("created_by")?;
+    let group: Option<String> = inv.try_get("group_id")?;
+    let role = Role::parse(&inv.try_get::<String, _>("role")?);
+    let inviter = match &created_by {
+        Some(uid) => {
+            let row = sqlx::query(
+                "SELECT u.is_active, u.is_superuser, u.is_staff, m.role
+                 FROM users u LEFT JOIN memberships m ON m.user_id = u.id AND m.group_id = $2
+                 WHERE u.id = $1",
+            )
+            .bind(uid)
+            .bind(&group)
+            .fetch_optional(&st.db.pool)
+            .await?;
+            match row {
+                Some(r) => Some(Inviter {
+                    active: r.try_get::<i64, _>("is_active")? != 0,
+                    superuser: r.try_get::<i64, _>("is_superuser")? != 0,
+                    admin: r.try_get::<i64, _>("is_superuser")? != 0
+                        || r.try_get::<i64, _>("is_staff")? != 0,
+                    role: r
+                        .try_get::<Option<String>, _>("role")?
+                        .as_deref()
+                        .and_then(Role::parse),
+                }),
+                None => None,
+            }
+        }
+        None => None,
+    };
+    let staff = inv.try_get::<i64, _>("is_staff")? != 0;
+    match role {
+        Some(role) if inviter_allows(inviter, staff, group.is_some(), role) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::GONE,
+            "invitation_unusable",
+            "whoever sent this invitation can no longer grant this access; ask for a new one",
+        )),
+    }
 }
 
 /// A self-contained page for the link: shows the invitation and posts the
@@ -478,7 +564,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_one_claims_a_system_name_and_pages_cannot_be_framed() {
-        use axum::http::{Method, StatusCode};
+        use axum::http::Method;
         let app = crate::testutil::TestApp::new().await;
         let admin = app.admin_key().await;
         // Fixed in the invitation, chosen when accepting, or created directly.
@@ -559,6 +645,140 @@ mod tests {
         assert_eq!(h["cache-control"], "no-store");
         assert_eq!(h["referrer-policy"], "no-referrer");
         assert!(h.contains_key("strict-transport-security"));
+    }
+
+    #[tokio::test]
+    async fn an_owner_removed_from_the_group_cannot_come_back_with_a_link() {
+        use axum::http::Method;
+        let app = crate::testutil::TestApp::new().await;
+        let admin = app.admin_key().await;
+        let web = app.add_server("web-1", 1).await;
+        let oscar = app.user_key("oscar").await;
+        app.reach("oscar", &web).await;
+        sqlx::query("UPDATE memberships SET role = 'owner'")
+            .execute(&app.state.db.pool)
+            .await
+            .unwrap();
+        let group: String = sqlx::query_scalar("SELECT name FROM iam_groups")
+            .fetch_one(&app.state.db.pool)
+            .await
+            .unwrap();
+        let (s, v) = app
+            .call(
+                Method::POST,
+                "/api/iam/invitations/",
+                Some(&oscar),
+                Some(serde_json::json!({"group": group, "role": "owner"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let key = v["key"].as_str().unwrap().to_string();
+        let membership: String = sqlx::query_scalar("SELECT id FROM memberships")
+            .fetch_one(&app.state.db.pool)
+            .await
+            .unwrap();
+        let (s, v) = app
+            .call(
+                Method::DELETE,
+                &format!("/api/iam/memberships/{membership}/"),
+                Some(&admin),
+                None,
+            )
+            .await;
+        assert!(s.is_success(), "{v}");
+        let (s, v) = app
+            .call(
+                Method::POST,
+                "/api/iam/invitations/accept/",
+                None,
+                Some(serde_json::json!({"key": key, "username": "oscar2", "password": "long enough pw"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::GONE, "{v}");
+        assert_eq!(v["code"], "invitation_unusable");
+        // And a token cannot invite at all.
+        let (_, t) = app
+            .call(
+                Method::POST,
+                "/api/auth/tokens/",
+                Some(&admin),
+                Some(serde_json::json!({"name": "t"})),
+            )
+            .await;
+        let (s, v) = app
+            .call(
+                Method::POST,
+                "/api/iam/invitations/",
+                Some(t["key"].as_str().unwrap()),
+                Some(serde_json::json!({})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    }
+
+    #[test]
+    fn an_invitation_grants_only_what_its_inviter_still_may() {
+        let person = |active, admin, role| {
+            Some(Inviter {
+                active,
+                superuser: false,
+                admin,
+                role,
+            })
+        };
+        let owner = Some(Role::Owner);
+        // (inviter, staff invitation, into a group, role) -> usable
+        let table = [
+            (person(true, false, owner), false, true, Role::Owner, true),
+            (
+                person(true, false, Some(Role::Manager)),
+                false,
+                true,
+                Role::Member,
+                true,
+            ),
+            (
+                person(true, false, Some(Role::Manager)),
+                false,
+                true,
+                Role::Owner,
+                false,
+            ),
+            // Removed from the group, disabled, deleted.
+            (person(true, false, None), false, true, Role::Member, false),
+            (
+                person(false, false, owner),
+                false,
+                true,
+                Role::Member,
+                false,
+            ),
+            (None, false, true, Role::Member, false),
+            // Admins invite anyone; staff invitations need a superuser.
+            (person(true, true, None), false, false, Role::Member, true),
+            (person(true, true, None), true, false, Role::Member, false),
+            (
+                Some(Inviter {
+                    active: true,
+                    superuser: true,
+                    admin: true,
+                    role: None,
+                }),
+                true,
+                false,
+                Role::Member,
+                true,
+            ),
+            // Demoted admin, no group.
+            (person(true, false, None), false, false, Role::Member, false),
+        ];
+        for (inviter, staff, group, role, want) in table {
+            assert_eq!(
+                inviter_allows(inviter, staff, group, role),
+                want,
+                "{inviter:?} staff={staff} group={group} {role:?}"
+            );
+        }
     }
 
     #[test]

@@ -756,7 +756,7 @@ async fn idle_timeout(state: &AppState) -> i64 {
 
 const SELECT: &str = "SELECT s.id, s.server_id, sv.name AS server_name, s.user_id,
         u.username AS owner, s.username, s.groupname, s.rows_, s.cols, s.status, s.created_at,
-        s.closed_at, s.exit_code, s.close_reason, s.output_bytes
+        s.closed_at, s.exit_code, s.close_reason, s.output_bytes, s.token_id
     FROM websh_sessions s
     LEFT JOIN servers sv ON sv.id = s.server_id
     LEFT JOIN users u ON u.id = s.user_id";
@@ -766,6 +766,7 @@ struct SessionRow {
     id: String,
     server_id: String,
     user_id: String,
+    token_id: Option<String>,
     username: String,
     groupname: Option<String>,
     rows: u16,
@@ -799,6 +800,7 @@ impl SessionRow {
             id,
             server_id: r.try_get("server_id")?,
             user_id: r.try_get("user_id")?,
+            token_id: r.try_get("token_id")?,
             username: r.try_get("username")?,
             groupname: r.try_get("groupname")?,
             rows: rows.clamp(1, u16::MAX as i64) as u16,
@@ -886,6 +888,15 @@ pub fn decide_access(is_owner: bool, participant: Option<bool>, is_admin: bool) 
 }
 
 async fn access(state: &AppState, caller: &Caller, row: &SessionRow) -> Result<Access, ApiError> {
+    // A token with an ACL sees only the terminals it opened itself.
+    let viewer = crate::acl::viewer(state, caller).await?;
+    if viewer.only_token.is_some() {
+        return if viewer.sees(Some(&row.user_id), row.token_id.as_deref()) {
+            Ok(Access::Owner)
+        } else {
+            Err(not_found())
+        };
+    }
     let participant: Option<i64> = sqlx::query_scalar(
         "SELECT read_only FROM websh_participants
          WHERE session_id = $1 AND user_id = $2 AND expires_at > $3",
@@ -1041,9 +1052,10 @@ async fn list(
         ),
         None => None,
     };
-    let mine = (!caller.is_admin()).then(|| caller.user_id.clone());
+    let viewer = crate::acl::viewer(&state, &caller).await?;
+    let (mine, token) = viewer.filter();
     let filter = "WHERE ($1 IS NULL OR s.status = $1) AND ($2 IS NULL OR s.server_id = $2)
-                  AND ($3 IS NULL OR s.user_id = $3)";
+                  AND ($3 IS NULL OR s.user_id = $3) AND ($4 IS NULL OR s.token_id = $4)";
     let (count, rows) = Listing {
         count_from: "websh_sessions s",
         select: SELECT,
@@ -1052,7 +1064,8 @@ async fn list(
         binds: vec![
             Bind::OptText(q.status.as_deref()),
             Bind::OptText(server_id.as_deref()),
-            Bind::OptText(mine.as_deref()),
+            Bind::OptText(mine),
+            Bind::OptText(token),
         ],
     }
     .fetch(&state.db, page)
@@ -1835,7 +1848,8 @@ mod tests {
         assert_eq!(s, StatusCode::CREATED, "{v}");
         for path in [&recording, &records] {
             let (s, v) = app.call(Method::GET, path, Some(&token), None).await;
-            assert_eq!(s, StatusCode::FORBIDDEN, "{path}: {v}");
+            // A restricted token sees only terminals it opened itself.
+            assert_eq!(s, StatusCode::NOT_FOUND, "{path}: {v}");
         }
         // The session key still reads it.
         let (s, _) = app.call(Method::GET, &records, Some(&admin), None).await;
