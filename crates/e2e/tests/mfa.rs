@@ -259,8 +259,9 @@ fn repeated_wrong_passwords_lock_the_account_with_login_throttled() {
         text(&out)
     );
 
-    // Other accounts are not locked; the refusals are audited.
-    assert!(audit_count(&mut gw, "auth.login_throttled", "error") >= 2);
+    // Other accounts are not locked; the refusals are audited (repeats
+    // from one address within seconds as one event with their count).
+    assert!(audit_count(&mut gw, "auth.login_throttled", "error") >= 1);
     assert!(audit_count(&mut gw, "auth.login_failed", "error") >= 5);
 
     // The lock is in the database: a restarted gateway keeps it.

@@ -401,6 +401,16 @@ pub async fn on_locked(
         .bind(REMOVE_PENDING)
         .fetch_all(&st.db.pool)
         .await?;
+        // Only an answer to a lock this gateway owes that server is
+        // recorded: an agent cannot write account events at will.
+        if rows.is_empty() {
+            tracing::warn!(
+                server_id,
+                user = username,
+                "ignoring an account report nothing asked for"
+            );
+            return Ok(());
+        }
         for row in rows {
             let user_id: String = row.try_get("user_id")?;
             let state: String = row.try_get("state")?;

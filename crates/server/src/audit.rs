@@ -155,6 +155,65 @@ where
     Ok(())
 }
 
+/// Events anyone can cause without credentials (a refused agent link, a
+/// throttled login) are recorded once per `key` (their kind and address)
+/// every [`REPEAT_WINDOW`]; the repeats in between are counted into the next
+/// one (`detail.repeated`). The trail keeps what happened without letting a
+/// flood of them fill the disk.
+pub async fn record_unauthenticated(db: &Db, key: &str, mut ev: Event) -> Result<(), ApiError> {
+    let repeated = {
+        let mut l = REPEATS.lock().unwrap_or_else(|e| e.into_inner());
+        l.check(key, std::time::Instant::now())
+    };
+    let Some(repeated) = repeated else {
+        return Ok(());
+    };
+    if repeated > 0 {
+        ev.detail["repeated"] = json!(repeated);
+    }
+    record(db, ev).await
+}
+
+pub const REPEAT_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+static REPEATS: std::sync::LazyLock<std::sync::Mutex<Repeats>> =
+    std::sync::LazyLock::new(|| std::sync::Mutex::new(Repeats::default()));
+
+/// Per key: when one was last let through, and how many were held since.
+#[derive(Debug, Default)]
+pub struct Repeats {
+    slots: std::collections::HashMap<String, (std::time::Instant, u64)>,
+}
+
+impl Repeats {
+    /// At most this many keys are remembered (oldest dropped first).
+    const MAX_KEYS: usize = 10_000;
+
+    /// `Some(n)`: record now, `n` repeats were held back; `None`: hold it.
+    pub fn check(&mut self, key: &str, now: std::time::Instant) -> Option<u64> {
+        if let Some((last, held)) = self.slots.get_mut(key) {
+            if now.saturating_duration_since(*last) < REPEAT_WINDOW {
+                *held += 1;
+                return None;
+            }
+            let n = *held;
+            *last = now;
+            *held = 0;
+            return Some(n);
+        }
+        if self.slots.len() >= Self::MAX_KEYS {
+            self.slots
+                .retain(|_, (last, _)| now.saturating_duration_since(*last) < REPEAT_WINDOW);
+            if self.slots.len() >= Self::MAX_KEYS {
+                // Still full within one window: record without remembering.
+                return Some(0);
+            }
+        }
+        self.slots.insert(key.to_string(), (now, 0));
+        Some(0)
+    }
+}
+
 /// `caller.require_admin()`, with the refusal audited as a failed `action`.
 pub async fn require_admin(st: &AppState, caller: &Caller, action: &str) -> Result<(), ApiError> {
     if let Err(e) = caller.require_admin() {
@@ -277,6 +336,18 @@ fn escape_like(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeats_are_counted_into_the_next_event() {
+        let mut r = Repeats::default();
+        let t = std::time::Instant::now();
+        assert_eq!(r.check("a", t), Some(0));
+        assert_eq!(r.check("a", t), None);
+        assert_eq!(r.check("a", t + REPEAT_WINDOW / 2), None);
+        assert_eq!(r.check("b", t), Some(0), "keys are separate");
+        assert_eq!(r.check("a", t + REPEAT_WINDOW), Some(2));
+        assert_eq!(r.check("a", t + REPEAT_WINDOW), None);
+    }
 
     #[test]
     fn like_patterns_are_escaped() {

@@ -291,7 +291,7 @@ async fn create(
         );
     audit::record_in(&mut tx, ev).await?;
     tx.commit().await?;
-    state.relay.live.start(&id);
+    state.relay.live.start(&id, &server.id);
     let managed =
         crate::accounts::attach(&state.db, &server.id, &caller.user_id, &username).await?;
     let spec = CommandSpec {
@@ -400,7 +400,7 @@ pub async fn dispatch_pending(state: &AppState, server_id: &str) {
         };
         match spec {
             Ok(spec) => {
-                state.relay.live.start(&spec.id);
+                state.relay.live.start(&spec.id, server_id);
                 deliver(state, server_id, spec).await;
             }
             Err(e) => tracing::error!("bad pending command row: {e}"),
@@ -446,7 +446,14 @@ pub async fn store_result(
     .await?;
     if done.rows_affected() == 0 {
         tracing::debug!(command = %r.id, "result already stored or not ours; acknowledging");
-        state.relay.live.finish(&r.id);
+        if state
+            .relay
+            .live
+            .get(&r.id)
+            .is_some_and(|e| e.server_id == server_id)
+        {
+            state.relay.live.finish(&r.id);
+        }
         return Ok(());
     }
     let row = sqlx::query(
@@ -754,6 +761,8 @@ pub struct LiveOutputs {
 }
 
 pub struct LiveEntry {
+    /// The server whose agent runs it: only that agent's output is taken.
+    server_id: String,
     buf: Mutex<LiveBuf>,
     notify: Notify,
 }
@@ -823,9 +832,10 @@ impl LiveOutputs {
 
     /// Start tracking a command (idempotent). Only tracked commands accept
     /// output, so an agent cannot make the gateway allocate for made-up ids.
-    pub fn start(&self, id: &str) {
+    pub fn start(&self, id: &str, server_id: &str) {
         self.map().entry(id.to_string()).or_insert_with(|| {
             Arc::new(LiveEntry {
+                server_id: server_id.to_string(),
                 buf: Mutex::new(LiveBuf::default()),
                 notify: Notify::new(),
             })
@@ -836,8 +846,9 @@ impl LiveOutputs {
         self.map().get(id).cloned()
     }
 
-    pub fn append(&self, id: &str, offset: u64, data: &[u8]) {
-        if let Some(e) = self.get(id) {
+    /// Output from `server_id`'s agent; another agent's is ignored.
+    pub fn append(&self, server_id: &str, id: &str, offset: u64, data: &[u8]) {
+        if let Some(e) = self.get(id).filter(|e| e.server_id == server_id) {
             e.lock().append(offset, data);
             e.notify.notify_waiters();
         }
@@ -1159,10 +1170,13 @@ mod tests {
     #[test]
     fn untracked_ids_are_ignored() {
         let l = LiveOutputs::default();
-        l.append("nope", 0, b"x");
+        l.append("s", "nope", 0, b"x");
         assert!(l.get("nope").is_none());
-        l.start("c");
-        l.append("c", 0, b"x");
+        l.start("c", "s");
+        // Another server's agent cannot write into it.
+        l.append("other", "c", 0, b"forged");
+        assert_eq!(l.get("c").unwrap().lock().read_from(0), None);
+        l.append("s", "c", 0, b"x");
         assert_eq!(l.get("c").unwrap().lock().read_from(0).unwrap(), b"x");
         l.finish("c");
         assert!(l.get("c").is_none());

@@ -433,7 +433,8 @@ async fn handshake(state: &AppState, ws: &mut AgentSocket, ip: &str) -> Option<A
         Ok(Some(s)) => s,
         Ok(None) => {
             if let Some(held) = conn::log_now("agent_unknown_server") {
-                tracing::warn!(held, %ip, %server_id, "agent link refused: unknown server");
+                let shown: String = server_id.chars().take(64).collect();
+                tracing::warn!(held, %ip, server_id = %shown, "agent link refused: unknown server");
             }
             audit_failure(state, "unknown_server", &server_id, ip).await;
             reject(
@@ -489,11 +490,14 @@ async fn handshake(state: &AppState, ws: &mut AgentSocket, ip: &str) -> Option<A
 }
 
 async fn audit_failure(state: &AppState, reason: &str, server_id: &str, ip: &str) {
+    // The id is the unauthenticated peer's: keep a bounded piece of it.
+    let shown: String = server_id.chars().take(64).collect();
     let ev = Event::new("server.connect")
         .failed()
         .ip(ip)
-        .detail(json!({"reason": reason, "server_id": server_id}));
-    if let Err(e) = audit::record(&state.db, ev).await {
+        .detail(json!({"reason": reason, "server_id": shown}));
+    let key = format!("server.connect {reason} {ip}");
+    if let Err(e) = audit::record_unauthenticated(&state.db, &key, ev).await {
         tracing::warn!("audit write failed: {}", e.detail);
     }
 }
@@ -694,7 +698,7 @@ async fn handle_control(state: &AppState, mux: &Mux, server_id: &str, c: Control
         }
         Control::Pong { .. } => {}
         Control::CommandOutput { id, offset, data } => {
-            state.relay.live.append(&id, offset, &data);
+            state.relay.live.append(server_id, &id, offset, &data);
         }
         Control::CommandResult(result) => {
             let id = result.id.clone();

@@ -210,6 +210,15 @@ async fn remove(
     })?;
     let id: String = row.try_get("id")?;
     let name: String = row.try_get("name")?;
+    // A token may revoke itself (a leaked key's last act can be to go),
+    // never another: a narrowly scoped token must not wipe out its owner's
+    // other tokens or the service tokens of pipelines.
+    if caller.token_id.as_ref().is_some_and(|t| *t != id) {
+        return Err(ApiError::forbidden(
+            "token_not_allowed",
+            "an API token can delete only itself; log in with a password (`alpacon login`) to delete others",
+        ));
+    }
     sqlx::query("DELETE FROM api_tokens WHERE id = $1")
         .bind(&id)
         .execute(&st.db.pool)
@@ -319,5 +328,46 @@ mod tests {
         assert!(expiry_from_days(Some(0), 5).is_err());
         assert!(expiry_from_days(Some(-3), 5).is_err());
         assert!(expiry_from_days(Some(MAX_EXPIRES_IN_DAYS + 1), 5).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_token_deletes_only_itself() {
+        use axum::http::{Method, StatusCode};
+        let app = crate::testutil::TestApp::new().await;
+        let admin = app.admin_key().await;
+        let mut keys = Vec::new();
+        for (name, scopes) in [("main", json!(null)), ("siem", json!(["audit:read"]))] {
+            let mut body = json!({ "name": name });
+            if !scopes.is_null() {
+                body["scopes"] = scopes;
+            }
+            let (s, v) = app
+                .call(Method::POST, "/api/auth/tokens/", Some(&admin), Some(body))
+                .await;
+            assert_eq!(s, StatusCode::CREATED, "{v}");
+            keys.push(v["key"].as_str().unwrap().to_string());
+        }
+        let (s, v) = app
+            .call(
+                Method::DELETE,
+                "/api/auth/tokens/main/",
+                Some(&keys[1]),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+        let (s, _) = app
+            .call(Method::GET, "/api/auth/whoami/", Some(&keys[0]), None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "the other token still works");
+        let (s, v) = app
+            .call(
+                Method::DELETE,
+                "/api/auth/tokens/siem/",
+                Some(&keys[1]),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
     }
 }

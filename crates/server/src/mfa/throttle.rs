@@ -260,8 +260,9 @@ pub async fn reserve(db: &Db, username: &str, ip: &str, stage: &str) -> Result<A
     };
     tx.rollback().await?;
     let secs = wait_secs(wait);
-    audit::record(
+    audit::record_unauthenticated(
         db,
+        &format!("auth.login_throttled {ip} {what}"),
         Event::new("auth.login_throttled")
             .failed()
             .actor_name(&bounded(username))

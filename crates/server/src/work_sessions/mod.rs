@@ -481,33 +481,47 @@ pub async fn on_agent_connected(st: &AppState, server_id: &str) {
 
 /// An agent reports a sudo use (or a grant it could not install).
 pub async fn on_sudo_report(st: &AppState, server_id: &str, c: &Control) {
-    let (grant_id, ev) = match c {
-        Control::SudoUsed {
-            grant_id,
-            username,
-            entry,
-        } => (
-            grant_id,
-            Event::new("sudo.use")
-                .actor_name(username)
-                .detail(json!({"entry": entry, "grant_id": grant_id})),
-        ),
-        Control::SudoFailed { grant_id, error } => (
-            grant_id,
-            Event::new("sudo.grant")
-                .failed()
-                .detail(json!({"error": error, "grant_id": grant_id})),
-        ),
+    let grant_id = match c {
+        Control::SudoUsed { grant_id, .. } | Control::SudoFailed { grant_id, .. } => grant_id,
         _ => return,
     };
-    let ws: Option<String> =
-        sqlx::query_scalar("SELECT session_id FROM sudo_grants WHERE id = $1 AND server_id = $2")
-            .bind(grant_id)
-            .bind(server_id)
-            .fetch_optional(&st.db.pool)
-            .await
-            .ok()
-            .flatten();
+    // Only reports about a grant this server was given are recorded, under
+    // the grant's own person: an agent names neither the grant nor the user
+    // at will.
+    let grant: Option<(String, String)> = sqlx::query_as(
+        "SELECT session_id, username FROM sudo_grants WHERE id = $1 AND server_id = $2",
+    )
+    .bind(grant_id)
+    .bind(server_id)
+    .fetch_optional(&st.db.pool)
+    .await
+    .ok()
+    .flatten();
+    let Some((ws, grantee)) = grant else {
+        tracing::warn!(
+            server_id,
+            grant_id,
+            "ignoring a sudo report for a grant this server does not hold"
+        );
+        return;
+    };
+    let ev = match c {
+        Control::SudoUsed {
+            username, entry, ..
+        } => {
+            let mut detail = json!({"entry": entry, "grant_id": grant_id});
+            if *username != grantee {
+                detail["reported_username"] = json!(username);
+            }
+            Event::new("sudo.use").actor_name(&grantee).detail(detail)
+        }
+        Control::SudoFailed { error, .. } => Event::new("sudo.grant")
+            .failed()
+            .actor_name(&grantee)
+            .detail(json!({"error": error, "grant_id": grant_id})),
+        _ => return,
+    };
+    let ws = Some(ws);
     let name = servers::get_by_id(&st.db, server_id)
         .await
         .ok()
@@ -1466,6 +1480,26 @@ mod tests {
             Some(winner),
             "the loser overwrote the decision"
         );
+    }
+
+    #[tokio::test]
+    async fn an_agent_cannot_write_sudo_or_account_events_at_will() {
+        let app = TestApp::new().await;
+        let web = app.add_server("web-1", 1).await;
+        let forged = alpacon_proto::Control::SudoUsed {
+            grant_id: "nonexistent".into(),
+            username: "admin".into(),
+            entry: "COMMAND=/usr/bin/rm -rf /var/lib/important".into(),
+        };
+        super::on_sudo_report(&app.state, &web, &forged).await;
+        crate::accounts::on_locked(&app.state, &web, "alice", 20001, true, None).await;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM audit_events WHERE action IN ('sudo.use', 'account.remove', 'account.lock')",
+        )
+        .fetch_one(&app.state.db.pool)
+        .await
+        .unwrap();
+        assert_eq!(n, 0);
     }
 
     #[tokio::test]
