@@ -363,10 +363,18 @@ impl Plan {
 }
 
 /// How many agents this machine lets one gateway hold: one descriptor per
-/// link (and the load generator needs as many, in its own process).
+/// link (and the load generator needs as many, in its own process). The
+/// gateway keeps up to 1024 descriptors for files (`conn::connection_cap`)
+/// and the bench's own API clients need a few links, hence 2000 below the
+/// limit, in whole thousands.
 pub fn machine_max() -> usize {
     let (_, hard) = crate::nofile_limit();
-    (hard as usize).saturating_sub(1_000).clamp(100, 50_000)
+    let n = (hard as usize).saturating_sub(2_000).clamp(100, 50_000);
+    if n >= 1_000 {
+        n / 1_000 * 1_000
+    } else {
+        n
+    }
 }
 
 pub fn run(quick: bool, max: usize, rep: &mut Report) -> Result<()> {

@@ -204,7 +204,7 @@ export function getSession(id: string, signal?: AbortSignal): Promise<WebshSessi
 }
 
 export async function getRecording(id: string, signal?: AbortSignal): Promise<string> {
-  const resp = await request('GET', `/api/websh/sessions/${encodeURIComponent(id)}/recording`, undefined, {
+  const resp = await request('GET', `/api/websh/sessions/${encodeURIComponent(id)}/recording/`, undefined, {
     signal,
   });
   return resp.text();

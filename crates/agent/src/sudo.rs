@@ -256,6 +256,17 @@ impl Sudo {
             return Err("sudo is not installed on this server".into());
         }
         let name = file_name(&g.id).ok_or("invalid grant id")?;
+        // A grant is for a person's own account, which provisioning made
+        // and marked; never for a local account that shares the name.
+        let group = std::fs::read_to_string("/etc/group")
+            .map_err(|e| format!("cannot read /etc/group: {e}"))?;
+        if !crate::provision::Accounts::parse("", &group, "").is_managed(&g.username) {
+            return Err(format!(
+                "{} is not an account Alpacon manages on this server (not in {})",
+                g.username,
+                crate::provision::MANAGED_GROUP
+            ));
+        }
         std::fs::create_dir_all(&self.inner.log_dir)
             .map_err(|e| format!("cannot create {}: {e}", self.inner.log_dir.display()))?;
         let logfile = self.inner.log_dir.join(format!("{}.log", g.id));

@@ -478,7 +478,7 @@ fn recordings_replay_exactly_what_the_client_saw() {
     let key = gw.admin_key().unwrap();
     let r = gw
         .http()
-        .get(gw.api(&format!("/api/websh/sessions/{id}/recording")))
+        .get(gw.api(&format!("/api/websh/sessions/{id}/recording/")))
         .header("Authorization", format!("Token {key}"))
         .send()
         .unwrap();

@@ -527,6 +527,92 @@ async fn users_list_is_for_admins(app: &TestApp) {
     assert!(v["results"][0].get("password_hash").is_none());
 }
 
+/// People and groups made after a deletion get fresh UIDs and GIDs; only a
+/// superuser makes staff; a member cannot learn which names exist by
+/// filtering memberships.
+async fn identities_are_never_reused_and_staff_come_from_superusers(app: &TestApp) {
+    let admin = app.admin_key().await;
+    let pw = "correct horse battery staple";
+    let create = |name: &'static str, staff: bool, key: String| async move {
+        app.call(
+            Method::POST,
+            "/api/iam/users/",
+            Some(&key),
+            Some(json!({"username": name, "password": pw, "is_staff": staff})),
+        )
+        .await
+    };
+    let (s, carol) = create("carol", false, admin.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{carol}");
+    let (s, g1) = app
+        .call(
+            Method::POST,
+            "/api/iam/groups/",
+            Some(&admin),
+            Some(json!({"name": "ops"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{g1}");
+    let (s, _) = app
+        .call(Method::DELETE, "/api/iam/users/carol/", Some(&admin), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = app
+        .call(Method::DELETE, "/api/iam/groups/ops/", Some(&admin), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, dave) = create("dave", true, admin.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{dave}");
+    let (s, g2) = app
+        .call(
+            Method::POST,
+            "/api/iam/groups/",
+            Some(&admin),
+            Some(json!({"name": "dev"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{g2}");
+    let uid = |v: &Value| v["uid"].as_i64().expect("uid");
+    let gid = |v: &Value| v["gid"].as_i64().expect("gid");
+    assert!(uid(&dave) > uid(&carol), "{dave} after {carol}");
+    assert!(gid(&g2) > gid(&g1), "{g2} after {g1}");
+
+    // dave is staff: he may make people, not more staff.
+    let dave_key = app.login("dave", pw).await;
+    let (s, v) = create("erin", true, dave_key.clone()).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let (s, v) = create("erin", false, dave_key).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+
+    // A member filtering by a name: an unknown one and a known stranger
+    // look the same (an empty page); an admin is told the name is unknown.
+    let bob = app.user_key("bob").await;
+    for who in ["nobody-here", "erin"] {
+        let (s, v) = app
+            .call(
+                Method::GET,
+                &format!("/api/iam/memberships/?user={who}"),
+                Some(&bob),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (s, v["count"].as_i64()),
+            (StatusCode::OK, Some(0)),
+            "{who}: {v}"
+        );
+    }
+    let (s, _) = app
+        .call(
+            Method::GET,
+            "/api/iam/memberships/?user=nobody-here",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
 async fn bad_bodies_are_json_errors_and_bodies_are_limited(app: &TestApp) {
     let admin = app.admin_key().await;
     let req = Request::builder()
@@ -627,6 +713,7 @@ flows!(
     api_tokens_lifecycle,
     registration_and_servers,
     users_list_is_for_admins,
+    identities_are_never_reused_and_staff_come_from_superusers,
     bad_bodies_are_json_errors_and_bodies_are_limited,
     downloads_explain_what_is_missing,
 );

@@ -425,6 +425,9 @@ pub async fn store_result(
         Some(e) => (Some(e.code.as_str().to_string()), Some(e.detail.clone())),
         None => (None, None),
     };
+    // The result and its `command.finish` event commit together: a gateway
+    // killed in between must not leave a finished command unaudited.
+    let mut tx = state.db.pool.begin().await?;
     let done = sqlx::query(
         "UPDATE commands SET status = $1, exit_code = $2, elapsed_ms = $3, output = $4,
              output_truncated = $5, error_code = $6, error_detail = $7, finished_at = $8,
@@ -442,9 +445,10 @@ pub async fn store_result(
     .bind(now_ms())
     .bind(&r.id)
     .bind(server_id)
-    .execute(&state.db.pool)
+    .execute(&mut *tx)
     .await?;
     if done.rows_affected() == 0 {
+        drop(tx);
         tracing::debug!(command = %r.id, "result already stored or not ours; acknowledging");
         if state
             .relay
@@ -466,7 +470,7 @@ pub async fn store_result(
          WHERE c.id = $1",
     )
     .bind(&r.id)
-    .fetch_one(&state.db.pool)
+    .fetch_one(&mut *tx)
     .await?;
     let requester: Option<String> = row.try_get("requester")?;
     let requested_by: Option<String> = row.try_get("requested_by")?;
@@ -493,7 +497,8 @@ pub async fn store_result(
     ev.token_id = row.try_get("token_id")?;
     ev.token_name = row.try_get("token_name")?;
     ev.client_ip = row.try_get("client_ip")?;
-    audit::record(&state.db, ev).await?;
+    audit::record_in(&mut tx, ev).await?;
+    tx.commit().await?;
     state.relay.live.finish(&r.id);
     Ok(())
 }

@@ -156,8 +156,8 @@ pub struct Options {
 
     /// Most connections open at once, agent links included; more are closed
     /// as they arrive [default: the open-file limit (soft limit raised to
-    /// the hard one at start) less a quarter, at least 128, for the
-    /// database and files].
+    /// the hard one at start) less a quarter of it, 128 to 1024, kept for
+    /// the database and files].
     #[arg(
         long,
         value_name = "N",

@@ -230,10 +230,11 @@ pub fn log_now(reason: &'static str) -> Option<u64> {
 
 /// The connection cap for an open-file limit: what is left after a reserve
 /// for the database, terminal recordings, the spool and other files (a
-/// quarter of the limit, at least 128).
+/// quarter of the limit, at least 128 and at most 1024: past that the
+/// reserve would only take room from agents, who are nearly every link).
 pub fn connection_cap(nofile: u64) -> usize {
     let nofile = usize::try_from(nofile).unwrap_or(usize::MAX);
-    let reserve = (nofile / 4).max(128);
+    let reserve = (nofile / 4).clamp(128, 1024);
     nofile.saturating_sub(reserve).max(16)
 }
 
@@ -300,6 +301,8 @@ pub fn verdict(v: &ConnView, now: Instant, l: &Limits) -> Verdict {
 #[derive(Debug, Default)]
 pub struct Limiter {
     counts: Mutex<Counts>,
+    /// Told when a permit is given back ([`Limiter::acquire_within`]).
+    freed: tokio::sync::Notify,
 }
 
 impl Limiter {
@@ -320,6 +323,34 @@ impl Limiter {
         })
     }
 
+    /// [`Limiter::try_acquire`], but when only the total is full, waits up
+    /// to `wait` for a permit to come back. After a gateway restart every
+    /// agent dials at once: a short queue lets them in as fast as they can
+    /// be verified, where a refusal would send each into a growing backoff.
+    /// One address over its own cap is still refused at once.
+    pub async fn acquire_within(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        per_addr: usize,
+        total: usize,
+        wait: Duration,
+    ) -> Result<Permit, Refusal> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before trying, so a release in between is not missed.
+            freed.as_mut().enable();
+            match self.try_acquire(ip, per_addr, total) {
+                Err(Refusal::Total) => {}
+                r => return r,
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return self.try_acquire(ip, per_addr, total);
+            }
+        }
+    }
+
     pub fn total(&self) -> usize {
         self.counts().total()
     }
@@ -335,6 +366,7 @@ pub struct Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.limiter.counts().release(self.ip);
+        self.limiter.freed.notify_one();
     }
 }
 
@@ -907,6 +939,41 @@ mod tests {
         assert_eq!(l.total(), 1);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_full_total_queues_briefly_and_one_address_is_refused_at_once() {
+        let l = Arc::new(Limiter::default());
+        let wait = Duration::from_secs(10);
+        let a = l.try_acquire(ip("127.0.0.1"), 1, 1).unwrap();
+        // Over its own cap: no waiting.
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(
+            l.acquire_within(ip("127.0.0.1"), 1, 2, wait)
+                .await
+                .unwrap_err(),
+            Refusal::PerAddress
+        );
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+        // The total is full: the next waits and gets the slot given back.
+        let l2 = l.clone();
+        let waiter =
+            tokio::spawn(async move { l2.acquire_within(ip("127.0.0.2"), 1, 1, wait).await });
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!waiter.is_finished());
+        drop(a);
+        let b = waiter.await.unwrap().unwrap();
+        assert_eq!(l.total(), 1);
+        // Nobody gives back: refused once the wait is over.
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(
+            l.acquire_within(ip("127.0.0.3"), 1, 1, wait)
+                .await
+                .unwrap_err(),
+            Refusal::Total
+        );
+        assert_eq!(t0.elapsed(), wait);
+        drop(b);
+    }
+
     #[tokio::test]
     async fn log_limiter_lets_one_line_per_reason_and_window_through() {
         let w = Duration::from_secs(10);
@@ -934,8 +1001,9 @@ mod tests {
     fn cap_leaves_room_for_files() {
         for (nofile, cap) in [
             (1024, 768),
-            (20000, 15000),
-            (524288, 393216),
+            (4096, 3072),
+            (20000, 18976),
+            (524288, 523264),
             (256, 128),
             (100, 16),
             (0, 16),

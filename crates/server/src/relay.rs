@@ -48,6 +48,9 @@ use crate::servers::{self, SystemUpdate};
 /// is considered dead.
 pub const HEARTBEAT_SECS: u32 = 15;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long an agent link waits for a handshake slot when all are taken
+/// (well inside the agent's own 30 s handshake timeout).
+const HANDSHAKE_QUEUE_WAIT: Duration = Duration::from_secs(10);
 const PRESENCE_WRITE_EVERY: Duration = Duration::from_secs(60);
 /// Most bytes of frames written to an agent before a flush.
 const WRITE_BURST: usize = 512 * 1024;
@@ -180,11 +183,17 @@ async fn upgrade(
         .into_response();
     };
     let limits = &state.config.limits;
-    let permit = match state.relay.handshakes.try_acquire(
-        peer.ip(),
-        limits.max_agent_handshakes_per_address,
-        limits.max_agent_handshakes,
-    ) {
+    let permit = match state
+        .relay
+        .handshakes
+        .acquire_within(
+            peer.ip(),
+            limits.max_agent_handshakes_per_address,
+            limits.max_agent_handshakes,
+            HANDSHAKE_QUEUE_WAIT,
+        )
+        .await
+    {
         Ok(p) => p,
         Err(r) => return refuse_handshake(peer, r, limits),
     };
@@ -242,8 +251,9 @@ fn websocket_accept(h: &HeaderMap) -> Result<HeaderValue, &'static str> {
     HeaderValue::from_str(&derive_accept_key(key.as_bytes())).map_err(|_| "bad Sec-WebSocket-Key")
 }
 
-/// Too many agent links waiting to authenticate: refused at once (the
-/// agent backs off and retries), with one log line per reason and window.
+/// Too many agent links authenticating (from one address at once, or in
+/// total after [`HANDSHAKE_QUEUE_WAIT`]): refused (the agent backs off and
+/// retries), with one log line per reason and window.
 fn refuse_handshake(peer: SocketAddr, r: Refusal, limits: &crate::conn::Limits) -> Response {
     let ip = peer.ip();
     let (status, reason, detail) = match r {

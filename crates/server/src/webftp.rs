@@ -639,6 +639,7 @@ async fn mkdir(
     let ev = AuditEvent::new("file.mkdir")
         .by(&caller)
         .server(&c.server.id, &c.server.name)
+        .work_session(c.work_session.as_deref())
         .result(res.is_ok())
         .detail(json!({"path": c.path, "username": c.account.username,
                        "error": res.as_ref().err().map(|e| e.detail.clone())}));
@@ -677,7 +678,18 @@ async fn stat(
         })
         .await
         .map_err(|e| ApiError::unavailable("server_offline", e.to_string()))?;
-    match finish(&mut s.rx).await? {
+    let res = finish(&mut s.rx).await;
+    // Looking is access too: a listing (or a refused one) is on the record.
+    let ev = AuditEvent::new("file.stat")
+        .by(&caller)
+        .server(&c.server.id, &c.server.name)
+        .work_session(c.work_session.as_deref())
+        .result(res.is_ok())
+        .detail(json!({"path": c.path, "username": c.account.username, "recursive": recursive,
+                       "entries": match &res { Ok(StreamResult::Listing { entries }) => Some(entries.len()), _ => None },
+                       "error": res.as_ref().err().map(|e| e.detail.clone())}));
+    audit::record(&state.db, ev).await?;
+    match res? {
         StreamResult::Listing { entries } => {
             let entries: Vec<Value> = entries
                 .into_iter()

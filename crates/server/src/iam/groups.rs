@@ -127,6 +127,34 @@ pub fn next_id(max_used: Option<i64>, base: i64) -> i64 {
     max_used.map_or(base, |m| (m + 1).max(base))
 }
 
+/// Takes the next UID or GID (`kind` "uid" or "gid"): one past the highest
+/// ever given, deleted ones included (`id_high_water`), so a new person or
+/// group never inherits files a deleted one left on servers. Nodes racing
+/// for the same id: the compare-and-set lets one win, the others retry.
+pub async fn allocate_id(db: &Db, kind: &str, base: i64) -> Result<i64, ApiError> {
+    for _ in 0..20 {
+        let last: i64 = sqlx::query_scalar("SELECT last FROM id_high_water WHERE kind = $1")
+            .bind(kind)
+            .fetch_one(&db.pool)
+            .await?;
+        let id = next_id(Some(last), base);
+        let taken = sqlx::query("UPDATE id_high_water SET last = $1 WHERE kind = $2 AND last = $3")
+            .bind(id)
+            .bind(kind)
+            .bind(last)
+            .execute(&db.pool)
+            .await?
+            .rows_affected();
+        if taken == 1 {
+            return Ok(id);
+        }
+    }
+    Err(ApiError::unavailable(
+        "busy",
+        format!("could not allocate a {}; try again", kind.to_uppercase()),
+    ))
+}
+
 // ---------------------------------------------------------------------------
 // Storage
 // ---------------------------------------------------------------------------
@@ -368,13 +396,11 @@ async fn create_group(
         ));
     }
     let id = new_id();
-    // Another node may take the same GID between the read and the insert:
-    // the unique index refuses it and we take the next.
+    // A GID in use by a group made before `id_high_water` existed is
+    // refused by the unique index and we take the next.
     let mut inserted = false;
     for _ in 0..5 {
-        let max: Option<i64> = sqlx::query_scalar("SELECT MAX(gid) FROM iam_groups")
-            .fetch_one(&st.db.pool)
-            .await?;
+        let gid = allocate_id(&st.db, "gid", GID_BASE).await?;
         let r = sqlx::query(
             "INSERT INTO iam_groups (id, name, display_name, gid, created_by, created_at)
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -382,7 +408,7 @@ async fn create_group(
         .bind(&id)
         .bind(&b.name)
         .bind(&b.display_name)
-        .bind(next_id(max, GID_BASE))
+        .bind(gid)
         .bind(&caller.user_id)
         .bind(now_ms())
         .execute(&st.db.pool)
@@ -712,12 +738,13 @@ async fn list_memberships(
         None => None,
     };
     let user_id = match f.user.as_deref().filter(|s| !s.is_empty()) {
-        Some(u) => Some(
-            crate::iam::find_user(&st.db, u)
-                .await?
-                .ok_or_else(|| crate::iam::no_such_user(u))?
-                .id,
-        ),
+        Some(u) => match crate::iam::find_user(&st.db, u).await? {
+            Some(u) => Some(u.id),
+            None if caller.is_admin() => return Err(crate::iam::no_such_user(u)),
+            // Whether a name exists is not a member's to learn: an unknown
+            // one looks like a person sharing none of their groups.
+            None => Some(String::new()),
+        },
         None => None,
     };
     // Non-admins see the memberships of the groups they are in.

@@ -222,8 +222,8 @@ pub fn router() -> Router<AppState> {
         .merge(invitations::router())
 }
 
-/// Gives `user_id` the next free UID if it has none. Several gateway nodes
-/// may allocate at once: the unique index turns a collision into a retry.
+/// Gives `user_id` the next UID never given before ([`groups::allocate_id`])
+/// if it has none.
 pub async fn assign_uid(db: &Db, user_id: &str) -> Result<i64, ApiError> {
     for _ in 0..10 {
         let current: Option<Option<i64>> =
@@ -236,10 +236,7 @@ pub async fn assign_uid(db: &Db, user_id: &str) -> Result<i64, ApiError> {
             Some(Some(uid)) => return Ok(uid),
             Some(None) => {}
         }
-        let max: Option<i64> = sqlx::query_scalar("SELECT MAX(uid) FROM users")
-            .fetch_one(&db.pool)
-            .await?;
-        let uid = groups::next_id(max, UID_BASE);
+        let uid = groups::allocate_id(db, "uid", UID_BASE).await?;
         match sqlx::query("UPDATE users SET uid = $1 WHERE id = $2 AND uid IS NULL")
             .bind(uid)
             .bind(user_id)
@@ -672,10 +669,12 @@ async fn create_user(
     Json(b): Json<CreateUser>,
 ) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
     crate::audit::require_admin(&st, &caller, "user.create").await?;
-    if b.is_superuser && !caller.is_superuser {
+    // As with updates and invitations: staff reach every server, so only
+    // a superuser makes more of them.
+    if (b.is_superuser || b.is_staff) && !caller.is_superuser {
         return Err(ApiError::forbidden(
             "permission_denied",
-            "only a superuser can create a superuser",
+            "only a superuser can create staff or superusers",
         ));
     }
     check_new_name("username", &b.username)?;

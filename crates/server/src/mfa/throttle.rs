@@ -225,7 +225,7 @@ pub async fn reserve(db: &Db, username: &str, ip: &str, stage: &str) -> Result<A
             .await?;
     }
     let mut refusal: Option<(i64, &str)> = None;
-    for ((subject, limit, what), id) in subjects.iter().zip(&ids) {
+    for (i, ((subject, limit, what), id)) in subjects.iter().zip(&ids).enumerate() {
         sqlx::query("INSERT INTO login_failures (id, subject, ts) VALUES ($1, $2, $3)")
             .bind(id)
             .bind(subject)
@@ -242,6 +242,12 @@ pub async fn reserve(db: &Db, username: &str, ip: &str, stage: &str) -> Result<A
         .fetch_all(&mut *tx)
         .await?;
         if let Some(wait) = retry_after(&before, now, limit) {
+            // Someone guessing from an office's or a NAT's address must not
+            // lock out everyone behind it: an account that logged in from
+            // this address lately is held only to its own limits.
+            if i == ADDRESS_SUBJECT && known_here(&mut tx, username, ip, now).await? {
+                continue;
+            }
             if refusal.is_none_or(|(w, _)| wait > w) {
                 refusal = Some((wait, what));
             }
@@ -275,6 +281,35 @@ pub async fn reserve(db: &Db, username: &str, ip: &str, stage: &str) -> Result<A
         "login_throttled",
         format!("too many failed logins {what}; try again in {secs} s"),
     ))
+}
+
+/// Where the address subject is in [`subjects`].
+const ADDRESS_SUBJECT: usize = 1;
+
+/// How long a successful login from an address vouches for the account
+/// there ([`known_here`]).
+pub const KNOWN_MS: i64 = 30 * 24 * 3_600_000;
+
+/// Whether `username` logged in successfully from `ip` within [`KNOWN_MS`]
+/// (the audit trail says so).
+async fn known_here(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    username: &str,
+    ip: &str,
+    now: i64,
+) -> Result<bool, ApiError> {
+    let hit: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM audit_events a JOIN users u ON u.id = a.actor_user_id
+         WHERE u.username = $1 AND a.action = 'auth.login' AND a.result = 'ok'
+           AND a.client_ip = $2 AND a.ts > $3
+         LIMIT 1",
+    )
+    .bind(username)
+    .bind(ip)
+    .bind(now - KNOWN_MS)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(hit.is_some())
 }
 
 /// Failures older than [`MEMORY_MS`] go, now and then.
@@ -343,6 +378,41 @@ mod tests {
         // ...the owner, elsewhere, is not.
         let (s, v) = app.try_login_from("203.0.113.9", "admin", &pw).await;
         assert_eq!(s, StatusCode::OK, "{v}");
+    }
+
+    #[tokio::test]
+    async fn a_locked_address_still_lets_in_who_logged_in_from_it_before() {
+        let app = crate::testutil::TestApp::new().await;
+        let pw = app.admin_password.clone();
+        let office = "198.51.100.7";
+        let (s, _) = app.try_login_from(office, "admin", &pw).await;
+        assert_eq!(s, StatusCode::OK);
+        // Someone in the same office guesses across many names.
+        for i in 0..ADDRESS.max_failures {
+            let (s, _) = app
+                .try_login_from(office, &format!("guess{i}"), "wrong-password")
+                .await;
+            assert_eq!(s, StatusCode::UNAUTHORIZED, "{i}");
+        }
+        let (s, v) = app
+            .try_login_from(office, "newcomer", "whatever-it-is")
+            .await;
+        assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+        assert_eq!(
+            v["detail"]
+                .as_str()
+                .map(|d| d.contains("from this address")),
+            Some(true)
+        );
+        // The admin, known at this address, is held to their own limits.
+        let (s, v) = app.try_login_from(office, "admin", &pw).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        for i in 0..ACCOUNT.max_failures {
+            let (s, _) = app.try_login_from(office, "admin", &format!("no{i}")).await;
+            assert_eq!(s, StatusCode::UNAUTHORIZED, "{i}");
+        }
+        let (s, _) = app.try_login_from(office, "admin", &pw).await;
+        assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
     }
 
     #[tokio::test]

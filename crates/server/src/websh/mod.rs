@@ -65,7 +65,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/websh/sessions/{id}/", get(detail))
         .route("/api/websh/sessions/{id}/close/", post(close))
         .route("/api/websh/sessions/{id}/ws/", get(attach))
-        .route("/api/websh/sessions/{id}/recording", get(recording_file))
+        .route("/api/websh/sessions/{id}/recording/", get(recording_file))
         .route("/api/websh/sessions/{id}/records/", get(records))
         .route("/api/websh/sessions/{id}/share/", post(share))
         .route("/api/websh/join/", post(join))
@@ -1832,7 +1832,7 @@ mod tests {
             .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         let token = v["key"].as_str().unwrap().to_string();
-        let recording = format!("/api/websh/sessions/{id}/recording");
+        let recording = format!("/api/websh/sessions/{id}/recording/");
         let records = format!("/api/websh/sessions/{id}/records/");
         // Unrestricted: the owner's token reads their recording.
         let (s, _) = app.call(Method::GET, &recording, Some(&token), None).await;
