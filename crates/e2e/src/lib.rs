@@ -96,6 +96,16 @@ pub struct Gateway {
     admin_key: Option<String>,
     /// Dropped after `Drop::drop` stopped the gateway that runs in it.
     tmpfs: Option<mountns::PrivateTmpfs>,
+    /// The gateway's own PostgreSQL when the suite runs on it
+    /// ([`e2e_on_postgres`]); stopped after the gateway.
+    _pg: Option<pg::Postgres>,
+}
+
+/// Whether gateways started without a database URL get a throwaway
+/// PostgreSQL of their own instead of SQLite: `scripts/test` runs the
+/// end-to-end flows both ways (`ALPACON_E2E_DB=postgres`).
+pub fn e2e_on_postgres() -> bool {
+    std::env::var("ALPACON_E2E_DB").is_ok_and(|v| v == "postgres")
 }
 
 impl Gateway {
@@ -111,7 +121,15 @@ impl Gateway {
     }
 
     pub fn start_opts(opts: GatewayOpts) -> Result<Gateway> {
-        let database_url = opts.database_url.clone();
+        let (database_url, pg) = match opts.database_url.clone() {
+            Some(url) => (Some(url), None),
+            // A test that fills the data disk needs the database on it.
+            None if e2e_on_postgres() && opts.data_tmpfs_mib.is_none() => {
+                let pg = pg::Postgres::start().context("ALPACON_E2E_DB=postgres")?;
+                (Some(pg.url()), Some(pg))
+            }
+            None => (None, None),
+        };
         let dir = tempfile::Builder::new().prefix("alpacon-gw-").tempdir()?;
         let port = free_port();
         let url = format!("https://127.0.0.1:{port}");
@@ -130,6 +148,7 @@ impl Gateway {
             http: reqwest::blocking::Client::new(),
             admin_key: None,
             tmpfs,
+            _pg: pg,
         };
         gw.spawn()?;
         gw.admin_password = std::fs::read_to_string(gw.data().join("initial-admin-password"))
@@ -155,6 +174,30 @@ impl Gateway {
 
     pub fn ca(&self) -> PathBuf {
         self.data().join("tls/ca.crt")
+    }
+
+    /// Runs `sql` with text binds against the gateway's database (SQLite
+    /// or PostgreSQL), as a test that must reach past the API does; the
+    /// rows it changed.
+    pub fn exec_sql(&self, sql: &str, binds: &[&str]) -> Result<u64> {
+        let url = self
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data().join("alpacon.db").display()));
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(async {
+                sqlx::any::install_default_drivers();
+                let pool = sqlx::AnyPool::connect(&url).await?;
+                let mut q = sqlx::query(sql);
+                for b in binds {
+                    q = q.bind(*b);
+                }
+                let n = q.execute(&pool).await?.rows_affected();
+                pool.close().await;
+                Ok(n)
+            })
     }
 
     pub fn log(&self) -> String {

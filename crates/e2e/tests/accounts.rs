@@ -94,18 +94,12 @@ fn accounts_are_provisioned_owned_locked_and_never_taken_over() {
         .unwrap();
     assert_eq!(s, 400, "{v}");
     // ...but one made before names were reserved must still give nothing.
-    let db = format!("sqlite://{}", gw.data().join("alpacon.db").display());
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
-        sqlx::query(
-            "INSERT INTO iam_groups (id, name, gid, created_at)
-             SELECT 'legacy-docker', 'docker', MAX(gid) + 1, 0 FROM iam_groups",
-        )
-        .execute(&pool)
-        .await
-        .unwrap();
-        pool.close().await;
-    });
+    gw.exec_sql(
+        "INSERT INTO iam_groups (id, name, gid, created_at)
+         SELECT 'legacy-docker', 'docker', MAX(gid) + 1, 0 FROM iam_groups",
+        &[],
+    )
+    .unwrap();
     let mut memberships = vec![];
     for g in ["web", "docker"] {
         let m = created(

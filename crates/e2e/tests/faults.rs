@@ -340,11 +340,19 @@ struct DbView {
     integrity: String,
 }
 
+/// The gateway's database as it stands: its PostgreSQL, or a copy of its
+/// SQLite file.
+fn read_gateway_db(gw: &Gateway) -> Result<DbView> {
+    match &gw.database_url {
+        Some(url) => read_db_at(url, false),
+        None => read_db(&gw.data().join("alpacon.db")),
+    }
+}
+
 /// Reads a copy of the database (and its WAL): SQLite resolves symbolic
 /// links, so it cannot open a file through `/proc/<pid>/root` (the private
 /// tmpfs), and a copy leaves the gateway's own files untouched.
 fn read_db(path: &Path) -> Result<DbView> {
-    use sqlx::{Connection, Row};
     let copy = tempfile::tempdir()?;
     let name = path
         .file_name()
@@ -361,15 +369,26 @@ fn read_db(path: &Path) -> Result<DbView> {
         }
     }
     let path = copy.path().join(name);
+    read_db_at(&format!("sqlite://{}", path.display()), true)
+}
+
+/// The commands and their audit events in the database at `url`; SQLite's
+/// own integrity check when `sqlite`.
+fn read_db_at(url: &str, sqlite: bool) -> Result<DbView> {
+    use sqlx::{Connection, Row};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
-        let mut conn = sqlx::SqliteConnection::connect_with(&opts).await?;
-        let integrity: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
-            .fetch_all(&mut conn)
-            .await?;
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(url).await?;
+        let integrity: Vec<String> = if sqlite {
+            sqlx::query_scalar("PRAGMA integrity_check")
+                .fetch_all(&mut conn)
+                .await?
+        } else {
+            vec!["ok".to_string()]
+        };
         let mut commands = Vec::new();
         for r in sqlx::query("SELECT id, line, status, error_code, exit_code FROM commands")
             .fetch_all(&mut conn)
@@ -470,7 +489,7 @@ fn check(
 ) -> Vec<String> {
     agent.stop();
     gw.stop();
-    let db = match read_db(&gw.data().join("alpacon.db")) {
+    let db = match read_gateway_db(gw) {
         Ok(db) => db,
         Err(e) => {
             failures.push(format!("cannot read the gateway's database: {e:#}"));

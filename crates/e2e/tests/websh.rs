@@ -428,19 +428,16 @@ fn idle_terminals_are_closed_with_the_reason() {
     let mut term = piped_websh(&cli, &["-u", "docker", "idle"]);
     term.write(b"echo READY\n").unwrap();
     term.wait_for("READY", Duration::from_secs(30)).unwrap();
-    let db = format!("sqlite://{}", gw.data().join("alpacon.db").display());
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
-        sqlx::query("DELETE FROM settings WHERE key = 'websh_idle_timeout_secs'")
-            .execute(&pool)
-            .await
-            .unwrap();
-        sqlx::query("INSERT INTO settings (key, value) VALUES ('websh_idle_timeout_secs', '1')")
-            .execute(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
-    });
+    gw.exec_sql(
+        "DELETE FROM settings WHERE key = 'websh_idle_timeout_secs'",
+        &[],
+    )
+    .unwrap();
+    gw.exec_sql(
+        "INSERT INTO settings (key, value) VALUES ('websh_idle_timeout_secs', '1')",
+        &[],
+    )
+    .unwrap();
     // The reaper looks every 15 s.
     term.wait(Duration::from_secs(60)).unwrap();
     assert!(
@@ -692,15 +689,9 @@ fn share_links_and_watching_are_audited_and_read_only_means_read_only() {
     let _ = bin_dir();
 }
 
-/// Runs `sql` (with one text bind) against a running gateway's SQLite
-/// database.
+/// Runs `sql` (with one text bind) against a running gateway's database.
 fn poke_db(gw: &Gateway, sql: &str, bind: &str) {
-    let db = format!("sqlite://{}", gw.data().join("alpacon.db").display());
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
-        sqlx::query(sql).bind(bind).execute(&pool).await.unwrap();
-        pool.close().await;
-    });
+    gw.exec_sql(sql, &[bind]).unwrap();
 }
 
 /// Every client attached to a terminal is known to revocation, not only the

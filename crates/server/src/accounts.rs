@@ -21,13 +21,13 @@ use alpacon_proto::{Control, ManagedAccount, ManagedGroup};
 use serde_json::json;
 use sqlx::Row;
 
+use crate::access::Refusal;
 use crate::app::AppState;
 use crate::audit::{self, Event};
 use crate::auth::Caller;
 use crate::config::AccountTermination;
 use crate::db::{now_ms, Db};
 use crate::error::ApiError;
-use crate::servers::ServerRow;
 
 pub const ACTIVE: &str = "active";
 pub const LOCK_PENDING: &str = "lock_pending";
@@ -71,18 +71,15 @@ pub fn account_rule(
     }
 }
 
-/// [`account_rule`] for a request on `server`; a refusal is audited as a
-/// failed `action` (with `detail`) and answered 403 `account_not_allowed` or
-/// `group_not_allowed`.
-pub async fn check_use(
+/// Rule 4 of the gate (`access::authorize`): [`account_rule`] for the
+/// caller, with whether `groupname` is one of their Alpacon groups looked
+/// up. The refusal is audited by the gate.
+pub async fn check(
     st: &AppState,
     caller: &Caller,
-    server: &ServerRow,
     username: &str,
     groupname: Option<&str>,
-    action: &str,
-    mut detail: serde_json::Value,
-) -> Result<(), ApiError> {
+) -> Result<Result<(), Refusal>, ApiError> {
     let own_group = match groupname {
         Some(g) if username == caller.username && g != caller.username => {
             sqlx::query_scalar::<_, String>(
@@ -104,34 +101,24 @@ pub async fn check_use(
         groupname,
         own_group,
     ) else {
-        return Ok(());
+        return Ok(Ok(()));
     };
-    let (code, text) = match why {
-        AccountRefusal::Account => (
+    Ok(Err(match why {
+        AccountRefusal::Account => Refusal::new(
             "account_not_allowed",
             format!(
                 "you may only act as your own account ({}) on servers; using {username:?} needs staff or superuser rights",
                 caller.username
             ),
         ),
-        AccountRefusal::Group => (
+        AccountRefusal::Group => Refusal::new(
             "group_not_allowed",
             format!(
                 "group {:?} is not one of {username}'s groups: use your own group ({username}) or an Alpacon group you belong to",
                 groupname.unwrap_or_default()
             ),
         ),
-    };
-    detail["username"] = json!(username);
-    detail["groupname"] = json!(groupname);
-    detail["reason"] = json!(code);
-    let ev = Event::new(action)
-        .failed()
-        .by(caller)
-        .server(&server.id, &server.name)
-        .detail(detail);
-    audit::record(&st.db, ev).await?;
-    Err(ApiError::forbidden(code, text))
+    }))
 }
 
 /// The managed identity for `user_id` acting as `account`: `Some` only when

@@ -36,11 +36,11 @@ use serde_json::{json, Value};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use crate::access::valid_account_name;
 use crate::api::{page_response, Bind, Json, Listing, PageParams, Path, Query};
 use crate::app::AppState;
 use crate::audit::{self, Event};
 use crate::auth::Caller;
-use crate::commands::valid_account_name;
 use crate::db::{new_id, now_ms, rfc3339};
 use crate::error::ApiError;
 use crate::servers::{self, ServerRow};
@@ -74,27 +74,9 @@ pub const SCOPES: &[&str] = &[
     "token:read",
 ];
 
-/// A refusal: a stable `code` (`acl_command_denied`, `acl_server_denied`,
-/// `acl_file_denied`, `scope_denied`) and a sentence saying what to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub code: &'static str,
-    pub detail: String,
-}
-
-impl Refusal {
-    fn new(code: &'static str, detail: impl Into<String>) -> Refusal {
-        Refusal {
-            code,
-            detail: detail.into(),
-        }
-    }
-
-    /// 403 `{code, detail}`.
-    pub fn to_error(&self) -> ApiError {
-        ApiError::forbidden(self.code, self.detail.clone())
-    }
-}
+/// A refusal (`access::Refusal`); the codes are `acl_command_denied`,
+/// `acl_server_denied`, `acl_file_denied`, `scope_denied`.
+pub use crate::access::Refusal;
 
 pub const CODE_COMMAND: &str = "acl_command_denied";
 pub const CODE_SERVER: &str = "acl_server_denied";
@@ -169,6 +151,16 @@ pub fn validate_scopes(scopes: &[String]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A token's scopes as stored. Anything that does not read back as a valid
+/// list (a damaged row, a scope this version does not know) is an error,
+/// never an empty list: empty means unrestricted.
+pub fn parse_stored_scopes(raw: &str) -> Result<Vec<String>, String> {
+    let scopes: Vec<String> = serde_json::from_str(raw)
+        .map_err(|e| format!("stored scopes {raw:?} are not a list of scope names: {e}"))?;
+    validate_scopes(&scopes)?;
+    Ok(scopes)
 }
 
 /// May a token with `scopes` make a request needing `need`?
@@ -527,13 +519,24 @@ async fn load_scopes(state: &AppState, caller: &Caller) -> Result<Vec<String>, A
     let Some(token_id) = &caller.token_id else {
         return Ok(Vec::new());
     };
-    let scopes: Option<String> = sqlx::query_scalar("SELECT scopes FROM api_tokens WHERE id = $1")
+    let raw: Option<String> = sqlx::query_scalar("SELECT scopes FROM api_tokens WHERE id = $1")
         .bind(token_id)
         .fetch_optional(&state.db.pool)
         .await?;
-    Ok(scopes
-        .and_then(|s| serde_json::from_str::<Vec<String>>(&s).ok())
-        .unwrap_or_default())
+    // Deleted since the request was authenticated: nothing to go on.
+    let Some(raw) = raw else {
+        return Err(ApiError::unauthorized(
+            "invalid_token",
+            "this token no longer exists",
+        ));
+    };
+    parse_stored_scopes(&raw).map_err(|e| {
+        tracing::error!(token = %token_id, "refusing a token whose policy cannot be read: {e}");
+        ApiError::forbidden(
+            "token_policy_invalid",
+            "this token's stored scopes cannot be read, so it is refused; delete it and create another",
+        )
+    })
 }
 
 /// The caller's token policy, or `None` for session callers (unrestricted).
@@ -672,73 +675,36 @@ async fn refuse(
     r.to_error()
 }
 
-/// Hook for `POST /api/events/commands/`: server and command ACLs.
-pub async fn enforce_command(
+/// Rule 6 of the gate (`access::authorize`): the token's server ACL and
+/// the ACL of the target (command, file), or no terminal for a token with
+/// a command ACL. The refusal is audited by the gate.
+pub async fn check_target(
     state: &AppState,
     caller: &Caller,
     server: &ServerRow,
-    line: &str,
     username: &str,
     groupname: Option<&str>,
-    has_env: bool,
-) -> Result<(), ApiError> {
-    if username != caller.username {
-        crate::mfa::require_recent_mfa(state, caller, crate::mfa::ACTION_SYSTEM_ACCOUNT).await?;
-    }
+    target: crate::access::Target<'_>,
+) -> Result<Result<(), Refusal>, ApiError> {
+    use crate::access::Target;
     let Some(p) = load_policy(state, caller).await? else {
-        return Ok(());
+        return Ok(Ok(()));
     };
-    let decision = check_server(&p.servers, &server.id, &server.name)
-        .and_then(|_| check_command(&p.commands, line, username, groupname, has_env));
-    match decision {
-        Ok(()) => Ok(()),
-        Err(r) => Err(refuse(
-            state,
-            caller,
-            "command.run",
-            Some((&server.id, &server.name)),
-            json!({"line": line, "username": username, "groupname": groupname}),
-            r,
-        )
-        .await),
-    }
+    Ok(
+        check_server(&p.servers, &server.id, &server.name).and_then(|_| match target {
+            Target::Command { line, has_env } => {
+                check_command(&p.commands, line, username, groupname, has_env)
+            }
+            Target::Terminal => check_terminal(p.commands.len()),
+            Target::File { op, path } => check_upload_allowed(p.commands.len(), p.files.len(), op)
+                .and_then(|_| check_file(&p.files, path, groupname, op)),
+        }),
+    )
 }
 
-/// Hook for webftp: server and file ACLs.
-pub async fn enforce_file(
-    state: &AppState,
-    caller: &Caller,
-    server: &ServerRow,
-    path: &str,
-    username: &str,
-    groupname: Option<&str>,
-    op: FileOp,
-) -> Result<(), ApiError> {
-    if username != caller.username {
-        crate::mfa::require_recent_mfa(state, caller, crate::mfa::ACTION_SYSTEM_ACCOUNT).await?;
-    }
-    let Some(p) = load_policy(state, caller).await? else {
-        return Ok(());
-    };
-    let decision = check_server(&p.servers, &server.id, &server.name)
-        .and_then(|_| check_upload_allowed(p.commands.len(), p.files.len(), op))
-        .and_then(|_| check_file(&p.files, path, groupname, op));
-    match decision {
-        Ok(()) => Ok(()),
-        Err(r) => Err(refuse(
-            state,
-            caller,
-            op.audit_action(),
-            Some((&server.id, &server.name)),
-            json!({"path": path, "username": username}),
-            r,
-        )
-        .await),
-    }
-}
-
-/// Hook for opening (`websh.open`) or attaching to (`websh.attach`) a
-/// terminal: server ACL, and no terminal at all with a command ACL.
+/// For an existing terminal (attaching, reading its recording): the
+/// server ACL, and no terminal at all with a command ACL. (Opening one goes
+/// through the gate, `access::authorize`.)
 pub async fn enforce_terminal(
     state: &AppState,
     caller: &Caller,
@@ -747,12 +713,6 @@ pub async fn enforce_terminal(
     action: &str,
     detail: Value,
 ) -> Result<(), ApiError> {
-    if let Some(username) = detail.get("username").and_then(Value::as_str) {
-        if username != caller.username {
-            crate::mfa::require_recent_mfa(state, caller, crate::mfa::ACTION_SYSTEM_ACCOUNT)
-                .await?;
-        }
-    }
     let Some(p) = load_policy(state, caller).await? else {
         return Ok(());
     };
@@ -912,36 +872,13 @@ fn refuse_token_caller(caller: &Caller) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A token the caller may manage (owner or admin), by id, or by name among
-/// the caller's own tokens. Returns `(id, name)`.
+/// A token the caller may manage: the one rule, `tokens::may_manage`.
 async fn manageable_token(
     state: &AppState,
     caller: &Caller,
     ident: &str,
 ) -> Result<(String, String), ApiError> {
-    let row = sqlx::query(
-        "SELECT id, name, user_id FROM api_tokens WHERE id = $1
-         UNION ALL
-         SELECT id, name, user_id FROM api_tokens WHERE name = $1 AND user_id = $2",
-    )
-    .bind(ident)
-    .bind(&caller.user_id)
-    .fetch_all(&state.db.pool)
-    .await?
-    .into_iter()
-    .next();
-    let not_found = || {
-        ApiError::not_found(
-            "token_not_found",
-            format!("you have no token {ident:?}; see `alpacon token ls`"),
-        )
-    };
-    let row = row.ok_or_else(not_found)?;
-    let owner: String = row.try_get("user_id")?;
-    if owner != caller.user_id && !caller.is_admin() {
-        return Err(not_found());
-    }
-    Ok((row.try_get("id")?, row.try_get("name")?))
+    crate::tokens::find_managed(&state.db, caller, ident).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -963,15 +900,19 @@ async fn list_kind(
             "a.token_id = $1",
             Some(manageable_token(&state, &caller, &t).await?.0),
         ),
-        None if caller.is_admin() => ("1 = 1", None),
-        None => ("t.user_id = $1", Some(caller.user_id.clone())),
+        None => (crate::tokens::MANAGED_T, None),
+    };
+    let admin = caller.is_admin() as i64;
+    let binds = match &arg {
+        Some(token_id) => vec![Bind::Text(token_id)],
+        None => vec![Bind::Text(&caller.user_id), Bind::Int(admin)],
     };
     let (count, rows) = Listing {
         count_from: &format!("{} a JOIN api_tokens t ON t.id = a.token_id", kind.table()),
         select: kind.select(),
         filter: &format!("WHERE {cond}"),
         order_by: "a.created_at DESC, a.id DESC",
-        binds: arg.as_deref().map(Bind::Text).into_iter().collect(),
+        binds,
     }
     .fetch(&state.db, page)
     .await?;
@@ -1028,22 +969,31 @@ async fn delete_kind(
         )
     };
     let row = fetch_one(&state, kind, &id).await?.ok_or_else(not_found)?;
-    let owner: String = row.try_get("user_id")?;
-    if owner != caller.user_id && !caller.is_admin() {
-        return Err(not_found());
+    let token_id: String = row.try_get("token_id")?;
+    match crate::tokens::find_managed(&state.db, &caller, &token_id).await {
+        Ok(_) => {}
+        Err(e) if e.code == "token_not_found" => return Err(not_found()),
+        Err(e) => return Err(e),
     }
     let v = kind.json(&row)?;
-    sqlx::query(&format!("DELETE FROM {} WHERE id = $1", kind.table()))
+    let mut tx = state.db.pool.begin().await?;
+    let gone = sqlx::query(&format!("DELETE FROM {} WHERE id = $1", kind.table()))
         .bind(&id)
-        .execute(&state.db.pool)
-        .await?;
-    audit::record(
-        &state.db,
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    // Deleted by someone else meanwhile: once, and audited once.
+    if gone == 0 {
+        return Err(not_found());
+    }
+    audit::record_in(
+        &mut tx,
         Event::new("acl.delete")
             .by(&caller)
             .detail(json!({"kind": kind.name(), "acl": v})),
     )
     .await?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1580,6 +1530,27 @@ mod tests {
     }
 
     #[test]
+    fn stored_scopes_that_cannot_be_read_refuse_rather_than_widen() {
+        assert_eq!(parse_stored_scopes("[]"), Ok(vec![]));
+        assert_eq!(
+            parse_stored_scopes(r#"["audit:read"]"#),
+            Ok(vec!["audit:read".to_string()])
+        );
+        for bad in [
+            "",
+            "null",
+            "{}",
+            r#""audit:read""#,
+            r#"["audit:read""#,
+            r#"["audit:read", 3]"#,
+            r#"["root:everything"]"#,
+            r#"["audit:read", "audit:read"]"#,
+        ] {
+            assert!(parse_stored_scopes(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn scopes() {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         assert!(validate_scopes(&s(&[])).is_ok());
@@ -1852,19 +1823,23 @@ mod api_tests {
             )
             .await;
         assert_eq!(s, StatusCode::NOT_FOUND);
-        // …but an admin may manage Bob's, and Bob sees it.
-        let (s, _) = post(
+        // …nor does an admin touch Bob's: a person's tokens are theirs
+        // alone (`tokens::may_manage`, the rule listing and deleting follow).
+        let (s, v) = post(
             app,
             "/api/security/command-acl/",
             &admin,
             json!({"token": bob_tok, "line": "uptime"}),
         )
         .await;
-        assert_eq!(s, StatusCode::CREATED);
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("token_not_found"))
+        );
         let (_, v) = app
             .call(Method::GET, "/api/security/command-acl/", Some(&bob), None)
             .await;
-        assert_eq!(v["count"], 1);
+        assert_eq!(v["count"], 0);
         let (_, v) = app
             .call(
                 Method::GET,
@@ -1873,7 +1848,7 @@ mod api_tests {
                 None,
             )
             .await;
-        assert_eq!(v["count"], 3);
+        assert_eq!(v["count"], 2);
 
         // A token cannot change ACLs, not even its own.
         let (s, v) = post(
@@ -1915,7 +1890,8 @@ mod api_tests {
             .await;
         assert_eq!(s, StatusCode::NOT_FOUND);
         assert_eq!(audit(app, &admin, "acl.delete").await.len(), 1);
-        assert_eq!(audit(app, &admin, "acl.create").await.len(), 5);
+        // Four: the admin's ACL on Bob's token was refused.
+        assert_eq!(audit(app, &admin, "acl.create").await.len(), 4);
 
         // Deleting the token deletes its ACLs.
         let (s, _) = app

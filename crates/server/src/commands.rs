@@ -68,40 +68,6 @@ pub fn valid_env_key(k: &str) -> bool {
         && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
 }
 
-/// The account a request acts as on the server: the one named, or the
-/// caller's own; both it and the group must be valid account names.
-/// (Whether the caller may use it is decided separately.)
-pub fn account_for(
-    caller: &Caller,
-    username: &Option<String>,
-    groupname: &Option<String>,
-) -> Result<String, ApiError> {
-    let username = username
-        .clone()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| caller.username.clone());
-    if !valid_account_name(&username) {
-        return Err(ApiError::bad_request(format!(
-            "invalid username {username:?}"
-        )));
-    }
-    if let Some(g) = groupname {
-        if !valid_account_name(g) {
-            return Err(ApiError::bad_request(format!("invalid groupname {g:?}")));
-        }
-    }
-    Ok(username)
-}
-
-/// Account and group names as useradd accepts them.
-pub fn valid_account_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 32
-        && !n.starts_with('-')
-        && n.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'))
-}
-
 /// The header a client sets to make a submission safe to retry: a second
 /// `POST` with the same key (by the same person) answers with the command
 /// the first one created instead of running another.
@@ -198,39 +164,30 @@ async fn create(
         ));
     }
     let key = idempotency_key(&headers)?;
-    let username = account_for(&caller, &body.username, &body.groupname)?;
     if let Some(k) = body.env.keys().find(|k| !valid_env_key(k)) {
         return Err(ApiError::bad_request(format!(
             "invalid environment variable name {k:?}"
         )));
     }
-    let (server, work_session) = crate::work_sessions::authorize(
+    // The gate: reach, work session, account rule, step-up, token ACLs.
+    // Refused lines are audited and never stored.
+    let crate::access::Grant {
+        server,
+        username,
+        work_session,
+        ..
+    } = crate::access::authorize(
         &state,
         &caller,
-        &body.server,
-        crate::work_sessions::Scope::Command,
-        "command.run",
-    )
-    .await?;
-    crate::accounts::check_use(
-        &state,
-        &caller,
-        &server,
-        &username,
-        body.groupname.as_deref(),
-        "command.run",
-        json!({"line": body.line}),
-    )
-    .await?;
-    // Token ACLs (acl.rs): refused lines are audited and never stored.
-    crate::acl::enforce_command(
-        &state,
-        &caller,
-        &server,
-        &body.line,
-        &username,
-        body.groupname.as_deref(),
-        !body.env.is_empty(),
+        crate::access::Ask {
+            server: &body.server,
+            username: body.username.as_deref(),
+            groupname: body.groupname.as_deref(),
+            target: crate::access::Target::Command {
+                line: &body.line,
+                has_env: !body.env.is_empty(),
+            },
+        },
     )
     .await?;
     let wanted = Submission {
@@ -1127,16 +1084,6 @@ mod tests {
         assert!(!valid_env_key("A-B"));
         assert!(!valid_env_key(""));
         assert!(!valid_env_key("A=B"));
-    }
-
-    #[test]
-    fn account_names() {
-        assert!(valid_account_name("docker"));
-        assert!(valid_account_name("svc.deploy-1"));
-        assert!(!valid_account_name("-rf"));
-        assert!(!valid_account_name("a b"));
-        assert!(!valid_account_name("root;id"));
-        assert!(!valid_account_name(""));
     }
 
     #[test]

@@ -185,6 +185,59 @@ pub(crate) mod tests {
     use super::*;
     use sqlx::Row;
 
+    /// A migration's PostgreSQL text from its SQLite text. `migrations/sqlite`
+    /// is the one source; `migrations/postgres` is this function's output,
+    /// committed because `sqlx::migrate!` embeds a directory. The schema
+    /// keeps to types both understand, so these are the only differences
+    /// (the comments included: a migration's checksum covers its text).
+    fn postgres_flavour(sqlite: &str) -> String {
+        sqlite
+            .replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
+            .replace("BLOB", "BYTEA")
+            .replace("SQLite flavour", "PostgreSQL flavour")
+            .replace("../postgres/", "../sqlite/")
+    }
+
+    /// Fails when the two directories diverge; `UPDATE_MIGRATIONS=1 cargo
+    /// test -p alpacon-server postgres_migrations` writes the PostgreSQL
+    /// ones from the SQLite ones.
+    #[test]
+    fn postgres_migrations_are_generated_from_the_sqlite_ones() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let files = |d: &str| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(root.join(d))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".sql"))
+                .collect();
+            v.sort();
+            v
+        };
+        let update = std::env::var_os("UPDATE_MIGRATIONS").is_some();
+        let sqlite = files("sqlite");
+        assert!(!sqlite.is_empty());
+        for name in &sqlite {
+            let want =
+                postgres_flavour(&std::fs::read_to_string(root.join("sqlite").join(name)).unwrap());
+            let path = root.join("postgres").join(name);
+            if update {
+                std::fs::write(&path, &want).unwrap();
+                continue;
+            }
+            let have = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                have == want,
+                "migrations/postgres/{name} is not generated from migrations/sqlite/{name}: \
+                 edit the SQLite one and run `UPDATE_MIGRATIONS=1 cargo test -p alpacon-server postgres_migrations`"
+            );
+        }
+        assert_eq!(
+            files("postgres"),
+            sqlite,
+            "a PostgreSQL migration without a SQLite source"
+        );
+    }
+
     #[test]
     fn sqlite_urls_get_create_mode() {
         let d = tempfile::tempdir().unwrap();

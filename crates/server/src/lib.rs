@@ -1,6 +1,7 @@
 //! The Alpacon gateway (`alpacon-server`): REST API over rustls, agent
 //! relay, identity, audit and storage. See ARCHITECTURE.md.
 
+pub mod access;
 pub mod accounts;
 pub mod acl;
 pub mod api;

@@ -15,7 +15,7 @@ use crate::api::{page_response, Bind, Json, Listing, PageParams, Path, Query};
 use crate::app::AppState;
 use crate::audit::{self, Event};
 use crate::auth::{generate_key, hash_key, Caller, API_TOKEN_PREFIX};
-use crate::db::{new_id, now_ms, rfc3339, rfc3339_opt};
+use crate::db::{new_id, now_ms, rfc3339, rfc3339_opt, Db};
 use crate::error::{is_unique_violation, ApiError};
 
 pub const MAX_EXPIRES_IN_DAYS: i64 = 3650;
@@ -58,17 +58,63 @@ struct CreateBody {
     service: Option<String>,
 }
 
-/// Tokens the caller manages: their own, and (for admins) those of service
-/// identities. `$1` is the caller's id, `$2` 1 for admins.
+/// The one rule for which tokens a caller may list, enable or disable, give
+/// ACLs to and delete: their own, and (for staff and superusers) those of
+/// service identities. Another person's tokens are theirs alone; an admin
+/// who must stop them disables the person, which ends their tokens too.
+pub fn may_manage(
+    caller_id: &str,
+    caller_admin: bool,
+    owner_id: &str,
+    owner_is_service: bool,
+) -> bool {
+    owner_id == caller_id || (caller_admin && owner_is_service)
+}
+
+/// [`may_manage`] as SQL over `api_tokens`: `$1` is the caller's id, `$2` 1
+/// for admins.
 const MANAGED: &str = "(user_id = $1 OR ($2 = 1 AND user_id IN
     (SELECT id FROM users WHERE is_service = 1)))";
+
+/// [`MANAGED`] for a query that joins `api_tokens` as `t`.
+pub const MANAGED_T: &str = "(t.user_id = $1 OR ($2 = 1 AND t.user_id IN
+    (SELECT id FROM users WHERE is_service = 1)))";
+
+/// A token the caller manages ([`may_manage`]), by id or by name (their
+/// own token of that name first). Returns `(id, name)`; any other token is
+/// "not found", whether it exists or not.
+pub async fn find_managed(
+    db: &Db,
+    caller: &Caller,
+    ident: &str,
+) -> Result<(String, String), ApiError> {
+    let row = sqlx::query(&format!(
+        "SELECT id, name FROM api_tokens WHERE {MANAGED} AND (id = $3 OR name = $3)
+         ORDER BY CASE WHEN id = $3 THEN 0 WHEN user_id = $1 THEN 1 ELSE 2 END, created_at
+         LIMIT 1"
+    ))
+    .bind(&caller.user_id)
+    .bind(caller.is_admin() as i64)
+    .bind(ident)
+    .fetch_optional(&db.pool)
+    .await?
+    .ok_or_else(|| {
+        ApiError::not_found(
+            "token_not_found",
+            format!("you have no token {ident:?}; see `alpacon token ls`"),
+        )
+    })?;
+    Ok((row.try_get("id")?, row.try_get("name")?))
+}
 
 fn token_json(r: &AnyRow) -> Result<Value, ApiError> {
     let scopes: String = r.try_get("scopes")?;
     Ok(json!({
         "id": r.try_get::<String, _>("id")?,
         "name": r.try_get::<String, _>("name")?,
-        "scopes": serde_json::from_str::<Value>(&scopes).unwrap_or_else(|_| json!([])),
+        // Unreadable is shown as null, never as [] (which reads as
+        // unrestricted); such a token is refused (`acl::load_scopes`).
+        "scopes": crate::acl::parse_stored_scopes(&scopes).ok(),
         "enabled": r.try_get::<i64, _>("enabled")? != 0,
         "created_at": rfc3339(r.try_get("created_at")?),
         "expires_at": rfc3339_opt(r.try_get("expires_at")?),
@@ -194,22 +240,7 @@ async fn remove(
     caller: Caller,
     Path(ident): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let row = sqlx::query(&format!(
-        "SELECT id, name FROM api_tokens WHERE {MANAGED} AND (id = $3 OR name = $3)"
-    ))
-    .bind(&caller.user_id)
-    .bind(caller.is_admin() as i64)
-    .bind(&ident)
-    .fetch_optional(&st.db.pool)
-    .await?
-    .ok_or_else(|| {
-        ApiError::not_found(
-            "token_not_found",
-            format!("you have no token {ident:?}; see `alpacon token ls`"),
-        )
-    })?;
-    let id: String = row.try_get("id")?;
-    let name: String = row.try_get("name")?;
+    let (id, name) = find_managed(&st.db, &caller, &ident).await?;
     // A token may revoke itself (a leaked key's last act can be to go),
     // never another: a narrowly scoped token must not wipe out its owner's
     // other tokens or the service tokens of pipelines.
@@ -257,29 +288,7 @@ async fn update(
             "API tokens cannot change tokens; log in with a password (`alpacon login -u USER`)",
         ));
     }
-    let row = sqlx::query(&format!(
-        "SELECT id, user_id FROM api_tokens WHERE id = $3
-         UNION ALL
-         SELECT id, user_id FROM api_tokens WHERE {MANAGED} AND name = $3 AND id <> $3"
-    ))
-    .bind(&caller.user_id)
-    .bind(caller.is_admin() as i64)
-    .bind(&ident)
-    .fetch_all(&st.db.pool)
-    .await?
-    .into_iter()
-    .next()
-    .filter(|r| {
-        caller.is_admin()
-            || r.try_get::<String, _>("user_id").ok().as_deref() == Some(&caller.user_id)
-    })
-    .ok_or_else(|| {
-        ApiError::not_found(
-            "token_not_found",
-            format!("you have no token {ident:?}; see `alpacon token ls`"),
-        )
-    })?;
-    let id: String = row.try_get("id")?;
+    let (id, _) = find_managed(&st.db, &caller, &ident).await?;
     sqlx::query("UPDATE api_tokens SET enabled = $1 WHERE id = $2")
         .bind(if body.enabled { 1i64 } else { 0 })
         .bind(&id)
@@ -315,6 +324,134 @@ async fn end_open(st: &AppState, token_id: &str, reason: &str) -> Result<(), Api
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_rule_for_whose_tokens_a_caller_manages() {
+        // (caller is the owner, caller is admin, owner is a service) -> may
+        for (own, admin, service, want) in [
+            (true, false, false, true),
+            (true, true, false, true),
+            (false, false, false, false),
+            (false, false, true, false),
+            (false, true, false, false),
+            (false, true, true, true),
+        ] {
+            let owner = if own { "me" } else { "them" };
+            assert_eq!(
+                may_manage("me", admin, owner, service),
+                want,
+                "own={own} admin={admin} service={service}"
+            );
+        }
+    }
+
+    /// Owner, another member, staff and a superuser against a person's
+    /// token and a service identity's token: list, enable/disable, ACL add,
+    /// delete all follow [`may_manage`] (and the SQL form agrees with it).
+    #[tokio::test]
+    async fn the_token_management_matrix() {
+        use axum::http::{Method, StatusCode};
+        let app = &crate::testutil::TestApp::new().await;
+        let root = app.admin_key().await;
+        let pw = "correct horse battery staple";
+        for (name, staff, service) in [("sam", true, false), ("ci", false, true)] {
+            let mut body = json!({"username": name, "is_staff": staff, "is_service": service});
+            if !service {
+                body["password"] = json!(pw);
+            }
+            let (s, v) = app
+                .call(Method::POST, "/api/iam/users/", Some(&root), Some(body))
+                .await;
+            assert_eq!(s, StatusCode::CREATED, "{v}");
+        }
+        let alice = app.user_key("alice").await;
+        let bob = app.user_key("bob").await;
+        let sam = app.login("sam", pw).await;
+        let mk = |key: String, body: Value| async move {
+            let (s, v) = app
+                .call(Method::POST, "/api/auth/tokens/", Some(&key), Some(body))
+                .await;
+            assert_eq!(s, StatusCode::CREATED, "{v}");
+            v["id"].as_str().unwrap().to_string()
+        };
+        // (label, id, owner is a service)
+        let mut tokens = Vec::new();
+        tokens.push((
+            "alice's",
+            mk(alice.clone(), json!({"name": "a"})).await,
+            false,
+        ));
+        tokens.push((
+            "ci's",
+            mk(root.clone(), json!({"name": "c", "service": "ci"})).await,
+            true,
+        ));
+        let callers = [
+            ("owner", alice.clone(), false, true),
+            ("member", bob.clone(), false, false),
+            ("staff", sam.clone(), true, false),
+            ("superuser", root.clone(), true, false),
+        ];
+        for (label, id, service) in &tokens {
+            for (who, key, admin, owns_alices) in &callers {
+                let own = *owns_alices && !service;
+                let want = may_manage(if own { "x" } else { "y" }, *admin, "x", *service);
+                let (_, list) = app
+                    .call(Method::GET, "/api/auth/tokens/", Some(key), None)
+                    .await;
+                let listed = list["results"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|t| t["id"] == json!(id));
+                assert_eq!(listed, want, "{who} lists {label}");
+                let (s, v) = app
+                    .call(
+                        Method::PATCH,
+                        &format!("/api/auth/tokens/{id}/"),
+                        Some(key),
+                        Some(json!({"enabled": true})),
+                    )
+                    .await;
+                assert_eq!(s.is_success(), want, "{who} changes {label}: {s} {v}");
+                let (s, v) = app
+                    .call(
+                        Method::POST,
+                        "/api/security/server-acl/",
+                        Some(key),
+                        Some(json!({"token": id, "server": "nowhere"})),
+                    )
+                    .await;
+                // Allowed callers get past the token to the unknown server.
+                let past_token = v["code"] != "token_not_found";
+                assert_eq!(past_token, want, "{who} adds an ACL to {label}: {s} {v}");
+            }
+        }
+        // Delete last: who may not is told the token does not exist.
+        for (label, id, service) in &tokens {
+            for (who, key, admin, owns_alices) in callers.iter().rev() {
+                let own = *owns_alices && !service;
+                let want = may_manage(if own { "x" } else { "y" }, *admin, "x", *service);
+                let (s, v) = app
+                    .call(
+                        Method::DELETE,
+                        &format!("/api/auth/tokens/{id}/"),
+                        Some(key),
+                        None,
+                    )
+                    .await;
+                if want {
+                    assert_eq!(s, StatusCode::NO_CONTENT, "{who} deletes {label}: {v}");
+                    break;
+                }
+                assert_eq!(
+                    (s, v["code"].as_str()),
+                    (StatusCode::NOT_FOUND, Some("token_not_found")),
+                    "{who} deletes {label}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn names_and_expiry_are_validated() {

@@ -28,7 +28,6 @@ use crate::api::{Json, Path, Query};
 use crate::app::AppState;
 use crate::audit::{self, Event as AuditEvent};
 use crate::auth::Caller;
-use crate::commands::account_for;
 use crate::db::{new_id, now_ms, rfc3339, rfc3339_opt, Db};
 use crate::error::ApiError;
 use crate::servers::ServerRow;
@@ -98,34 +97,21 @@ async fn check(
             t.path
         )));
     }
-    let username = account_for(caller, &t.username, &t.groupname)?;
-    let (server, work_session) = crate::work_sessions::authorize(
+    // The gate: reach, work session, account rule, step-up, token ACLs.
+    let crate::access::Grant {
+        server,
+        username,
+        work_session,
+        ..
+    } = crate::access::authorize(
         state,
         caller,
-        &t.server,
-        crate::work_sessions::Scope::File,
-        op.audit_action(),
-    )
-    .await?;
-    crate::accounts::check_use(
-        state,
-        caller,
-        &server,
-        &username,
-        t.groupname.as_deref(),
-        op.audit_action(),
-        json!({"path": t.path}),
-    )
-    .await?;
-    // Token ACLs (acl.rs): server and file ACLs, audited when refused.
-    crate::acl::enforce_file(
-        state,
-        caller,
-        &server,
-        &t.path,
-        &username,
-        t.groupname.as_deref(),
-        op,
+        crate::access::Ask {
+            server: &t.server,
+            username: t.username.as_deref(),
+            groupname: t.groupname.as_deref(),
+            target: crate::access::Target::File { op, path: &t.path },
+        },
     )
     .await?;
     let link = state.relay.link(&server.id).ok_or_else(|| {

@@ -40,7 +40,6 @@ use crate::api::{page_response, Bind, Json, Listing, PageParams, Path, Query};
 use crate::app::AppState;
 use crate::audit::{self, Event as AuditEvent};
 use crate::auth::{generate_key, hash_key, Caller};
-use crate::commands::account_for;
 use crate::db::{new_id, now_ms, rfc3339, rfc3339_opt};
 use crate::error::ApiError;
 use crate::servers;
@@ -937,35 +936,23 @@ async fn create(
     caller: Caller,
     Json(body): Json<CreateBody>,
 ) -> Result<Response, ApiError> {
-    let username = account_for(&caller, &body.username, &body.groupname)?;
     let rows = body.rows.unwrap_or(24).clamp(1, 1000);
     let cols = body.cols.unwrap_or(80).clamp(1, 1000);
-    let (server, work_session) = crate::work_sessions::authorize(
+    // The gate: reach, work session, account rule, step-up, token ACLs.
+    let crate::access::Grant {
+        server,
+        username,
+        work_session,
+        ..
+    } = crate::access::authorize(
         &state,
         &caller,
-        &body.server,
-        crate::work_sessions::Scope::Websh,
-        "websh.open",
-    )
-    .await?;
-    crate::accounts::check_use(
-        &state,
-        &caller,
-        &server,
-        &username,
-        body.groupname.as_deref(),
-        "websh.open",
-        json!({}),
-    )
-    .await?;
-    // Token ACLs (acl.rs): server ACL; no terminal with a command ACL.
-    crate::acl::enforce_terminal(
-        &state,
-        &caller,
-        &server.id,
-        &server.name,
-        "websh.open",
-        json!({"username": username}),
+        crate::access::Ask {
+            server: &body.server,
+            username: body.username.as_deref(),
+            groupname: body.groupname.as_deref(),
+            target: crate::access::Target::Terminal,
+        },
     )
     .await?;
     if !state.relay.is_connected(&server.id) {

@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use crate::access::Refusal;
 use crate::api::{page_response, Bind, Json, Listing, PageParams, Path, Query};
 use crate::app::AppState;
 use crate::audit::{self, Event};
@@ -95,12 +96,27 @@ const SELECT: &str = "SELECT w.*, u.username AS requester,
  FROM work_sessions w JOIN users u ON u.id = w.requester_id
  LEFT JOIN users d ON d.id = w.decided_by";
 
-fn parse_scopes(s: &str) -> Vec<Scope> {
-    serde_json::from_str::<Vec<String>>(s)
-        .unwrap_or_default()
+/// A JSON list of names as stored. Unreadable is an error, never an empty
+/// list: an empty sudo list means any command.
+fn parse_stored_list(raw: &str, what: &str) -> Result<Vec<String>, String> {
+    serde_json::from_str::<Vec<String>>(raw)
+        .map_err(|e| format!("stored {what} {raw:?} are not a list of names: {e}"))
+}
+
+/// Stored scopes; one this version does not know fails the whole session
+/// (refused, not quietly narrowed or widened).
+fn parse_scopes(raw: &str) -> Result<Vec<Scope>, String> {
+    parse_stored_list(raw, "scopes")?
         .iter()
-        .filter_map(|x| Scope::parse(x))
+        .map(|x| Scope::parse(x).ok_or_else(|| format!("unknown stored scope {x:?}")))
         .collect()
+}
+
+fn stored<T>(id: &str, r: Result<T, String>) -> Result<T, ApiError> {
+    r.map_err(|e| {
+        tracing::error!(work_session = %id, "refusing a work session that cannot be read: {e}");
+        ApiError::internal(e)
+    })
 }
 
 async fn load(db: &Db, id: &str) -> Result<Option<Session>, ApiError> {
@@ -116,14 +132,19 @@ async fn load(db: &Db, id: &str) -> Result<Option<Session>, ApiError> {
 
 fn from_row(r: &AnyRow, servers: Vec<SessionServer>) -> Result<Session, ApiError> {
     let status: String = r.try_get("status")?;
+    let id: String = r.try_get("id")?;
+    let scopes = stored(&id, parse_scopes(&r.try_get::<String, _>("scopes")?))?;
+    let sudo_commands = stored(
+        &id,
+        parse_stored_list(&r.try_get::<String, _>("sudo_commands")?, "sudo commands"),
+    )?;
     Ok(Session {
-        id: r.try_get("id")?,
+        id,
         requester_id: r.try_get("requester_id")?,
         requester: r.try_get("requester")?,
         purpose: r.try_get("purpose")?,
-        scopes: parse_scopes(&r.try_get::<String, _>("scopes")?),
-        sudo_commands: serde_json::from_str(&r.try_get::<String, _>("sudo_commands")?)
-            .unwrap_or_default(),
+        scopes,
+        sudo_commands,
         life: Life {
             status: Status::parse(&status)
                 .ok_or_else(|| ApiError::internal(format!("bad stored status {status:?}")))?,
@@ -217,19 +238,16 @@ async fn server_groups(db: &Db, server_id: &str) -> Result<Vec<String>, ApiError
     .await?)
 }
 
-/// The one check before anything reaches a server: the server is within
-/// the caller's reach (`servers::resolve_for`), and, where the policy
-/// requires one or the request names one, the caller's work session is
-/// active and covers the server and `scope`. Returns the server and the
-/// session the operation runs in. Refusals are audited as `action`.
-pub async fn authorize(
+/// Rule 3 of the gate (`access::authorize`): where the policy requires a
+/// work session or the request names one, the caller's session is active
+/// and covers `server` and `scope`. The session the operation runs in, or
+/// the refusal (the gate audits it).
+pub async fn check(
     st: &AppState,
     caller: &Caller,
-    ident: &str,
+    server: &ServerRow,
     scope: Scope,
-    action: &str,
-) -> Result<(ServerRow, Option<String>), ApiError> {
-    let server = servers::resolve_for(st, caller, ident, action).await?;
+) -> Result<Result<Option<String>, Refusal>, ApiError> {
     let Some(ws_id) = caller.work_session.clone() else {
         let p = policy(&st.db).await?;
         // The server's groups matter only when the policy names any.
@@ -239,37 +257,23 @@ pub async fn authorize(
             server_groups(&st.db, &server.id).await?
         };
         if state::required(&p, caller.is_admin(), &groups) {
-            let detail = format!(
-                "{} needs an active work session; request one with `alpacon work-session create --purpose \"...\" --server {} --scope {}`, then `alpacon work-session use ID`",
-                server.name,
-                server.name,
-                scope.as_str()
-            );
-            return Err(refuse(
-                st,
-                caller,
-                action,
-                &server,
-                scope,
+            return Ok(Err(Refusal::new(
                 state::CODE_REQUIRED,
-                detail,
-            )
-            .await);
+                format!(
+                    "{} needs an active work session; request one with `alpacon work-session create --purpose \"...\" --server {} --scope {}`, then `alpacon work-session use ID`",
+                    server.name,
+                    server.name,
+                    scope.as_str()
+                ),
+            )));
         }
-        return Ok((server, None));
+        return Ok(Ok(None));
     };
     let Some(ws) = load(&st.db, &ws_id).await? else {
-        let detail = format!("no work session {ws_id:?}; see `alpacon work-session ls`");
-        return Err(refuse(
-            st,
-            caller,
-            action,
-            &server,
-            scope,
+        return Ok(Err(Refusal::new(
             "work_session_not_found",
-            detail,
-        )
-        .await);
+            format!("no work session {ws_id:?}; see `alpacon work-session ls`"),
+        )));
     };
     let server_ids: Vec<String> = ws.servers.iter().map(|s| s.id.clone()).collect();
     let g = state::Grant {
@@ -279,39 +283,19 @@ pub async fn authorize(
         server_ids: &server_ids,
         scopes: &ws.scopes,
     };
-    if let Err(r) = state::check_use(
-        &g,
-        &caller.user_id,
-        &server.id,
-        &server.name,
-        scope,
-        now_ms(),
-    ) {
-        return Err(refuse(st, caller, action, &server, scope, r.code, r.detail).await);
-    }
-    Ok((server, Some(ws_id)))
-}
-
-/// Audits a refusal and returns its 403.
-async fn refuse(
-    st: &AppState,
-    caller: &Caller,
-    action: &str,
-    server: &ServerRow,
-    scope: Scope,
-    code: &'static str,
-    detail: String,
-) -> ApiError {
-    let ev = Event::new(action)
-        .failed()
-        .by(caller)
-        .server(&server.id, &server.name)
-        .work_session(caller.work_session.as_deref())
-        .detail(json!({"reason": code, "refusal": detail, "scope": scope.as_str()}));
-    if let Err(e) = audit::record(&st.db, ev).await {
-        return e;
-    }
-    ApiError::forbidden(code, detail)
+    Ok(
+        match state::check_use(
+            &g,
+            &caller.user_id,
+            &server.id,
+            &server.name,
+            scope,
+            now_ms(),
+        ) {
+            Ok(()) => Ok(Some(ws_id)),
+            Err(r) => Err(Refusal::new(r.code, r.detail)),
+        },
+    )
 }
 
 /// A JSON body that may be left out entirely (`POST .../approve/` alone).
@@ -461,13 +445,25 @@ pub async fn sync_sudo(st: &AppState, server_id: &str) {
     let grants = rows
         .iter()
         .filter_map(|r| {
-            Some(SudoGrant {
-                id: r.try_get("id").ok()?,
-                username: r.try_get("username").ok()?,
-                commands: serde_json::from_str(&r.try_get::<String, _>("commands").ok()?)
-                    .unwrap_or_default(),
-                expires_at_ms: r.try_get("expires_at").ok()?,
-            })
+            let grant = (|| -> Result<SudoGrant, String> {
+                let id: String = r.try_get("id").map_err(|e| e.to_string())?;
+                let commands = r
+                    .try_get::<String, _>("commands")
+                    .map_err(|e| e.to_string())?;
+                Ok(SudoGrant {
+                    // Unreadable commands must not become [] (any command).
+                    commands: parse_stored_list(&commands, "sudo commands")
+                        .map_err(|e| format!("grant {id}: {e}"))?,
+                    id,
+                    username: r.try_get("username").map_err(|e| e.to_string())?,
+                    expires_at_ms: r.try_get("expires_at").map_err(|e| e.to_string())?,
+                })
+            })();
+            grant
+                .inspect_err(
+                    |e| tracing::error!(server = %server_id, "withholding a sudo grant: {e}"),
+                )
+                .ok()
         })
         .collect();
     st.relay
@@ -1410,9 +1406,24 @@ async fn put_policy(
 
 #[cfg(test)]
 mod tests {
+    use super::{parse_scopes, parse_stored_list, Scope};
     use crate::testutil::TestApp;
     use axum::http::{Method, StatusCode};
     use serde_json::json;
+
+    #[test]
+    fn stored_lists_that_cannot_be_read_are_errors_not_empty() {
+        assert_eq!(
+            parse_scopes(r#"["command","sudo"]"#),
+            Ok(vec![Scope::Command, Scope::Sudo])
+        );
+        assert_eq!(parse_stored_list("[]", "x"), Ok(vec![]));
+        for bad in ["", "null", "{}", r#"["command""#, r#"[1]"#] {
+            assert!(parse_scopes(bad).is_err(), "{bad:?}");
+            assert!(parse_stored_list(bad, "sudo commands").is_err(), "{bad:?}");
+        }
+        assert!(parse_scopes(r#"["command","teleport"]"#).is_err());
+    }
 
     #[tokio::test]
     async fn of_two_racing_approvals_one_wins_and_only_it_is_recorded() {
