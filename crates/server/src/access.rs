@@ -264,7 +264,7 @@ mod tests {
                 );
                 seen.push(last_event(&app, action).await);
             }
-            let mut q = format!("/api/webftp/stat/?server=web-1&path=/etc");
+            let mut q = "/api/webftp/stat/?server=web-1&path=/etc".to_string();
             for (k, v) in who.as_object().unwrap() {
                 q.push_str(&format!("&{k}={}", v.as_str().unwrap()));
             }
