@@ -3,6 +3,7 @@
 //! Everything else travels as `anyhow::Error`; `main` looks for a
 //! [`CliError`] in the chain to pick the exit code and the hint.
 
+use alpacon_api::{Class, ErrorCode};
 use thiserror::Error;
 
 pub const EXIT_ERROR: u8 = 1;
@@ -59,7 +60,7 @@ impl CliError {
 
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Api { status, code, .. } => api_exit_code(*status, code),
+            CliError::Api { code, .. } => api_exit_code(code),
             CliError::Usage(_) => EXIT_USAGE,
             _ => EXIT_ERROR,
         }
@@ -94,46 +95,40 @@ impl CliError {
 
     /// True for "the path (not the server) does not exist".
     pub fn is_path_not_found(&self) -> bool {
-        matches!(self, CliError::Api { status: 404, code, .. } if !code.starts_with("server"))
+        matches!(self, CliError::Api { status: 404, code, .. }
+            if ErrorCode::parse(code) == Some(ErrorCode::NotFound))
     }
 }
 
-/// The gateway's codes for requests parked until an admin approves them are
-/// not fixed yet; anything "pending"/"awaiting" is treated as such.
-fn is_awaiting_approval(code: &str) -> bool {
-    code.contains("awaiting") || code.contains("pending")
+/// The gateway's code, if this CLI knows it (a newer gateway may send one
+/// it does not: then only the status and the detail count).
+fn known(code: &str) -> Option<ErrorCode> {
+    ErrorCode::parse(code)
 }
 
-fn is_gate_denial(status: u16, code: &str) -> bool {
-    status == 403 && (code.starts_with("work_session") || code.starts_with("acl"))
-}
-
-fn api_exit_code(status: u16, code: &str) -> u8 {
-    if is_awaiting_approval(code) {
-        EXIT_AWAITING_APPROVAL
-    } else if is_gate_denial(status, code) {
-        EXIT_DENIED
-    } else {
-        EXIT_ERROR
+fn api_exit_code(code: &str) -> u8 {
+    match known(code).map(ErrorCode::class) {
+        Some(Class::Awaiting) => EXIT_AWAITING_APPROVAL,
+        Some(Class::Denied) => EXIT_DENIED,
+        _ => EXIT_ERROR,
     }
 }
 
 fn api_hint(status: u16, code: &str) -> Option<String> {
-    let hint = match code {
-        "not_authenticated" | "invalid_token" | "token_expired" | "session_expired" => {
-            "run `alpacon login`"
-        }
-        "server_not_found" => "see `alpacon server ls`",
-        "mfa_required" => "run `alpacon mfa verify`",
-        "mfa_enrollment_required" => "enroll a second factor: `alpacon mfa totp enroll`",
-        "server_not_connected" | "server_offline" | "agent_not_connected" => {
-            "the server's agent is not connected; see `alpacon server ls`"
-        }
-        _ if is_awaiting_approval(code) => "an admin must approve the request first",
-        _ if is_gate_denial(status, code) && code.starts_with("work_session") => {
+    use ErrorCode::*;
+    let hint = match known(code) {
+        Some(NotAuthenticated | InvalidToken) => "run `alpacon login`",
+        Some(ServerNotFound) => "see `alpacon server ls`",
+        Some(MfaRequired) => "run `alpacon mfa verify`",
+        Some(MfaEnrollmentRequired) => "enroll a second factor: `alpacon mfa totp enroll`",
+        Some(ServerOffline) => "the server's agent is not connected; see `alpacon server ls`",
+        Some(WorkSessionPending) => "an admin must approve the work session first",
+        Some(c) if c.class() == Class::Denied && c.as_str().starts_with("work_session") => {
             "request access with a work session (`alpacon work-session create`)"
         }
-        _ if is_gate_denial(status, code) => "the token's access list does not allow this",
+        Some(ScopeDenied | AclCommandDenied | AclServerDenied | AclFileDenied) => {
+            "the token's access list does not allow this"
+        }
         _ if status == 401 => "run `alpacon login`",
         _ => return None,
     };
@@ -166,9 +161,12 @@ mod tests {
             3
         );
         assert_eq!(CliError::api(403, "acl_command_denied", "x").exit_code(), 3);
-        // Same code with another status is an ordinary error.
-        assert_eq!(CliError::api(400, "acl_invalid", "x").exit_code(), 1);
         assert_eq!(CliError::api(403, "permission_denied", "x").exit_code(), 1);
+        // A code this CLI does not know is an ordinary error.
+        assert_eq!(
+            CliError::api(403, "acl_from_the_future", "x").exit_code(),
+            1
+        );
     }
 
     #[test]
@@ -177,7 +175,6 @@ mod tests {
             CliError::api(403, "work_session_pending", "x").exit_code(),
             4
         );
-        assert_eq!(CliError::api(409, "awaiting_approval", "x").exit_code(), 4);
     }
 
     #[test]
@@ -201,7 +198,8 @@ mod tests {
 
     #[test]
     fn classify_finds_cli_error_under_context() {
-        let e = anyhow::Error::new(CliError::api(403, "acl_denied", "no")).context("running");
+        let e =
+            anyhow::Error::new(CliError::api(403, "acl_server_denied", "no")).context("running");
         assert_eq!(classify(&e).0, 3);
         let e: anyhow::Result<()> = Err(anyhow::anyhow!("plain"));
         assert_eq!(classify(&e.context("x").unwrap_err()), (1, None));

@@ -21,6 +21,7 @@
 //! `websh.open`, `file.*`) with `result = error` and the detail
 //! `{reason, refusal, scope, username, groupname, ...target}`.
 
+use alpacon_api::ErrorCode;
 use serde_json::{json, Value};
 
 use crate::acl::FileOp;
@@ -35,12 +36,12 @@ use crate::work_sessions::Scope;
 /// saying what to do. Answered as 403 `{code, detail}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub detail: String,
 }
 
 impl Refusal {
-    pub fn new(code: &'static str, detail: impl Into<String>) -> Refusal {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Refusal {
         Refusal {
             code,
             detail: detail.into(),
@@ -193,7 +194,7 @@ async fn refuse(
     detail["username"] = json!(username);
     detail["groupname"] = json!(groupname);
     detail["scope"] = json!(target.scope().as_str());
-    detail["reason"] = json!(r.code);
+    detail["reason"] = json!(r.code.as_str());
     detail["refusal"] = json!(r.detail);
     let ev = Event::new(target.action())
         .failed()

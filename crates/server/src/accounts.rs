@@ -17,6 +17,7 @@
 //! connects), `locked` / `removed` (the agent confirmed with
 //! `AccountLocked`).
 
+use alpacon_api::ErrorCode;
 use alpacon_proto::{Control, ManagedAccount, ManagedGroup};
 use serde_json::json;
 use sqlx::Row;
@@ -105,14 +106,14 @@ pub async fn check(
     };
     Ok(Err(match why {
         AccountRefusal::Account => Refusal::new(
-            "account_not_allowed",
+            ErrorCode::AccountNotAllowed,
             format!(
                 "you may only act as your own account ({}) on servers; using {username:?} needs staff or superuser rights",
                 caller.username
             ),
         ),
         AccountRefusal::Group => Refusal::new(
-            "group_not_allowed",
+            ErrorCode::GroupNotAllowed,
             format!(
                 "group {:?} is not one of {username}'s groups: use your own group ({username}) or an Alpacon group you belong to",
                 groupname.unwrap_or_default()

@@ -25,6 +25,7 @@
 //! - Tokens cannot change ACLs or tokens (that would let a restricted token
 //!   lift its own restrictions); people do that with a session.
 
+use alpacon_api::ErrorCode;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::Next;
@@ -78,10 +79,10 @@ pub const SCOPES: &[&str] = &[
 /// `acl_server_denied`, `acl_file_denied`, `scope_denied`.
 pub use crate::access::Refusal;
 
-pub const CODE_COMMAND: &str = "acl_command_denied";
-pub const CODE_SERVER: &str = "acl_server_denied";
-pub const CODE_FILE: &str = "acl_file_denied";
-pub const CODE_SCOPE: &str = "scope_denied";
+pub const CODE_COMMAND: ErrorCode = ErrorCode::AclCommandDenied;
+pub const CODE_SERVER: ErrorCode = ErrorCode::AclServerDenied;
+pub const CODE_FILE: ErrorCode = ErrorCode::AclFileDenied;
+pub const CODE_SCOPE: ErrorCode = ErrorCode::ScopeDenied;
 
 /// What a route needs from a scoped token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -526,14 +527,14 @@ async fn load_scopes(state: &AppState, caller: &Caller) -> Result<Vec<String>, A
     // Deleted since the request was authenticated: nothing to go on.
     let Some(raw) = raw else {
         return Err(ApiError::unauthorized(
-            "invalid_token",
+            ErrorCode::InvalidToken,
             "this token no longer exists",
         ));
     };
     parse_stored_scopes(&raw).map_err(|e| {
         tracing::error!(token = %token_id, "refusing a token whose policy cannot be read: {e}");
         ApiError::forbidden(
-            "token_policy_invalid",
+            ErrorCode::TokenPolicyInvalid,
             "this token's stored scopes cannot be read, so it is refused; delete it and create another",
         )
     })
@@ -865,7 +866,7 @@ impl Kind {
 fn refuse_token_caller(caller: &Caller) -> Result<(), ApiError> {
     if caller.token_id.is_some() {
         return Err(ApiError::forbidden(
-            "token_not_allowed",
+            ErrorCode::TokenNotAllowed,
             "API tokens cannot change tokens or ACLs; log in with a password (`alpacon login`)",
         ));
     }
@@ -960,7 +961,7 @@ async fn delete_kind(
     crate::mfa::require_recent_mfa(&state, &caller, "acl.change").await?;
     let not_found = || {
         ApiError::not_found(
-            "acl_not_found",
+            ErrorCode::AclNotFound,
             format!(
                 "no {} ACL {id:?}; see `alpacon token acl {} ls TOKEN`",
                 kind.name(),
@@ -972,7 +973,7 @@ async fn delete_kind(
     let token_id: String = row.try_get("token_id")?;
     match crate::tokens::find_managed(&state.db, &caller, &token_id).await {
         Ok(_) => {}
-        Err(e) if e.code == "token_not_found" => return Err(not_found()),
+        Err(e) if e.code == ErrorCode::TokenNotFound => return Err(not_found()),
         Err(e) => return Err(e),
     }
     let v = kind.json(&row)?;
@@ -1086,7 +1087,7 @@ async fn create_server(
         Ok(_) => {}
         Err(e) if crate::error::is_unique_violation(&e) => {
             return Err(ApiError::conflict(
-                "acl_exists",
+                ErrorCode::AclExists,
                 format!("this token may already reach {}", server.name),
             ))
         }

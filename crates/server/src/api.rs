@@ -1,6 +1,7 @@
 //! Shared API plumbing: extractors whose rejections are JSON errors,
 //! pagination, and `GET /api/status/`.
 
+use alpacon_api::ErrorCode;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, Uri};
@@ -47,7 +48,7 @@ where
                     }
                     _ => rej.body_text(),
                 };
-                Err(ApiError::new(status, "invalid", detail))
+                Err(ApiError::new(status, ErrorCode::Invalid, detail))
             }
         }
     }
@@ -299,7 +300,7 @@ mod tests {
         ] {
             let e = pp(p, s).page().unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST);
-            assert_eq!(e.code, "invalid");
+            assert_eq!(e.code.as_str(), "invalid");
         }
         let p = pp(Some("3"), Some("20")).page().unwrap();
         assert_eq!((p.limit(), p.offset()), (20, 40));

@@ -1,5 +1,6 @@
 //! Shared state and the one router that serves everything.
 
+use alpacon_api::ErrorCode;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -117,7 +118,7 @@ async fn not_found(method: Method, uri: Uri) -> ApiError {
         ""
     };
     ApiError::not_found(
-        "not_found",
+        ErrorCode::NotFound,
         format!("no such endpoint: {method} {path}{hint}"),
     )
 }
@@ -125,7 +126,7 @@ async fn not_found(method: Method, uri: Uri) -> ApiError {
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         format!("{method} is not allowed on {}", uri.path()),
     )
 }

@@ -6,6 +6,7 @@
 //! token). Only their SHA-256 is stored; a request's key is hashed and looked
 //! up by that hash, so there is no secret comparison to time.
 
+use alpacon_api::ErrorCode;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, FromRequestParts, State};
@@ -208,7 +209,7 @@ fn key_from_query(parts: &Parts) -> Option<String> {
 fn key_from_headers(headers: &HeaderMap) -> Result<&str, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(ApiError::unauthorized(
-            "not_authenticated",
+            ErrorCode::NotAuthenticated,
             "authentication required: pass Authorization: Token <key>",
         ));
     };
@@ -218,14 +219,14 @@ fn key_from_headers(headers: &HeaderMap) -> Result<&str, ApiError> {
         .and_then(parse_authorization)
         .ok_or_else(|| {
             ApiError::unauthorized(
-                "invalid_token",
+                ErrorCode::InvalidToken,
                 "malformed Authorization header: use Authorization: Token <key>",
             )
         })
 }
 
 fn invalid_token(detail: &str) -> ApiError {
-    ApiError::unauthorized("invalid_token", detail.to_string())
+    ApiError::unauthorized(ErrorCode::InvalidToken, detail.to_string())
 }
 
 /// Resolves a key to its caller, or 401 `invalid_token`.

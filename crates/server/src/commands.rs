@@ -7,6 +7,7 @@
 //! buffer per running command that `…/stream/` readers follow; the durable
 //! copy is the result's output.
 
+use alpacon_api::ErrorCode;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -138,7 +139,7 @@ async fn replay(
     if stored != *wanted {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "idempotency_key_reused",
+            ErrorCode::IdempotencyKeyReused,
             "this Idempotency-Key was used for a different command; use a new key for a new command",
         ));
     }
@@ -534,7 +535,7 @@ async fn load(state: &AppState, id: &str) -> Result<Value, ApiError> {
 }
 
 fn not_found() -> ApiError {
-    ApiError::not_found("not_found", "no such command")
+    ApiError::not_found(ErrorCode::NotFound, "no such command")
 }
 
 /// Loads a command the caller may see (admins: all; others: their own; a

@@ -8,6 +8,7 @@
 //! clients that accept gzip. Paths under the API prefixes keep the API's JSON
 //! 404.
 
+use alpacon_api::ErrorCode;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -197,7 +198,7 @@ fn api_not_found(method: &Method, path: &str) -> Response {
         ""
     };
     ApiError::not_found(
-        "not_found",
+        ErrorCode::NotFound,
         format!("no such endpoint: {method} {path}{hint}"),
     )
     .into_response()

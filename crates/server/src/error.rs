@@ -1,8 +1,7 @@
 //! The one mapping from errors to HTTP answers: `{"code": "...", "detail": "..."}`
 //! with the matching status. Handlers return `Result<_, ApiError>`.
 
-use std::borrow::Cow;
-
+use alpacon_api::ErrorCode;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
@@ -13,45 +12,41 @@ use axum::response::{IntoResponse, Response};
 #[error("{code}: {detail}")]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: Cow<'static, str>,
+    pub code: ErrorCode,
     pub detail: String,
 }
 
 impl ApiError {
-    pub fn new(
-        status: StatusCode,
-        code: impl Into<Cow<'static, str>>,
-        detail: impl Into<String>,
-    ) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, detail: impl Into<String>) -> Self {
         ApiError {
             status,
-            code: code.into(),
+            code,
             detail: detail.into(),
         }
     }
 
     /// 400 with code `invalid`: the request itself is malformed.
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid", detail)
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::Invalid, detail)
     }
 
-    pub fn not_found(code: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {
+    pub fn not_found(code: ErrorCode, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, detail)
     }
 
-    pub fn forbidden(code: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {
+    pub fn forbidden(code: ErrorCode, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, code, detail)
     }
 
-    pub fn unauthorized(code: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {
+    pub fn unauthorized(code: ErrorCode, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, code, detail)
     }
 
-    pub fn conflict(code: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {
+    pub fn conflict(code: ErrorCode, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, detail)
     }
 
-    pub fn unavailable(code: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {
+    pub fn unavailable(code: ErrorCode, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
     }
 
@@ -61,20 +56,23 @@ impl ApiError {
         tracing::error!("internal error: {e}");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "internal error; the gateway log has the cause",
         )
     }
 
     /// 403 `permission_denied` for admin-only endpoints.
     pub fn admin_only() -> Self {
-        Self::forbidden("permission_denied", "only superusers and staff may do this")
+        Self::forbidden(
+            ErrorCode::PermissionDenied,
+            "only superusers and staff may do this",
+        )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "code": self.code, "detail": self.detail });
+        let body = serde_json::json!({ "code": self.code.as_str(), "detail": self.detail });
         (self.status, axum::Json(body)).into_response()
     }
 }
@@ -85,7 +83,7 @@ pub fn storage_full() -> ApiError {
     tracing::error!("storage full: a write failed for lack of space");
     ApiError::new(
         StatusCode::INSUFFICIENT_STORAGE,
-        "storage_full",
+        ErrorCode::StorageFull,
         "the gateway's storage is full; nothing was changed. Free disk space on the gateway and retry",
     )
 }
@@ -122,7 +120,10 @@ impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         if let Some(db) = e.as_database_error() {
             if db.is_unique_violation() {
-                return ApiError::conflict("conflict", "an object with this name already exists");
+                return ApiError::conflict(
+                    ErrorCode::Conflict,
+                    "an object with this name already exists",
+                );
             }
             if is_storage_full(db) {
                 return storage_full();
@@ -135,7 +136,10 @@ impl From<sqlx::Error> for ApiError {
         }
         if matches!(e, sqlx::Error::PoolTimedOut) {
             tracing::warn!("database pool timed out");
-            return ApiError::unavailable("database_busy", "the database is busy; retry shortly");
+            return ApiError::unavailable(
+                ErrorCode::DatabaseBusy,
+                "the database is busy; retry shortly",
+            );
         }
         ApiError::internal(e)
     }
@@ -164,7 +168,7 @@ mod tests {
 
     #[tokio::test]
     async fn renders_code_and_detail_as_json() {
-        let r = ApiError::not_found("server_not_found", "no server named x").into_response();
+        let r = ApiError::not_found(ErrorCode::ServerNotFound, "no server named x").into_response();
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
         let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -176,9 +180,9 @@ mod tests {
     fn no_space_is_storage_full() {
         let e = ApiError::from(std::io::Error::from_raw_os_error(libc::ENOSPC));
         assert_eq!(e.status, StatusCode::INSUFFICIENT_STORAGE);
-        assert_eq!(e.code, "storage_full");
+        assert_eq!(e.code.as_str(), "storage_full");
         let e = ApiError::from(std::io::Error::from_raw_os_error(libc::EACCES));
-        assert_eq!(e.code, "internal");
+        assert_eq!(e.code.as_str(), "internal");
     }
 
     #[tokio::test]
@@ -210,7 +214,7 @@ mod tests {
         }
         let e = ApiError::from(err.expect("the database filled up"));
         assert_eq!(e.status, StatusCode::INSUFFICIENT_STORAGE);
-        assert_eq!(e.code, "storage_full");
+        assert_eq!(e.code.as_str(), "storage_full");
     }
 
     #[test]

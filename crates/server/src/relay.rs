@@ -5,6 +5,7 @@
 //! One link per server: a newer authenticated connection replaces an older
 //! one (the agent reconnected before the gateway noticed the old one die).
 
+use alpacon_api::ErrorCode as Code;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -170,14 +171,18 @@ async fn upgrade(
     let accept = match websocket_accept(req.headers()) {
         Ok(a) => a,
         Err(detail) => {
-            return ApiError::new(StatusCode::UPGRADE_REQUIRED, "websocket_required", detail)
-                .into_response()
+            return ApiError::new(
+                StatusCode::UPGRADE_REQUIRED,
+                Code::WebsocketRequired,
+                detail,
+            )
+            .into_response()
         }
     };
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return ApiError::new(
             StatusCode::UPGRADE_REQUIRED,
-            "websocket_required",
+            Code::WebsocketRequired,
             "this connection cannot be upgraded (agent links use HTTP/1.1)",
         )
         .into_response();
@@ -277,7 +282,7 @@ fn refuse_handshake(peer: SocketAddr, r: Refusal, limits: &crate::conn::Limits) 
     if let Some(held) = conn::log_now(reason) {
         tracing::warn!(held, %ip, "agent link refused: {detail}");
     }
-    let mut resp = ApiError::new(status, "too_many_handshakes", detail).into_response();
+    let mut resp = ApiError::new(status, Code::TooManyHandshakes, detail).into_response();
     resp.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     resp

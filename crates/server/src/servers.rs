@@ -1,6 +1,7 @@
 //! Servers and how they join: registration tokens, agent registration, the
 //! install script and the downloads it uses.
 
+use alpacon_api::ErrorCode;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, StatusCode, Uri};
@@ -202,7 +203,7 @@ pub async fn resolve_for(
 ) -> Result<ServerRow, ApiError> {
     let found = match resolve(&st.db, ident).await {
         Ok(s) => Some(s),
-        Err(e) if e.code == "server_not_found" => None,
+        Err(e) if e.code == ErrorCode::ServerNotFound => None,
         Err(e) => return Err(e),
     };
     if caller.is_admin() {
@@ -222,14 +223,14 @@ pub async fn resolve_for(
     ev.server_name = Some(ident.chars().take(200).collect());
     crate::audit::record(&st.db, ev).await?;
     Err(ApiError::not_found(
-        "server_not_found",
+        ErrorCode::ServerNotFound,
         format!("no server named {ident:?} that you can reach; see `alpacon server ls` (servers reach you through your groups)"),
     ))
 }
 
 fn not_found(ident: &str) -> ApiError {
     ApiError::not_found(
-        "server_not_found",
+        ErrorCode::ServerNotFound,
         format!("no server named {ident:?}; see `alpacon server ls`"),
     )
 }
@@ -482,7 +483,7 @@ pub async fn create_registration_token(
         Ok(_) => {}
         Err(e) if is_unique_violation(&e) => {
             return Err(ApiError::conflict(
-                "token_name_taken",
+                ErrorCode::TokenNameTaken,
                 format!("a registration token named {name:?} exists; pick another name or delete it with `alpacon server token delete {name}`"),
             ))
         }
@@ -549,7 +550,7 @@ async fn delete_reg_token(
         .await?
         .ok_or_else(|| {
             ApiError::not_found(
-                "token_not_found",
+                ErrorCode::TokenNotFound,
                 format!("no registration token {ident:?}; see `alpacon server token ls`"),
             )
         })?;
@@ -635,9 +636,9 @@ impl From<sqlx::Error> for RegisterError {
 impl From<RegisterError> for ApiError {
     fn from(e: RegisterError) -> Self {
         match e {
-            RegisterError::Token(d) => ApiError::unauthorized("invalid_registration_token", d),
+            RegisterError::Token(d) => ApiError::unauthorized(ErrorCode::InvalidRegistrationToken, d),
             RegisterError::NameTaken(n) => ApiError::conflict(
-                "name_taken",
+                ErrorCode::NameTaken,
                 format!("a server named {n:?} is already registered; choose another --name, or delete the old one with `alpacon server delete {n}`"),
             ),
             RegisterError::Api(e) => e,
@@ -931,7 +932,7 @@ async fn download_agent(State(st): State<AppState>) -> Result<Response, ApiError
     let file = tokio::fs::File::open(path).await.map_err(|e| {
         tracing::warn!("agent binary {}: {e}", path.display());
         ApiError::not_found(
-            "agent_binary_missing",
+            ErrorCode::AgentBinaryMissing,
             "this gateway has no agent binary to serve; start alpacon-server with --agent-binary PATH",
         )
     })?;
@@ -955,7 +956,7 @@ async fn download_ca(State(st): State<AppState>) -> Result<Response, ApiError> {
     match ca_pem(&st.config) {
         Some(pem) => Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response()),
         None => Err(ApiError::not_found(
-            "no_ca",
+            ErrorCode::NoCa,
             "this gateway uses an operator-provided certificate (--tls-cert); trust the issuing CA instead",
         )),
     }
@@ -1092,7 +1093,7 @@ mod tests {
             .await
             .unwrap_err()
             .into();
-        assert_eq!(e.code, "invalid_registration_token");
+        assert_eq!(e.code.as_str(), "invalid_registration_token");
         assert!(e.detail.contains("unknown"));
         let t = create_registration_token(&db, "old", None, Some(now_ms() - 1), None)
             .await
@@ -1114,7 +1115,7 @@ mod tests {
         }
         assert!(matches!(
             create_registration_token(&db, "fleet", None, None, None).await,
-            Err(e) if e.code == "token_name_taken"
+            Err(e) if e.code == ErrorCode::TokenNameTaken
         ));
     }
 
@@ -1157,7 +1158,7 @@ mod tests {
         assert_eq!(resolve(&db, &s.id).await.unwrap().name, "web");
         assert_eq!(resolve(&db, "web").await.unwrap().id, s.id);
         let e = resolve(&db, "nope").await.unwrap_err();
-        assert_eq!(e.code, "server_not_found");
+        assert_eq!(e.code.as_str(), "server_not_found");
         assert!(e.detail.contains("alpacon server ls"));
         s.verifying_key().unwrap();
     }

@@ -2,6 +2,7 @@
 //! `DELETE`/`PATCH {enabled}` `/api/auth/tokens/{id}/`. A token acts as its owner; the key is
 //! shown once, at creation, and only its SHA-256 is stored.
 
+use alpacon_api::ErrorCode;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::routing::{delete, get};
@@ -100,7 +101,7 @@ pub async fn find_managed(
     .await?
     .ok_or_else(|| {
         ApiError::not_found(
-            "token_not_found",
+            ErrorCode::TokenNotFound,
             format!("you have no token {ident:?}; see `alpacon token ls`"),
         )
     })?;
@@ -155,7 +156,7 @@ async fn create(
     // A token that could mint tokens would outlive its own revocation.
     if caller.token_id.is_some() {
         return Err(ApiError::forbidden(
-            "token_not_allowed",
+            ErrorCode::TokenNotAllowed,
             "API tokens cannot create tokens; log in with a password (`alpacon login -u USER`)",
         ));
     }
@@ -204,7 +205,7 @@ async fn create(
         Ok(_) => {}
         Err(e) if is_unique_violation(&e) => {
             return Err(ApiError::conflict(
-                "token_name_taken",
+                ErrorCode::TokenNameTaken,
                 format!("you already have a token named {name:?}; pick another name or delete it with `alpacon token delete {name}`"),
             ))
         }
@@ -246,7 +247,7 @@ async fn remove(
     // other tokens or the service tokens of pipelines.
     if caller.token_id.as_ref().is_some_and(|t| *t != id) {
         return Err(ApiError::forbidden(
-            "token_not_allowed",
+            ErrorCode::TokenNotAllowed,
             "an API token can delete only itself; log in with a password (`alpacon login`) to delete others",
         ));
     }
@@ -284,7 +285,7 @@ async fn update(
 ) -> Result<Json<Value>, ApiError> {
     if caller.token_id.is_some() {
         return Err(ApiError::forbidden(
-            "token_not_allowed",
+            ErrorCode::TokenNotAllowed,
             "API tokens cannot change tokens; log in with a password (`alpacon login -u USER`)",
         ));
     }

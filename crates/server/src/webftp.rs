@@ -6,6 +6,7 @@
 //! the client reads it. The agent hashes what it writes or reads; the
 //! gateway records the sha256 with the transfer so the client can compare.
 
+use alpacon_api::ErrorCode as Code;
 use std::collections::HashMap;
 
 use crate::relay::Link;
@@ -44,21 +45,21 @@ pub fn router() -> Router<AppState> {
 /// Maps an agent's refusal to the API's error.
 pub fn agent_error(e: StreamError) -> ApiError {
     let (status, code) = match e.code {
-        ErrorCode::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-        ErrorCode::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
-        ErrorCode::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
-        ErrorCode::IsADirectory => (StatusCode::BAD_REQUEST, "is_a_directory"),
-        ErrorCode::NotADirectory => (StatusCode::BAD_REQUEST, "not_a_directory"),
-        ErrorCode::NoSuchUser => (StatusCode::BAD_REQUEST, "no_such_user"),
-        ErrorCode::NoSuchGroup => (StatusCode::BAD_REQUEST, "no_such_group"),
-        ErrorCode::Invalid => (StatusCode::BAD_REQUEST, "invalid"),
-        ErrorCode::AccountConflict => (StatusCode::CONFLICT, "account_conflict"),
-        ErrorCode::ProvisionFailed => (StatusCode::BAD_GATEWAY, "provision_failed"),
+        ErrorCode::NotFound => (StatusCode::NOT_FOUND, Code::NotFound),
+        ErrorCode::PermissionDenied => (StatusCode::FORBIDDEN, Code::PermissionDenied),
+        ErrorCode::AlreadyExists => (StatusCode::CONFLICT, Code::AlreadyExists),
+        ErrorCode::IsADirectory => (StatusCode::BAD_REQUEST, Code::IsADirectory),
+        ErrorCode::NotADirectory => (StatusCode::BAD_REQUEST, Code::NotADirectory),
+        ErrorCode::NoSuchUser => (StatusCode::BAD_REQUEST, Code::NoSuchUser),
+        ErrorCode::NoSuchGroup => (StatusCode::BAD_REQUEST, Code::NoSuchGroup),
+        ErrorCode::Invalid => (StatusCode::BAD_REQUEST, Code::Invalid),
+        ErrorCode::AccountConflict => (StatusCode::CONFLICT, Code::AccountConflict),
+        ErrorCode::ProvisionFailed => (StatusCode::BAD_GATEWAY, Code::ProvisionFailed),
         ErrorCode::OutsideAcl => (StatusCode::FORBIDDEN, crate::acl::CODE_FILE),
         ErrorCode::Cancelled | ErrorCode::Io if e.detail.contains("link") => {
-            (StatusCode::SERVICE_UNAVAILABLE, "server_offline")
+            (StatusCode::SERVICE_UNAVAILABLE, Code::ServerOffline)
         }
-        _ => (StatusCode::BAD_GATEWAY, "agent_error"),
+        _ => (StatusCode::BAD_GATEWAY, Code::AgentError),
     };
     ApiError::new(status, code, e.detail)
 }
@@ -116,7 +117,7 @@ async fn check(
     .await?;
     let link = state.relay.link(&server.id).ok_or_else(|| {
         ApiError::unavailable(
-            "server_offline",
+            Code::ServerOffline,
             format!(
                 "server {} is not connected; file transfers need a live agent (see `alpacon server ls`)",
                 server.name
@@ -145,7 +146,7 @@ async fn open(link: &Link, open: Open) -> Result<(Stream, StreamInfo), ApiError>
         .mux
         .open(open)
         .await
-        .map_err(|e| ApiError::unavailable("server_offline", e.to_string()))?;
+        .map_err(|e| ApiError::unavailable(Code::ServerOffline, e.to_string()))?;
     let info = s.wait_accept().await.map_err(agent_error)?;
     Ok((s, info))
 }
@@ -159,7 +160,7 @@ async fn finish(s: &mut alpacon_mux::StreamReceiver) -> Result<StreamResult, Api
             Some(_) => continue,
             None => {
                 return Err(ApiError::unavailable(
-                    "server_offline",
+                    Code::ServerOffline,
                     "the agent link dropped during the operation",
                 ))
             }
@@ -348,7 +349,7 @@ async fn upload(
 
 fn revoked() -> ApiError {
     ApiError::forbidden(
-        "access_revoked",
+        Code::AccessRevoked,
         "the transfer was ended: access to this server was revoked",
     )
 }
@@ -484,7 +485,7 @@ async fn download(
         if let Some(Err(e)) = feed.next().await {
             return Err(ApiError::new(
                 StatusCode::BAD_GATEWAY,
-                "agent_error",
+                Code::AgentError,
                 e.to_string(),
             ));
         }
@@ -557,7 +558,7 @@ impl DownloadFeed {
                 }
                 Some(Event::Data(_)) => Err(ApiError::new(
                     StatusCode::BAD_GATEWAY,
-                    "agent_error",
+                    Code::AgentError,
                     "the file grew while it was being read",
                 )),
                 Some(Event::Closed(Close::Ok(StreamResult::Read { bytes, sha256 }))) => {
@@ -568,7 +569,10 @@ impl DownloadFeed {
                 ))),
                 Some(Event::Closed(Close::Err(e))) => Err(agent_error(e)),
                 Some(Event::Accepted(_) | Event::Eof) => continue,
-                None => Err(ApiError::unavailable("server_offline", "agent link lost")),
+                None => Err(ApiError::unavailable(
+                    Code::ServerOffline,
+                    "agent link lost",
+                )),
             };
             let failed = outcome.as_ref().err().map(|e| e.detail.clone());
             if let Err(e) =
@@ -618,7 +622,7 @@ async fn mkdir(
                 confine: c.confine.clone(),
             })
             .await
-            .map_err(|e| ApiError::unavailable("server_offline", e.to_string()))?;
+            .map_err(|e| ApiError::unavailable(Code::ServerOffline, e.to_string()))?;
         finish(&mut s.rx).await
     }
     .await;
@@ -663,7 +667,7 @@ async fn stat(
             confine: c.confine.clone(),
         })
         .await
-        .map_err(|e| ApiError::unavailable("server_offline", e.to_string()))?;
+        .map_err(|e| ApiError::unavailable(Code::ServerOffline, e.to_string()))?;
     let res = finish(&mut s.rx).await;
     // Looking is access too: a listing (or a refused one) is on the record.
     let ev = AuditEvent::new("file.stat")
@@ -713,13 +717,13 @@ async fn transfer(
     .fetch_optional(&state.db.pool)
     .await?;
     let Some(r) = row else {
-        return Err(ApiError::not_found("not_found", "no such transfer"));
+        return Err(ApiError::not_found(Code::NotFound, "no such transfer"));
     };
     let owner: Option<String> = r.try_get("requested_by")?;
     let token: Option<String> = r.try_get("token_id")?;
     let viewer = crate::acl::viewer(&state, &caller).await?;
     if !viewer.sees(owner.as_deref(), token.as_deref()) {
-        return Err(ApiError::not_found("not_found", "no such transfer"));
+        return Err(ApiError::not_found(Code::NotFound, "no such transfer"));
     }
     let mut v: HashMap<&str, Value> = HashMap::new();
     for k in ["id", "server_id", "direction", "path", "username", "status"] {
@@ -782,8 +786,8 @@ mod tests {
             "permission denied",
         ));
         assert_eq!(e.status, StatusCode::FORBIDDEN);
-        assert_eq!(e.code, "permission_denied");
+        assert_eq!(e.code.as_str(), "permission_denied");
         let e = agent_error(StreamError::new(ErrorCode::Io, "agent link lost"));
-        assert_eq!(e.code, "server_offline");
+        assert_eq!(e.code.as_str(), "server_offline");
     }
 }

@@ -579,21 +579,15 @@ async fn send_msg<C: Conn>(conn: &mut C, msg: &ClientMsg) -> Result<(), String> 
     conn.send(Outgoing::Text(text)).await
 }
 
-/// An `error` message refusing the attach, as the exit code logic expects.
+/// An `error` message refusing the attach, as the exit code logic expects
+/// (the message carries a code, not a status).
 pub fn ws_error(code: &str, detail: &str) -> CliError {
-    let status = if code.contains("not_found") {
-        404
-    } else if code.starts_with("work_session")
-        || code.starts_with("acl")
-        || code.contains("denied")
-        || code.contains("forbidden")
-        || code.contains("permission")
-    {
-        403
-    } else if code.contains("auth") || code.contains("token") {
-        401
-    } else {
-        400
+    use alpacon_api::{Class, ErrorCode};
+    let status = match ErrorCode::parse(code).map(ErrorCode::class) {
+        Some(Class::Auth) => 401,
+        Some(Class::Denied | Class::Awaiting) => 403,
+        _ if code.ends_with("not_found") => 404,
+        _ => 400,
     };
     CliError::api(status, code, detail)
 }

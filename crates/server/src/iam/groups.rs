@@ -8,6 +8,7 @@
 //! Every change that shrinks someone's reach ends what they have open on the
 //! servers they lost (`revoke::Revocation::Reach`).
 
+use alpacon_api::ErrorCode;
 use std::collections::HashSet;
 
 use axum::extract::State;
@@ -150,7 +151,7 @@ pub async fn allocate_id(db: &Db, kind: &str, base: i64) -> Result<i64, ApiError
         }
     }
     Err(ApiError::unavailable(
-        "busy",
+        ErrorCode::Busy,
         format!("could not allocate a {}; try again", kind.to_uppercase()),
     ))
 }
@@ -206,7 +207,7 @@ async fn role_in(db: &Db, group_id: &str, user_id: &str) -> Result<Option<Role>,
 
 fn no_such_group(ident: &str) -> ApiError {
     ApiError::not_found(
-        "group_not_found",
+        ErrorCode::GroupNotFound,
         format!("no group {ident:?} that you can see; see `alpacon group ls`"),
     )
 }
@@ -249,7 +250,7 @@ async fn check(
                 .detail(json!({"request": detail, "reason": why})),
         )
         .await?;
-        return Err(ApiError::forbidden("permission_denied", why));
+        return Err(ApiError::forbidden(ErrorCode::PermissionDenied, why));
     }
     Ok(())
 }
@@ -421,7 +422,7 @@ async fn create_group(
             Err(e) if is_unique_violation(&e) => {
                 if find_group(&st.db, &b.name).await?.is_some() {
                     return Err(ApiError::conflict(
-                        "name_taken",
+                        ErrorCode::NameTaken,
                         format!("a group named {:?} exists", b.name),
                     ));
                 }
@@ -431,7 +432,7 @@ async fn create_group(
     }
     if !inserted {
         return Err(ApiError::unavailable(
-            "busy",
+            ErrorCode::Busy,
             "could not allocate a GID; try again",
         ));
     }
@@ -632,7 +633,7 @@ async fn add_group_server(
         Ok(_) => {}
         Err(e) if is_unique_violation(&e) => {
             return Err(ApiError::conflict(
-                "already_assigned",
+                ErrorCode::AlreadyAssigned,
                 format!("server {} is already in group {}", s.name, g.name),
             ))
         }
@@ -676,7 +677,7 @@ async fn remove_group_server(
         .rows_affected();
     if n == 0 {
         return Err(ApiError::not_found(
-            "not_assigned",
+            ErrorCode::NotAssigned,
             format!("server {} is not in group {}", s.name, g.name),
         ));
     }
@@ -797,7 +798,12 @@ async fn load_membership(db: &Db, id: &str) -> Result<AnyRow, ApiError> {
         .bind(id)
         .fetch_optional(&db.pool)
         .await?
-        .ok_or_else(|| ApiError::not_found("membership_not_found", format!("no membership {id:?}")))
+        .ok_or_else(|| {
+            ApiError::not_found(
+                ErrorCode::MembershipNotFound,
+                format!("no membership {id:?}"),
+            )
+        })
 }
 
 async fn create_membership(
@@ -822,8 +828,8 @@ async fn create_membership(
     let id = add_member(&st.db, &g.id, &u.id, role, Some(&caller.user_id))
         .await
         .map_err(|e| match e {
-            ApiError { ref code, .. } if code == "already_member" => ApiError::conflict(
-                "already_member",
+            ApiError { ref code, .. } if *code == ErrorCode::AlreadyMember => ApiError::conflict(
+                ErrorCode::AlreadyMember,
                 format!("{} is already in group {}", u.username, g.name),
             ),
             e => e,
@@ -865,7 +871,7 @@ pub async fn add_member(
     match r {
         Ok(_) => Ok(id),
         Err(e) if is_unique_violation(&e) => Err(ApiError::conflict(
-            "already_member",
+            ErrorCode::AlreadyMember,
             "already a member of this group",
         )),
         Err(e) => Err(e.into()),
@@ -924,7 +930,7 @@ async fn update_membership(
         && owners(&st.db, &g.id).await? <= 1
     {
         return Err(ApiError::conflict(
-            "last_owner",
+            ErrorCode::LastOwner,
             format!("group {} needs at least one owner", g.name),
         ));
     }
@@ -969,7 +975,7 @@ async fn delete_membership(
     }
     if role == Role::Owner && !actor.is_admin && owners(&st.db, &g.id).await? <= 1 {
         return Err(ApiError::conflict(
-            "last_owner",
+            ErrorCode::LastOwner,
             format!("group {} needs at least one owner", g.name),
         ));
     }

@@ -5,6 +5,7 @@
 //! link works once and until it expires. Accepting creates the user (with the
 //! workspace role and group the invitation names) and logs nothing else in.
 
+use alpacon_api::ErrorCode;
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -99,27 +100,26 @@ async fn create_invitation(
     // person signed in may send one (as only a person may create tokens).
     if caller.token_id.is_some() {
         return Err(ApiError::forbidden(
-            "token_not_allowed",
+            ErrorCode::TokenNotAllowed,
             "API tokens cannot invite people; log in with a password (`alpacon login`)",
         ));
     }
     let role = Role::parse(&b.role)
         .ok_or_else(|| ApiError::bad_request("role must be owner, manager or member"))?;
     // Admins invite anyone; a group's owners and managers invite into it.
-    let group =
-        match b.group.as_deref().filter(|g| !g.is_empty()) {
-            Some(g) => {
-                let row: Option<(String, String)> =
-                    sqlx::query_as("SELECT id, name FROM iam_groups WHERE id = $1 OR name = $1")
-                        .bind(g)
-                        .fetch_optional(&st.db.pool)
-                        .await?;
-                Some(row.ok_or_else(|| {
-                    ApiError::not_found("group_not_found", format!("no group {g:?}"))
-                })?)
-            }
-            None => None,
-        };
+    let group = match b.group.as_deref().filter(|g| !g.is_empty()) {
+        Some(g) => {
+            let row: Option<(String, String)> =
+                sqlx::query_as("SELECT id, name FROM iam_groups WHERE id = $1 OR name = $1")
+                    .bind(g)
+                    .fetch_optional(&st.db.pool)
+                    .await?;
+            Some(row.ok_or_else(|| {
+                ApiError::not_found(ErrorCode::GroupNotFound, format!("no group {g:?}"))
+            })?)
+        }
+        None => None,
+    };
     if !caller.is_admin() {
         let Some((gid, _)) = &group else {
             return Err(ApiError::admin_only());
@@ -138,11 +138,11 @@ async fn create_invitation(
             return Err(ApiError::admin_only());
         }
         groups::may(actor, groups::GroupAction::Add(role))
-            .map_err(|why| ApiError::forbidden("permission_denied", why))?;
+            .map_err(|why| ApiError::forbidden(ErrorCode::PermissionDenied, why))?;
     }
     if b.is_staff && !caller.is_superuser {
         return Err(ApiError::forbidden(
-            "permission_denied",
+            ErrorCode::PermissionDenied,
             "only a superuser can invite staff",
         ));
     }
@@ -236,7 +236,7 @@ async fn delete_invitation(
         .rows_affected();
     if n == 0 {
         return Err(ApiError::not_found(
-            "invitation_not_found",
+            ErrorCode::InvitationNotFound,
             format!("no invitation {id:?}"),
         ));
     }
@@ -252,7 +252,7 @@ async fn delete_invitation(
 
 fn bad_key() -> ApiError {
     ApiError::not_found(
-        "invitation_not_found",
+        ErrorCode::InvitationNotFound,
         "this invitation link is not valid; ask for a new one",
     )
 }
@@ -272,7 +272,11 @@ async fn usable(st: &AppState, key: &str) -> Result<AnyRow, ApiError> {
         row.try_get("expires_at")?,
         row.try_get("accepted_at")?,
     ) {
-        return Err(ApiError::new(StatusCode::GONE, "invitation_unusable", why));
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            ErrorCode::InvitationUnusable,
+            why,
+        ));
     }
     Ok(row)
 }
@@ -342,7 +346,7 @@ async fn accept_invitation(
     if claimed == 0 {
         return Err(ApiError::new(
             StatusCode::GONE,
-            "invitation_unusable",
+            ErrorCode::InvitationUnusable,
             "this invitation was already used",
         ));
     }
@@ -371,7 +375,7 @@ async fn accept_invitation(
             .await?;
         return Err(if crate::error::is_unique_violation(&e) {
             ApiError::conflict(
-                "username_taken",
+                ErrorCode::UsernameTaken,
                 format!("the username {username:?} is taken; choose another"),
             )
         } else {
@@ -473,7 +477,7 @@ async fn inviter_still_may(st: &AppState, inv: &AnyRow) -> Result<(), ApiError> 
         Some(role) if inviter_allows(inviter, staff, group.is_some(), role) => Ok(()),
         _ => Err(ApiError::new(
             StatusCode::GONE,
-            "invitation_unusable",
+            ErrorCode::InvitationUnusable,
             "whoever sent this invitation can no longer grant this access; ask for a new one",
         )),
     }

@@ -8,6 +8,7 @@
 pub mod groups;
 pub mod invitations;
 
+use alpacon_api::ErrorCode;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -249,7 +250,7 @@ pub async fn assign_uid(db: &Db, user_id: &str) -> Result<i64, ApiError> {
         }
     }
     Err(ApiError::unavailable(
-        "busy",
+        ErrorCode::Busy,
         "could not allocate a UID; try again",
     ))
 }
@@ -279,7 +280,7 @@ pub async fn find_user(db: &Db, ident: &str) -> Result<Option<User>, ApiError> {
 
 pub fn no_such_user(ident: &str) -> ApiError {
     ApiError::not_found(
-        "user_not_found",
+        ErrorCode::UserNotFound,
         format!("no user {ident:?}; see `alpacon user ls`"),
     )
 }
@@ -383,7 +384,7 @@ async fn update_user(
     let u = find_user(&st.db, &ident)
         .await?
         .ok_or_else(|| no_such_user(&ident))?;
-    let refuse = |why: &'static str| ApiError::forbidden("permission_denied", why);
+    let refuse = |why: &'static str| ApiError::forbidden(ErrorCode::PermissionDenied, why);
     if (b.is_superuser.is_some() || b.is_staff.is_some()) && !caller.is_superuser {
         return Err(refuse("only a superuser can change workspace roles"));
     }
@@ -497,13 +498,13 @@ async fn delete_user(
         .ok_or_else(|| no_such_user(&ident))?;
     if u.id == caller.user_id {
         return Err(ApiError::forbidden(
-            "permission_denied",
+            ErrorCode::PermissionDenied,
             "you cannot delete yourself",
         ));
     }
     if u.is_superuser && !caller.is_superuser {
         return Err(ApiError::forbidden(
-            "permission_denied",
+            ErrorCode::PermissionDenied,
             "only a superuser can delete a superuser",
         ));
     }
@@ -673,7 +674,7 @@ async fn create_user(
     // a superuser makes more of them.
     if (b.is_superuser || b.is_staff) && !caller.is_superuser {
         return Err(ApiError::forbidden(
-            "permission_denied",
+            ErrorCode::PermissionDenied,
             "only a superuser can create staff or superusers",
         ));
     }
@@ -721,7 +722,7 @@ async fn create_user(
         Ok(_) => {}
         Err(e) if crate::error::is_unique_violation(&e) => {
             return Err(ApiError::conflict(
-                "username_taken",
+                ErrorCode::UsernameTaken,
                 format!("a user named {:?} exists", b.username),
             ))
         }

@@ -22,6 +22,7 @@ pub mod throttle;
 pub mod totp;
 pub mod webauthn;
 
+use alpacon_api::ErrorCode;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
@@ -133,7 +134,7 @@ async fn mark_verified(db: &Db, session_id: &str, now: i64) -> Result<(), ApiErr
 /// The refusal an enroll-only session gets outside the MFA endpoints.
 pub fn enrollment_required() -> ApiError {
     ApiError::forbidden(
-        "mfa_enrollment_required",
+        ErrorCode::MfaEnrollmentRequired,
         "this workspace requires multi-factor authentication: enroll a second factor first \
          (`alpacon mfa totp enroll`), then log in again or run `alpacon mfa verify`",
     )
@@ -182,14 +183,14 @@ pub async fn require_recent_mfa(
     Err(match refusal {
         Refusal::NotEnrolled => enrollment_required(),
         Refusal::Token => ApiError::forbidden(
-            "mfa_required",
+            ErrorCode::MfaRequired,
             format!(
                 "{action} needs a verified second factor, which an API token cannot present; \
                  do it from a login session (`alpacon login`, then `alpacon mfa verify`)"
             ),
         ),
         Refusal::NotVerified | Refusal::Expired => ApiError::forbidden(
-            "mfa_required",
+            ErrorCode::MfaRequired,
             format!(
                 "{action} needs a second factor verified within the last {} minutes; \
                  run `alpacon mfa verify` and retry",
@@ -202,7 +203,7 @@ pub async fn require_recent_mfa(
 fn session_only(caller: &Caller) -> Result<&str, ApiError> {
     caller.session_id.as_deref().ok_or_else(|| {
         ApiError::forbidden(
-            "token_not_allowed",
+            ErrorCode::TokenNotAllowed,
             "API tokens cannot manage or present second factors; use a login session (`alpacon login`)",
         )
     })
@@ -403,7 +404,7 @@ async fn check_proof(
 
 fn method_not_allowed(m: Method) -> ApiError {
     ApiError::forbidden(
-        "mfa_method_not_allowed",
+        ErrorCode::MfaMethodNotAllowed,
         format!(
             "the workspace's MFA policy does not allow {}; see `alpacon mfa status`",
             m.as_str()
@@ -438,7 +439,7 @@ pub async fn password_login(
         )
         .await?;
         return Err(ApiError::unauthorized(
-            "invalid_credentials",
+            ErrorCode::InvalidCredentials,
             "wrong username or password",
         ));
     };
@@ -575,7 +576,7 @@ async fn login_challenge(db: &Db, token: &str) -> Result<LoginChallenge, ApiErro
     .await?
     .ok_or_else(|| {
         ApiError::unauthorized(
-            "invalid_mfa_token",
+            ErrorCode::InvalidMfaToken,
             "this login step expired or was already used; log in again with your password",
         )
     })?;
@@ -616,7 +617,7 @@ async fn login_mfa(
     let ch = login_challenge(&st.db, &body.mfa_token).await?;
     let Some(username) = active_username(&st.db, &ch.user_id).await? else {
         return Err(ApiError::unauthorized(
-            "invalid_credentials",
+            ErrorCode::InvalidCredentials,
             "this account is disabled",
         ));
     };
@@ -651,7 +652,7 @@ async fn login_mfa(
             )
             .await?;
             Err(ApiError::unauthorized(
-                "invalid_mfa_code",
+                ErrorCode::InvalidMfaCode,
                 format!("{reason}; try again"),
             ))
         }
@@ -664,7 +665,7 @@ async fn login_mfa(
                 .rows_affected();
             if taken != 1 {
                 return Err(ApiError::unauthorized(
-                    "invalid_mfa_token",
+                    ErrorCode::InvalidMfaToken,
                     "this login step was already used; log in again with your password",
                 ));
             }
@@ -858,7 +859,7 @@ async fn verify_session(
             )
             .await?;
             Err(ApiError::forbidden(
-                "invalid_mfa_code",
+                ErrorCode::InvalidMfaCode,
                 format!("{reason}; try again"),
             ))
         }
@@ -943,7 +944,7 @@ async fn totp_enroll(
     let e = enrolled(&st.db, &caller.user_id).await?;
     if e.totp {
         return Err(ApiError::conflict(
-            "totp_already_enrolled",
+            ErrorCode::TotpAlreadyEnrolled,
             "a TOTP authenticator is already enrolled; remove it first (`alpacon mfa totp remove`)",
         ));
     }
@@ -1033,13 +1034,13 @@ async fn totp_confirm(
         .await?
         .ok_or_else(|| {
             ApiError::not_found(
-                "totp_not_enrolled",
+                ErrorCode::TotpNotEnrolled,
                 "no TOTP enrollment is pending; start one with `alpacon mfa totp enroll`",
             )
         })?;
     if row.try_get::<i64, _>("confirmed")? != 0 {
         return Err(ApiError::conflict(
-            "totp_already_enrolled",
+            ErrorCode::TotpAlreadyEnrolled,
             "this TOTP authenticator is already confirmed",
         ));
     }
@@ -1077,7 +1078,7 @@ async fn totp_confirm(
     .rows_affected();
     if done != 1 {
         return Err(ApiError::conflict(
-            "totp_already_enrolled",
+            ErrorCode::TotpAlreadyEnrolled,
             "this TOTP authenticator was confirmed meanwhile",
         ));
     }
@@ -1099,7 +1100,7 @@ async fn totp_remove(State(st): State<AppState>, caller: Caller) -> Result<Json<
         .rows_affected();
     if n == 0 {
         return Err(ApiError::not_found(
-            "totp_not_enrolled",
+            ErrorCode::TotpNotEnrolled,
             "no TOTP authenticator is enrolled",
         ));
     }
@@ -1234,7 +1235,7 @@ async fn webauthn_register_finish(
     .map_err(|e| {
         if crate::error::is_unique_violation(&e) {
             ApiError::conflict(
-                "credential_registered",
+                ErrorCode::CredentialRegistered,
                 "this credential is already registered",
             )
         } else {
@@ -1281,7 +1282,7 @@ async fn webauthn_remove(
         .rows_affected();
     if n == 0 {
         return Err(ApiError::not_found(
-            "credential_not_found",
+            ErrorCode::CredentialNotFound,
             "no such security key or passkey; see `alpacon mfa status`",
         ));
     }
@@ -1308,7 +1309,7 @@ async fn recovery_regenerate(
     session_only(&caller)?;
     if !enrolled(&st.db, &caller.user_id).await?.any() {
         return Err(ApiError::conflict(
-            "mfa_not_enrolled",
+            ErrorCode::MfaNotEnrolled,
             "recovery codes come with a second factor: enroll one first (`alpacon mfa totp enroll`)",
         ));
     }

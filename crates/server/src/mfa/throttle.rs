@@ -3,6 +3,7 @@
 //! every gateway node sharing the database sees them and a restart forgets
 //! nothing. [`retry_after`] is the pure decision; the rest is storage.
 
+use alpacon_api::ErrorCode;
 use serde_json::json;
 
 use crate::audit::{self, Event};
@@ -212,7 +213,7 @@ pub async fn reserve(db: &Db, username: &str, ip: &str, stage: &str) -> Result<A
     let slot = VERIFYING
         .acquire()
         .await
-        .map_err(|_| ApiError::unavailable("busy", "the gateway is shutting down"))?;
+        .map_err(|_| ApiError::unavailable(ErrorCode::Busy, "the gateway is shutting down"))?;
     let now = now_ms();
     let subjects = subjects(username, ip);
     let ids: Vec<String> = subjects.iter().map(|_| new_id()).collect();
@@ -278,7 +279,7 @@ pub async fn reserve(db: &Db, username: &str, ip: &str, stage: &str) -> Result<A
     .await?;
     Err(ApiError::new(
         axum::http::StatusCode::TOO_MANY_REQUESTS,
-        "login_throttled",
+        ErrorCode::LoginThrottled,
         format!("too many failed logins {what}; try again in {secs} s"),
     ))
 }

@@ -3,6 +3,7 @@
 //! only accepted origin, so an IP-address public URL has no WebAuthn
 //! (browsers refuse IP addresses as RP ids).
 
+use alpacon_api::ErrorCode;
 use sqlx::Row;
 use webauthn_rs::prelude::{Passkey, Url, Uuid, Webauthn, WebauthnBuilder};
 
@@ -13,7 +14,7 @@ use crate::error::ApiError;
 pub fn webauthn(st: &AppState) -> Result<Webauthn, ApiError> {
     build(&st.config.public_url).map_err(|e| {
         ApiError::conflict(
-            "webauthn_unavailable",
+            ErrorCode::WebauthnUnavailable,
             format!(
                 "WebAuthn needs the gateway's public URL to be an https:// DNS name ({e}); \
                  start the gateway with --public-url https://NAME:PORT"

@@ -11,6 +11,7 @@
 pub mod recording;
 mod tail;
 
+use alpacon_api::ErrorCode as Code;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -356,7 +357,7 @@ async fn drive(
                 if !opened {
                     if let Some(tx) = first_open.take() {
                         let _ = tx.send(Err(ApiError::unavailable(
-                            "server_offline",
+                            Code::ServerOffline,
                             "the agent did not answer in time",
                         )));
                     }
@@ -837,7 +838,7 @@ impl SessionRow {
 }
 
 fn not_found() -> ApiError {
-    ApiError::not_found("not_found", "no such terminal session")
+    ApiError::not_found(Code::NotFound, "no such terminal session")
 }
 
 async fn fetch(state: &AppState, id: &str) -> Result<SessionRow, ApiError> {
@@ -957,7 +958,7 @@ async fn create(
     .await?;
     if !state.relay.is_connected(&server.id) {
         return Err(ApiError::unavailable(
-            "server_offline",
+            Code::ServerOffline,
             format!(
                 "server {} is not connected (see `alpacon server ls`)",
                 server.name
@@ -1083,7 +1084,7 @@ async fn close(
     let a = access(&state, &caller, &row).await?;
     if a != Access::Owner && !caller.is_admin() {
         return Err(ApiError::forbidden(
-            "read_only",
+            Code::ReadOnly,
             "only the session's owner or an admin can close it",
         ));
     }
@@ -1521,7 +1522,7 @@ async fn recording_file(
     readable_recording(&state, &caller, &row, "websh.recording").await?;
     let body = tokio::fs::read(cast_path(&state, &id))
         .await
-        .map_err(|_| ApiError::not_found("not_found", "this session has no recording"))?;
+        .map_err(|_| ApiError::not_found(Code::NotFound, "this session has no recording"))?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/x-asciicast"),
@@ -1576,13 +1577,13 @@ async fn share(
     let a = access(&state, &caller, &row).await?;
     if a != Access::Owner && !caller.is_admin() {
         return Err(ApiError::forbidden(
-            "read_only",
+            Code::ReadOnly,
             "only the session's owner or an admin can share it",
         ));
     }
     if row.status != "open" {
         return Err(ApiError::conflict(
-            "session_closed",
+            Code::SessionClosed,
             "the session has ended",
         ));
     }
@@ -1664,7 +1665,7 @@ async fn join(
     };
     let Some(r) = row else {
         audit::record(&state.db, refused("unknown_share")).await?;
-        return Err(ApiError::not_found("not_found", "no such share link"));
+        return Err(ApiError::not_found(Code::NotFound, "no such share link"));
     };
     let session_id: String = r.try_get("session_id")?;
     let hash: String = r.try_get("password_hash")?;
@@ -1673,21 +1674,21 @@ async fn join(
     if hash_key(&b.password) != hash {
         audit::record(&state.db, refused("bad_password")).await?;
         return Err(ApiError::forbidden(
-            "invalid_password",
+            Code::InvalidPassword,
             "wrong share password",
         ));
     }
     if expires_at <= now_ms() {
         audit::record(&state.db, refused("expired")).await?;
         return Err(ApiError::forbidden(
-            "share_expired",
+            Code::ShareExpired,
             "this share link has expired",
         ));
     }
     let session = fetch(&state, &session_id).await?;
     if session.status != "open" {
         return Err(ApiError::conflict(
-            "session_closed",
+            Code::SessionClosed,
             "the shared session has ended",
         ));
     }

@@ -12,6 +12,7 @@
 
 pub mod state;
 
+use alpacon_api::ErrorCode;
 use std::time::Duration;
 
 use alpacon_proto::{Control, SudoGrant};
@@ -271,7 +272,7 @@ pub async fn check(
     };
     let Some(ws) = load(&st.db, &ws_id).await? else {
         return Ok(Err(Refusal::new(
-            "work_session_not_found",
+            ErrorCode::WorkSessionNotFound,
             format!("no work session {ws_id:?}; see `alpacon work-session ls`"),
         )));
     };
@@ -535,7 +536,7 @@ async fn transition(st: &AppState, id: &str, e: Ev, reason: &str) -> Result<Sess
     let ws = load(&st.db, id).await?.ok_or_else(|| not_found(id))?;
     let n = state::apply(&ws.life, &e).map_err(|state::Refused(why)| {
         ApiError::conflict(
-            "work_session_state",
+            ErrorCode::WorkSessionState,
             format!("{why} (it is {})", ws.life.status.as_str()),
         )
     })?;
@@ -544,7 +545,7 @@ async fn transition(st: &AppState, id: &str, e: Ev, reason: &str) -> Result<Sess
     }
     if !store_life(&st.db.pool, id, ws.life.status, &n).await? {
         return Err(ApiError::conflict(
-            "work_session_state",
+            ErrorCode::WorkSessionState,
             "the session changed meanwhile; look again",
         ));
     }
@@ -617,7 +618,7 @@ async fn tick(st: &AppState) -> Result<(), ApiError> {
         let reason = "its time ran out";
         match transition(st, &id, Ev::Tick { now }, reason).await {
             Ok(_) => {}
-            Err(e) if e.code == "work_session_state" => {}
+            Err(e) if e.code == ErrorCode::WorkSessionState => {}
             Err(e) => tracing::warn!(session = %id, "cannot advance work session: {}", e.detail),
         }
     }
@@ -630,7 +631,7 @@ async fn tick(st: &AppState) -> Result<(), ApiError> {
 
 fn not_found(id: &str) -> ApiError {
     ApiError::not_found(
-        "work_session_not_found",
+        ErrorCode::WorkSessionNotFound,
         format!("no work session {id:?}; see `alpacon work-session ls`"),
     )
 }
@@ -920,13 +921,13 @@ async fn require_approver(
 ) -> Result<(), ApiError> {
     if !caller.is_admin() || caller.token_id.is_some() {
         return Err(ApiError::forbidden(
-            "permission_denied",
+            ErrorCode::PermissionDenied,
             "only staff and superusers, signed in with a password, decide on work sessions",
         ));
     }
     if ws.requester_id == caller.user_id {
         return Err(ApiError::forbidden(
-            "permission_denied",
+            ErrorCode::PermissionDenied,
             "you cannot approve your own work session; ask another admin",
         ));
     }
@@ -1015,7 +1016,7 @@ async fn approve(
     )
     .map_err(|state::Refused(why)| {
         ApiError::conflict(
-            "work_session_state",
+            ErrorCode::WorkSessionState,
             format!("{why} (it is {})", ws.life.status.as_str()),
         )
     })?;
@@ -1025,7 +1026,7 @@ async fn approve(
     let mut tx = st.db.pool.begin().await?;
     if !store_life(&mut *tx, &id, ws.life.status, &n).await? {
         return Err(ApiError::conflict(
-            "work_session_state",
+            ErrorCode::WorkSessionState,
             "the session was decided meanwhile; look again",
         ));
     }
@@ -1110,7 +1111,7 @@ async fn cancel(
     let ws = visible(&st, &caller, &id).await?;
     if ws.requester_id != caller.user_id {
         return Err(ApiError::forbidden(
-            "permission_denied",
+            ErrorCode::PermissionDenied,
             "only the requester cancels a request; admins reject or revoke",
         ));
     }
@@ -1132,7 +1133,7 @@ async fn revoke_session(
     visible(&st, &caller, &id).await?;
     if !caller.is_admin() {
         return Err(ApiError::forbidden(
-            "permission_denied",
+            ErrorCode::PermissionDenied,
             "only staff and superusers revoke a work session; end your own with `alpacon work-session complete`",
         ));
     }
@@ -1177,7 +1178,7 @@ async fn extend(
     let ws = visible(&st, &caller, &id).await?;
     if ws.requester_id != caller.user_id {
         return Err(ApiError::forbidden(
-            "permission_denied",
+            ErrorCode::PermissionDenied,
             "only the requester asks for more time",
         ));
     }
@@ -1214,10 +1215,9 @@ async fn approve_extension(
     let b: ApproveExtensionBody = optional_body(&body)?;
     let ws = visible(&st, &caller, &id).await?;
     require_approver(&st, &caller, &ws, "work_session.approve").await?;
-    let asked = ws
-        .life
-        .extension_ms
-        .ok_or_else(|| ApiError::conflict("work_session_state", "no extension was requested"))?;
+    let asked = ws.life.extension_ms.ok_or_else(|| {
+        ApiError::conflict(ErrorCode::WorkSessionState, "no extension was requested")
+    })?;
     let ms = parse_duration_field(&b.duration, "duration")?.unwrap_or(asked);
     let ws = transition(&st, &id, Ev::ApproveExtension { ms }, "extended").await?;
     record(
@@ -1387,7 +1387,7 @@ async fn put_policy(
     crate::audit::require_admin(&st, &caller, "work_session.policy").await?;
     if caller.token_id.is_some() {
         return Err(ApiError::forbidden(
-            "token_not_allowed",
+            ErrorCode::TokenNotAllowed,
             "security settings are changed by people signed in with a password",
         ));
     }

@@ -13,6 +13,7 @@
 //! The clock of a session starts when it becomes active, not when it was
 //! requested or approved: `expires_at = activated_at + duration`.
 
+use alpacon_api::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,17 +279,19 @@ pub struct Grant<'a> {
 /// Why an operation cannot run under a session; `code` is the API code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UseRefused {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub detail: String,
 }
 
-pub const CODE_REQUIRED: &str = "work_session_required";
-pub const CODE_INACTIVE: &str = "work_session_inactive";
-pub const CODE_NOT_YOURS: &str = "work_session_not_yours";
-pub const CODE_SERVER: &str = "work_session_server";
-pub const CODE_SCOPE: &str = "work_session_scope";
+pub const CODE_REQUIRED: ErrorCode = ErrorCode::WorkSessionRequired;
+pub const CODE_INACTIVE: ErrorCode = ErrorCode::WorkSessionInactive;
+/// Still waiting for an admin (the CLI exits 4, "awaiting approval").
+pub const CODE_PENDING: ErrorCode = ErrorCode::WorkSessionPending;
+pub const CODE_NOT_YOURS: ErrorCode = ErrorCode::WorkSessionNotYours;
+pub const CODE_SERVER: ErrorCode = ErrorCode::WorkSessionServer;
+pub const CODE_SCOPE: ErrorCode = ErrorCode::WorkSessionScope;
 
-fn no(code: &'static str, detail: String) -> Result<(), UseRefused> {
+fn no(code: ErrorCode, detail: String) -> Result<(), UseRefused> {
     Err(UseRefused { code, detail })
 }
 
@@ -315,8 +318,13 @@ pub fn check_use(
             Status::Approved => "has not started yet",
             _ => "has ended",
         };
+        let code = if g.status == Status::Pending {
+            CODE_PENDING
+        } else {
+            CODE_INACTIVE
+        };
         return no(
-            CODE_INACTIVE,
+            code,
             format!("the work session {state}; see `alpacon work-session ls`"),
         );
     }
@@ -679,9 +687,14 @@ mod tests {
                 status: st,
                 ..grant(&servers, &scopes)
             };
+            let want = if st == Status::Pending {
+                CODE_PENDING
+            } else {
+                CODE_INACTIVE
+            };
             assert_eq!(
                 code(&g, "alice", "s1", Scope::Websh, 50),
-                Some(CODE_INACTIVE),
+                Some(want),
                 "{st:?}"
             );
         }
