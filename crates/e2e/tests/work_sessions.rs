@@ -26,8 +26,13 @@ fn oathtool(secret: &str, at: u64) -> String {
 }
 
 fn refused(cli: &Cli, args: &[&str], code: &str) {
+    refused_with(cli, args, code, 3);
+}
+
+/// Refused with `exit` (3: denied by the gate; 4: awaiting approval).
+fn refused_with(cli: &Cli, args: &[&str], code: &str, exit: i32) {
     let out = cli.run(args);
-    assert_eq!(out.status.code(), Some(3), "{args:?}: {}", text(&out));
+    assert_eq!(out.status.code(), Some(exit), "{args:?}: {}", text(&out));
     assert!(text(&out).contains(code), "{args:?}: {}", text(&out));
 }
 
@@ -112,7 +117,7 @@ fn nothing_reaches_a_server_without_an_active_session() {
     // Requested: not usable while pending, nor approvable by the requester.
     let id = request(&alice, "websh,command", "4s");
     ok(&alice, &["work-session", "use", &id]);
-    refused(&alice, &["websh", "web-1", "id"], "waiting for approval");
+    refused_with(&alice, &["websh", "web-1", "id"], "waiting for approval", 4);
     let out = alice.run(&["work-session", "approve", &id]);
     assert!(!out.status.success(), "{}", text(&out));
 
