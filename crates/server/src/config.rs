@@ -179,8 +179,9 @@ pub struct Options {
     )]
     pub max_pending_per_address: Option<usize>,
 
-    /// Most such pending connections from all addresses together [default:
-    /// 1024].
+    /// Most such pending connections from all addresses together; past it
+    /// the gateway stops accepting (up to the TLS handshake timeout) and new
+    /// connections wait in the kernel's backlog [default: 1024].
     #[arg(
         long,
         value_name = "N",

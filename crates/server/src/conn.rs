@@ -6,9 +6,9 @@
 //! - TLS must finish within `tls_handshake_timeout`;
 //! - a new connection's first request head must arrive within
 //!   `header_read_timeout` of the handshake; until then the connection is
-//!   *pending*, and pending connections are capped per address and in
-//!   total (established ones are not capped per address: many agents may
-//!   share one NAT address);
+//!   *pending*, and pending connections are capped per address (more are
+//!   closed) and in total (accepting pauses until one is done); established
+//!   ones are not capped per address: many agents may share one NAT address;
 //! - a connection with no request in flight is closed after `idle_timeout`
 //!   (HTTP/1 keep-alive and HTTP/2 alike; HTTP/2 also pings the peer);
 //! - all connections together stay under a cap derived from the open-file
@@ -572,11 +572,22 @@ pub async fn serve(
                 tracing::warn!(held, "{} of at most {cap} connections open", open + 1);
             }
         }
-        let permit = match stats.pending.try_acquire(
+        // Past the total, accepting pauses (up to the TLS handshake
+        // timeout) and new connections wait in the kernel's backlog: after
+        // a restart every agent dials at once, and closing the surplus
+        // would send each into a growing backoff. One address over its own
+        // cap is closed at once.
+        let pending = stats.pending.acquire_within(
             peer.ip(),
             limits.max_pending_per_address,
             limits.max_pending,
-        ) {
+            limits.tls_handshake_timeout,
+        );
+        let permit = match tokio::select! {
+            biased;
+            _ = stop.graceful.cancelled() => break,
+            r = pending => r,
+        } {
             Ok(p) => p,
             Err(r) => {
                 drop(tcp);

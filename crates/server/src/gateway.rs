@@ -15,6 +15,9 @@ use crate::conn::{self, Stats, Stop};
 use crate::db::{sqlite_url, Db};
 use crate::{iam, tls};
 
+/// Connections the kernel holds for the gateway before it accepts them.
+const LISTEN_BACKLOG: i32 = 4096;
+
 /// How long in-flight requests (and agent links) get to finish on shutdown.
 const GRACE: Duration = Duration::from_secs(10);
 
@@ -49,6 +52,20 @@ impl Gateway {
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         listener.set_nonblocking(true)?;
+        // std listens with a backlog of 128; agents redialing after a
+        // restart come by the thousand and wait there while accepting
+        // pauses (conn.rs). Listening again raises it (the kernel caps it
+        // at net.core.somaxconn).
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: listen(2) on a listening socket this function owns.
+            if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+                tracing::warn!(
+                    "cannot raise the listen backlog to {LISTEN_BACKLOG}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
         let listen = listener.local_addr()?;
         let public_url = settings
             .public_url

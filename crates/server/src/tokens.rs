@@ -188,6 +188,8 @@ async fn create(
     };
     let key = generate_key(prefix);
     let id = new_id();
+    // The token and its `token.create` event commit together.
+    let mut tx = st.db.pool.begin().await?;
     let res = sqlx::query(
         "INSERT INTO api_tokens (id, user_id, name, key_hash, scopes, enabled, created_at, expires_at)
          VALUES ($1, $2, $3, $4, $5, 1, $6, $7)",
@@ -199,7 +201,7 @@ async fn create(
     .bind(serde_json::to_string(&scopes).map_err(ApiError::internal)?)
     .bind(now)
     .bind(expires_at)
-    .execute(&st.db.pool)
+    .execute(&mut *tx)
     .await;
     match res {
         Ok(_) => {}
@@ -211,14 +213,15 @@ async fn create(
         }
         Err(e) => return Err(e.into()),
     }
-    audit::record(
-        &st.db,
+    audit::record_in(
+        &mut tx,
         Event::new("token.create").by(&caller).detail(json!({
             "token_id": id, "name": name, "scopes": scopes, "expires_at": rfc3339_opt(expires_at),
             "service": body.service,
         })),
     )
     .await?;
+    tx.commit().await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -251,18 +254,29 @@ async fn remove(
             "an API token can delete only itself; log in with a password (`alpacon login`) to delete others",
         ));
     }
-    sqlx::query("DELETE FROM api_tokens WHERE id = $1")
+    // Deleted and audited together, once (a concurrent delete finds
+    // nothing); what the token has open ends after the commit.
+    let mut tx = st.db.pool.begin().await?;
+    let gone = sqlx::query("DELETE FROM api_tokens WHERE id = $1")
         .bind(&id)
-        .execute(&st.db.pool)
-        .await?;
-    end_open(&st, &id, "token deleted").await?;
-    audit::record(
-        &st.db,
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if gone == 0 {
+        return Err(ApiError::not_found(
+            ErrorCode::TokenNotFound,
+            format!("you have no token {ident:?}; see `alpacon token ls`"),
+        ));
+    }
+    audit::record_in(
+        &mut tx,
         Event::new("token.delete")
             .by(&caller)
             .detail(json!({ "token_id": id, "name": name })),
     )
     .await?;
+    tx.commit().await?;
+    end_open(&st, &id, "token deleted").await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -290,26 +304,34 @@ async fn update(
         ));
     }
     let (id, _) = find_managed(&st.db, &caller, &ident).await?;
+    let mut tx = st.db.pool.begin().await?;
     sqlx::query("UPDATE api_tokens SET enabled = $1 WHERE id = $2")
         .bind(if body.enabled { 1i64 } else { 0 })
         .bind(&id)
-        .execute(&st.db.pool)
+        .execute(&mut *tx)
         .await?;
-    if !body.enabled {
-        end_open(&st, &id, "token disabled").await?;
-    }
     let row = sqlx::query(&format!("SELECT {COLUMNS} FROM api_tokens WHERE id = $1"))
         .bind(&id)
-        .fetch_one(&st.db.pool)
-        .await?;
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(
+                ErrorCode::TokenNotFound,
+                format!("you have no token {ident:?}; see `alpacon token ls`"),
+            )
+        })?;
     let v = token_json(&row)?;
-    audit::record(
-        &st.db,
+    audit::record_in(
+        &mut tx,
         Event::new("token.update")
             .by(&caller)
             .detail(json!({ "token_id": id, "name": v["name"], "enabled": body.enabled })),
     )
     .await?;
+    tx.commit().await?;
+    if !body.enabled {
+        end_open(&st, &id, "token disabled").await?;
+    }
     Ok(Json(v))
 }
 

@@ -514,17 +514,24 @@ async fn delete_user(
         .execute(&st.db.pool)
         .await?;
     let ended = end_everything(&st, &u, "the account was deleted").await?;
-    sqlx::query("DELETE FROM users WHERE id = $1")
+    // Deleted and audited together, once.
+    let mut tx = st.db.pool.begin().await?;
+    let gone = sqlx::query("DELETE FROM users WHERE id = $1")
         .bind(&u.id)
-        .execute(&st.db.pool)
-        .await?;
-    audit::record(
-        &st.db,
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if gone == 0 {
+        return Err(no_such_user(&ident));
+    }
+    audit::record_in(
+        &mut tx,
         Event::new("user.delete").by(&caller).detail(json!({
             "user_id": u.id, "username": u.username, "uid": u.uid, "ended": ended,
         })),
     )
     .await?;
+    tx.commit().await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
@@ -701,10 +708,14 @@ async fn create_user(
         }
     };
     let id = new_id();
+    // Taken first: one lost to a name already taken is never reused anyway.
+    let uid = groups::allocate_id(&st.db, "uid", UID_BASE).await?;
+    // The person and their `user.create` event commit together.
+    let mut tx = st.db.pool.begin().await?;
     let r = sqlx::query(
         "INSERT INTO users (id, username, password_hash, is_superuser, is_staff, is_active,
-             created_at, email, full_name, shell, is_service)
-         VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9, $10)",
+             created_at, email, full_name, shell, is_service, uid)
+         VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&id)
     .bind(&b.username)
@@ -716,7 +727,8 @@ async fn create_user(
     .bind(&b.full_name)
     .bind(&b.shell)
     .bind(b.is_service as i64)
-    .execute(&st.db.pool)
+    .bind(uid)
+    .execute(&mut *tx)
     .await;
     match r {
         Ok(_) => {}
@@ -728,12 +740,12 @@ async fn create_user(
         }
         Err(e) => return Err(e.into()),
     }
-    assign_uid(&st.db, &id).await?;
     let ev = crate::audit::Event::new("user.create").by(&caller).detail(
         json!({"username": b.username, "is_staff": b.is_staff, "is_superuser": b.is_superuser,
-               "is_service": b.is_service}),
+               "is_service": b.is_service, "uid": uid}),
     );
-    crate::audit::record(&st.db, ev).await?;
+    crate::audit::record_in(&mut tx, ev).await?;
+    tx.commit().await?;
     let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
         .bind(&id)
         .fetch_one(&st.db.pool)
