@@ -398,10 +398,13 @@ async fn create_group(
     }
     let id = new_id();
     // A GID in use by a group made before `id_high_water` existed is
-    // refused by the unique index and we take the next.
+    // refused by the unique index and we take the next. The group and its
+    // `group.create` event commit together (one transaction per attempt: a
+    // failed statement ends a PostgreSQL transaction).
     let mut inserted = false;
     for _ in 0..5 {
         let gid = allocate_id(&st.db, "gid", GID_BASE).await?;
+        let mut tx = st.db.pool.begin().await?;
         let r = sqlx::query(
             "INSERT INTO iam_groups (id, name, display_name, gid, created_by, created_at)
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -412,14 +415,23 @@ async fn create_group(
         .bind(gid)
         .bind(&caller.user_id)
         .bind(now_ms())
-        .execute(&st.db.pool)
+        .execute(&mut *tx)
         .await;
         match r {
             Ok(_) => {
+                audit::record_in(
+                    &mut tx,
+                    Event::new("group.create")
+                        .by(&caller)
+                        .detail(json!({"group_id": id, "name": b.name, "gid": gid})),
+                )
+                .await?;
+                tx.commit().await?;
                 inserted = true;
                 break;
             }
             Err(e) if is_unique_violation(&e) => {
+                drop(tx);
                 if find_group(&st.db, &b.name).await?.is_some() {
                     return Err(ApiError::conflict(
                         ErrorCode::NameTaken,
@@ -439,13 +451,6 @@ async fn create_group(
     let g = find_group(&st.db, &id)
         .await?
         .ok_or_else(|| ApiError::internal("group vanished"))?;
-    audit::record(
-        &st.db,
-        Event::new("group.create")
-            .by(&caller)
-            .detail(json!({"group_id": g.id, "name": g.name})),
-    )
-    .await?;
     Ok((StatusCode::CREATED, Json(g.json)))
 }
 
@@ -530,19 +535,23 @@ async fn update_group(
                 "display_name must be at most 200 printable characters",
             ));
         }
+    }
+    let mut tx = st.db.pool.begin().await?;
+    if let Some(d) = &b.display_name {
         sqlx::query("UPDATE iam_groups SET display_name = $1 WHERE id = $2")
             .bind(d)
             .bind(&g.id)
-            .execute(&st.db.pool)
+            .execute(&mut *tx)
             .await?;
     }
-    audit::record(
-        &st.db,
+    audit::record_in(
+        &mut tx,
         Event::new("group.update")
             .by(&caller)
             .detail(json!({"group_id": g.id, "name": g.name, "display_name": b.display_name})),
     )
     .await?;
+    tx.commit().await?;
     let g = find_group(&st.db, &g.id)
         .await?
         .ok_or_else(|| no_such_group(&ident))?;
@@ -564,26 +573,34 @@ async fn delete_group(
         json!({"group": g.name}),
     )
     .await?;
+    // Deleted and audited together, once; the members' lost reach ends
+    // after the commit.
+    let mut tx = st.db.pool.begin().await?;
     let members: Vec<String> =
         sqlx::query_scalar("SELECT user_id FROM memberships WHERE group_id = $1")
             .bind(&g.id)
-            .fetch_all(&st.db.pool)
+            .fetch_all(&mut *tx)
             .await?;
-    sqlx::query("DELETE FROM iam_groups WHERE id = $1")
+    let gone = sqlx::query("DELETE FROM iam_groups WHERE id = $1")
         .bind(&g.id)
-        .execute(&st.db.pool)
-        .await?;
-    let reason = format!("group {} was deleted", g.name);
-    for u in &members {
-        reach_shrank(&st, u, &reason).await?;
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if gone == 0 {
+        return Err(no_such_group(&ident));
     }
-    audit::record(
-        &st.db,
+    audit::record_in(
+        &mut tx,
         Event::new("group.delete")
             .by(&caller)
             .detail(json!({"group_id": g.id, "name": g.name, "members": members.len()})),
     )
     .await?;
+    tx.commit().await?;
+    let reason = format!("group {} was deleted", g.name);
+    for u in &members {
+        reach_shrank(&st, u, &reason).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -619,6 +636,7 @@ async fn add_group_server(
     )
     .await?;
     let s = servers::resolve(&st.db, &b.server).await?;
+    let mut tx = st.db.pool.begin().await?;
     let r = sqlx::query(
         "INSERT INTO group_servers (group_id, server_id, created_by, created_at)
          VALUES ($1, $2, $3, $4)",
@@ -627,7 +645,7 @@ async fn add_group_server(
     .bind(&s.id)
     .bind(&caller.user_id)
     .bind(now_ms())
-    .execute(&st.db.pool)
+    .execute(&mut *tx)
     .await;
     match r {
         Ok(_) => {}
@@ -639,14 +657,15 @@ async fn add_group_server(
         }
         Err(e) => return Err(e.into()),
     }
-    audit::record(
-        &st.db,
+    audit::record_in(
+        &mut tx,
         Event::new("group.server_add")
             .by(&caller)
             .server(&s.id, &s.name)
             .detail(json!({"group_id": g.id, "group": g.name})),
     )
     .await?;
+    tx.commit().await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"group": g.id, "server": s.id, "server_name": s.name})),
@@ -669,10 +688,13 @@ async fn remove_group_server(
     )
     .await?;
     let s = servers::resolve(&st.db, &server).await?;
+    // Removed and audited together, once; the members' lost reach ends
+    // after the commit.
+    let mut tx = st.db.pool.begin().await?;
     let n = sqlx::query("DELETE FROM group_servers WHERE group_id = $1 AND server_id = $2")
         .bind(&g.id)
         .bind(&s.id)
-        .execute(&st.db.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
     if n == 0 {
@@ -684,20 +706,21 @@ async fn remove_group_server(
     let members: Vec<String> =
         sqlx::query_scalar("SELECT user_id FROM memberships WHERE group_id = $1")
             .bind(&g.id)
-            .fetch_all(&st.db.pool)
+            .fetch_all(&mut *tx)
             .await?;
-    let reason = format!("server {} left group {}", s.name, g.name);
-    for u in &members {
-        reach_shrank(&st, u, &reason).await?;
-    }
-    audit::record(
-        &st.db,
+    audit::record_in(
+        &mut tx,
         Event::new("group.server_remove")
             .by(&caller)
             .server(&s.id, &s.name)
             .detail(json!({"group_id": g.id, "group": g.name})),
     )
     .await?;
+    tx.commit().await?;
+    let reason = format!("server {} left group {}", s.name, g.name);
+    for u in &members {
+        reach_shrank(&st, u, &reason).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -934,19 +957,31 @@ async fn update_membership(
             format!("group {} needs at least one owner", g.name),
         ));
     }
-    sqlx::query("UPDATE memberships SET role = $1 WHERE id = $2")
+    // Changed and audited together, and only from the role checked: of
+    // two changes at once, the second finds the role moved and is refused.
+    let mut tx = st.db.pool.begin().await?;
+    let changed = sqlx::query("UPDATE memberships SET role = $1 WHERE id = $2 AND role = $3")
         .bind(to.as_str())
         .bind(&id)
-        .execute(&st.db.pool)
-        .await?;
-    audit::record(
-        &st.db,
+        .bind(from.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if changed == 0 {
+        return Err(ApiError::conflict(
+            ErrorCode::Conflict,
+            "the membership changed meanwhile; look again and retry",
+        ));
+    }
+    audit::record_in(
+        &mut tx,
         Event::new("group.member_update").by(&caller).detail(json!({
             "group": g.name, "username": r.try_get::<String, _>("username")?,
             "from": from.as_str(), "to": to.as_str(),
         })),
     )
     .await?;
+    tx.commit().await?;
     Ok(Json(membership_json(&load_membership(&st.db, &id).await?)?))
 }
 
