@@ -613,6 +613,66 @@ async fn identities_are_never_reused_and_staff_come_from_superusers(app: &TestAp
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
 
+/// Two owners leaving at once, in ten groups at once: in each, one goes,
+/// the other is refused as the last owner, and the group keeps an owner
+/// (the check holds the group until the change commits).
+async fn the_last_owner_stays_under_concurrent_leaves(app: &TestApp) {
+    let admin = app.admin_key().await;
+    let alice = app.user_key("alice").await;
+    let bob = app.user_key("bob").await;
+    let mut leaves = Vec::new();
+    for n in 0..10 {
+        let group = format!("ops{n}");
+        let (s, v) = app
+            .call(
+                Method::POST,
+                "/api/iam/groups/",
+                Some(&admin),
+                Some(json!({"name": group})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        for (who, key) in [("alice", &alice), ("bob", &bob)] {
+            let (s, v) = app
+                .call(
+                    Method::POST,
+                    "/api/iam/memberships/",
+                    Some(&admin),
+                    Some(json!({"group": group, "user": who, "role": "owner"})),
+                )
+                .await;
+            assert_eq!(s, StatusCode::CREATED, "{v}");
+            let path = format!("/api/iam/memberships/{}/", v["id"].as_str().unwrap());
+            leaves.push((group.clone(), path, key.clone()));
+        }
+    }
+    let answers = futures_util::future::join_all(
+        leaves
+            .iter()
+            .map(|(_, path, key)| app.call(Method::DELETE, path, Some(key), None)),
+    )
+    .await;
+    for (pair, group) in answers.chunks(2).zip(leaves.chunks(2).map(|l| &l[0].0)) {
+        let mut codes = [pair[0].0, pair[1].0];
+        codes.sort();
+        assert_eq!(
+            codes,
+            [StatusCode::OK, StatusCode::CONFLICT],
+            "{group}: {pair:?}"
+        );
+        let (_, v) = app
+            .call(
+                Method::GET,
+                &format!("/api/iam/memberships/?group={group}"),
+                Some(&admin),
+                None,
+            )
+            .await;
+        assert_eq!(v["count"], 1, "{group}: {v}");
+        assert_eq!(v["results"][0]["role"], "owner", "{group}: {v}");
+    }
+}
+
 async fn bad_bodies_are_json_errors_and_bodies_are_limited(app: &TestApp) {
     let admin = app.admin_key().await;
     let req = Request::builder()
@@ -714,6 +774,7 @@ flows!(
     registration_and_servers,
     users_list_is_for_admins,
     identities_are_never_reused_and_staff_come_from_superusers,
+    the_last_owner_stays_under_concurrent_leaves,
     bad_bodies_are_json_errors_and_bodies_are_limited,
     downloads_explain_what_is_missing,
 );

@@ -918,12 +918,31 @@ struct UpdateMembership {
     role: String,
 }
 
-async fn owners(db: &Db, group_id: &str) -> Result<i64, ApiError> {
+/// Begins a transaction holding the group's row: changes to one group's
+/// memberships then pass one at a time (a no-op write takes SQLite's write
+/// lock and PostgreSQL's row lock alike), so "is there another owner?"
+/// stays true until the change commits.
+async fn lock_group(
+    db: &Db,
+    group_id: &str,
+) -> Result<sqlx::Transaction<'static, sqlx::Any>, ApiError> {
+    let mut tx = db.pool.begin().await?;
+    sqlx::query("UPDATE iam_groups SET name = name WHERE id = $1")
+        .bind(group_id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+async fn owners(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    group_id: &str,
+) -> Result<i64, ApiError> {
     Ok(sqlx::query_scalar(
         "SELECT COUNT(*) FROM memberships WHERE group_id = $1 AND role = 'owner'",
     )
     .bind(group_id)
-    .fetch_one(&db.pool)
+    .fetch_one(&mut **tx)
     .await?)
 }
 
@@ -947,19 +966,20 @@ async fn update_membership(
         json!({"membership": id, "role": b.role}),
     )
     .await?;
+    // Changed and audited together, with the group held, and only from the
+    // role checked: of two changes at once, the second finds the role moved
+    // (or the last owner) and is refused.
+    let mut tx = lock_group(&st.db, &g.id).await?;
     if from == Role::Owner
         && to != Role::Owner
         && !actor.is_admin
-        && owners(&st.db, &g.id).await? <= 1
+        && owners(&mut tx, &g.id).await? <= 1
     {
         return Err(ApiError::conflict(
             ErrorCode::LastOwner,
             format!("group {} needs at least one owner", g.name),
         ));
     }
-    // Changed and audited together, and only from the role checked: of
-    // two changes at once, the second finds the role moved and is refused.
-    let mut tx = st.db.pool.begin().await?;
     let changed = sqlx::query("UPDATE memberships SET role = $1 WHERE id = $2 AND role = $3")
         .bind(to.as_str())
         .bind(&id)
@@ -1008,16 +1028,25 @@ async fn delete_membership(
         )
         .await?;
     }
-    if role == Role::Owner && !actor.is_admin && owners(&st.db, &g.id).await? <= 1 {
+    let mut tx = lock_group(&st.db, &g.id).await?;
+    if role == Role::Owner && !actor.is_admin && owners(&mut tx, &g.id).await? <= 1 {
         return Err(ApiError::conflict(
             ErrorCode::LastOwner,
             format!("group {} needs at least one owner", g.name),
         ));
     }
-    sqlx::query("DELETE FROM memberships WHERE id = $1")
+    let gone = sqlx::query("DELETE FROM memberships WHERE id = $1")
         .bind(&id)
-        .execute(&st.db.pool)
-        .await?;
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if gone == 0 {
+        return Err(ApiError::not_found(
+            ErrorCode::MembershipNotFound,
+            format!("no membership {id:?}"),
+        ));
+    }
+    tx.commit().await?;
     let ended = reach_shrank(&st, &user_id, &format!("removed from group {}", g.name)).await?;
     audit::record(
         &st.db,
