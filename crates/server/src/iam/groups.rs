@@ -848,7 +848,9 @@ async fn create_membership(
     let u = crate::iam::find_user(&st.db, &b.user)
         .await?
         .ok_or_else(|| crate::iam::no_such_user(&b.user))?;
-    let id = add_member(&st.db, &g.id, &u.id, role, Some(&caller.user_id))
+    // Added and audited together.
+    let mut tx = st.db.pool.begin().await?;
+    let id = add_member(&mut tx, &g.id, &u.id, role, Some(&caller.user_id))
         .await
         .map_err(|e| match e {
             ApiError { ref code, .. } if *code == ErrorCode::AlreadyMember => ApiError::conflict(
@@ -857,13 +859,14 @@ async fn create_membership(
             ),
             e => e,
         })?;
-    audit::record(
-        &st.db,
+    audit::record_in(
+        &mut tx,
         Event::new("group.member_add").by(&caller).detail(json!({
             "group_id": g.id, "group": g.name, "user": u.username, "role": role.as_str(),
         })),
     )
     .await?;
+    tx.commit().await?;
     Ok((
         StatusCode::CREATED,
         Json(membership_json(&load_membership(&st.db, &id).await?)?),
@@ -872,7 +875,7 @@ async fn create_membership(
 
 /// Inserts a membership; 409 `already_member` if there is one.
 pub async fn add_member(
-    db: &Db,
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     group_id: &str,
     user_id: &str,
     role: Role,
@@ -889,7 +892,7 @@ pub async fn add_member(
     .bind(role.as_str())
     .bind(by)
     .bind(now_ms())
-    .execute(&db.pool)
+    .execute(&mut **tx)
     .await;
     match r {
         Ok(_) => Ok(id),

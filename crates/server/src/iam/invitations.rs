@@ -334,13 +334,21 @@ async fn accept_invitation(
     }
     super::check_full_name(&b.full_name)?;
     inviter_still_may(&st, &row).await?;
-    // Claim the invitation first: two concurrent accepts cannot both win.
+    let hash = super::hash_password(&b.password).map_err(ApiError::internal)?;
+    let user_id = new_id();
+    let email: String = row.try_get("email")?;
+    // Taken first: one lost to a failed accept is never reused anyway.
+    let uid = super::groups::allocate_id(&st.db, "uid", super::UID_BASE).await?;
+    // Claim, person, membership and `invitation.accept` in one transaction:
+    // nothing half-done survives a failure, and of two concurrent accepts
+    // the claim lets one win.
+    let mut tx = st.db.pool.begin().await?;
     let claimed = sqlx::query(
         "UPDATE invitations SET accepted_at = $1 WHERE id = $2 AND accepted_at IS NULL",
     )
     .bind(now_ms())
     .bind(&inv_id)
-    .execute(&st.db.pool)
+    .execute(&mut *tx)
     .await?
     .rows_affected();
     if claimed == 0 {
@@ -350,13 +358,10 @@ async fn accept_invitation(
             "this invitation was already used",
         ));
     }
-    let hash = super::hash_password(&b.password).map_err(ApiError::internal)?;
-    let user_id = new_id();
-    let email: String = row.try_get("email")?;
     let r = sqlx::query(
         "INSERT INTO users (id, username, password_hash, is_superuser, is_staff, is_active,
-             created_at, email, full_name)
-         VALUES ($1, $2, $3, 0, $4, 1, $5, $6, $7)",
+             created_at, email, full_name, uid)
+         VALUES ($1, $2, $3, 0, $4, 1, $5, $6, $7, $8)",
     )
     .bind(&user_id)
     .bind(&username)
@@ -365,14 +370,10 @@ async fn accept_invitation(
     .bind(now_ms())
     .bind(&email)
     .bind(&b.full_name)
-    .execute(&st.db.pool)
+    .bind(uid)
+    .execute(&mut *tx)
     .await;
     if let Err(e) = r {
-        // Give the invitation back: nothing was created.
-        sqlx::query("UPDATE invitations SET accepted_at = NULL WHERE id = $1")
-            .bind(&inv_id)
-            .execute(&st.db.pool)
-            .await?;
         return Err(if crate::error::is_unique_violation(&e) {
             ApiError::conflict(
                 ErrorCode::UsernameTaken,
@@ -382,24 +383,31 @@ async fn accept_invitation(
             e.into()
         });
     }
-    super::assign_uid(&st.db, &user_id).await?;
     sqlx::query("UPDATE invitations SET accepted_by = $1 WHERE id = $2")
         .bind(&user_id)
         .bind(&inv_id)
-        .execute(&st.db.pool)
+        .execute(&mut *tx)
         .await?;
     if let Some(gid) = row.try_get::<Option<String>, _>("group_id")? {
         let role = Role::parse(&row.try_get::<String, _>("role")?).unwrap_or(Role::Member);
-        groups::add_member(&st.db, &gid, &user_id, role, row.try_get("created_by").ok()).await?;
+        groups::add_member(
+            &mut tx,
+            &gid,
+            &user_id,
+            role,
+            row.try_get("created_by").ok(),
+        )
+        .await?;
     }
-    audit::record(
-        &st.db,
+    audit::record_in(
+        &mut tx,
         Event::new("invitation.accept")
             .actor(Some(&user_id), &username)
             .ip(&ip)
             .detail(json!({"invitation_id": inv_id, "group": row.try_get::<Option<String>, _>("group_name")?})),
     )
     .await?;
+    tx.commit().await?;
     let u = super::find_user(&st.db, &user_id)
         .await?
         .ok_or_else(|| ApiError::internal("user vanished"))?;
@@ -649,6 +657,82 @@ mod tests {
         assert_eq!(h["cache-control"], "no-store");
         assert_eq!(h["referrer-policy"], "no-referrer");
         assert!(h.contains_key("strict-transport-security"));
+    }
+
+    /// A failed accept leaves nothing behind: the invitation stays usable,
+    /// no person or membership half-exists, and one success is audited.
+    #[tokio::test]
+    async fn a_failed_accept_changes_nothing() {
+        use axum::http::Method;
+        use serde_json::json;
+        let app = crate::testutil::TestApp::new().await;
+        let admin = app.admin_key().await;
+        app.user_key("taken").await;
+        let (s, v) = app
+            .call(
+                Method::POST,
+                "/api/iam/groups/",
+                Some(&admin),
+                Some(json!({"name": "ops"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let (s, v) = app
+            .call(
+                Method::POST,
+                "/api/iam/invitations/",
+                Some(&admin),
+                Some(json!({"group": "ops", "role": "member"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let key = v["key"].as_str().expect("key").to_string();
+        let accept = |username: &'static str| {
+            let key = key.clone();
+            let app = &app;
+            async move {
+                app.call(
+                    Method::POST,
+                    "/api/iam/invitations/accept/",
+                    None,
+                    Some(json!({"key": key, "username": username,
+                                "password": "correct horse battery staple"})),
+                )
+                .await
+            }
+        };
+        let (s, v) = accept("taken").await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (StatusCode::CONFLICT, Some("username_taken"))
+        );
+        let (s, v) = accept("newcomer").await;
+        assert_eq!(
+            s,
+            StatusCode::CREATED,
+            "the invitation is still usable: {v}"
+        );
+        let (s, v) = accept("another").await;
+        assert_eq!(s, StatusCode::GONE, "used once: {v}");
+        let (_, v) = app
+            .call(
+                Method::GET,
+                "/api/iam/memberships/?group=ops",
+                Some(&admin),
+                None,
+            )
+            .await;
+        assert_eq!(v["count"], 1, "{v}");
+        assert_eq!(v["results"][0]["username"], "newcomer", "{v}");
+        let (_, v) = app
+            .call(
+                Method::GET,
+                "/api/audit/events/?action=invitation.accept",
+                Some(&admin),
+                None,
+            )
+            .await;
+        assert_eq!(v["count"], 1, "{v}");
     }
 
     #[tokio::test]
