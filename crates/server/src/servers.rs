@@ -379,20 +379,27 @@ async fn delete_server(
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
     let s = resolve(&st.db, &ident).await?;
-    sqlx::query("DELETE FROM servers WHERE id = $1")
+    // Deleted and audited together, once.
+    let mut tx = st.db.pool.begin().await?;
+    let gone = sqlx::query("DELETE FROM servers WHERE id = $1")
         .bind(&s.id)
-        .execute(&st.db.pool)
-        .await?;
-    // After the row is gone the agent can no longer authenticate, so a
-    // reconnect attempt fails instead of resurrecting the link.
-    st.relay.disconnect(&s.id).await;
-    audit::record(
-        &st.db,
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if gone == 0 {
+        return Err(not_found(&ident));
+    }
+    audit::record_in(
+        &mut tx,
         Event::new("server.delete")
             .by(&caller)
             .server(&s.id, &s.name),
     )
     .await?;
+    tx.commit().await?;
+    // After the row is gone the agent can no longer authenticate, so a
+    // reconnect attempt fails instead of resurrecting the link.
+    st.relay.disconnect(&s.id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -556,17 +563,27 @@ async fn delete_reg_token(
         })?;
     let id: String = row.try_get("id")?;
     let name: String = row.try_get("name")?;
-    sqlx::query("DELETE FROM registration_tokens WHERE id = $1")
+    // Deleted and audited together, once.
+    let mut tx = st.db.pool.begin().await?;
+    let gone = sqlx::query("DELETE FROM registration_tokens WHERE id = $1")
         .bind(&id)
-        .execute(&st.db.pool)
-        .await?;
-    audit::record(
-        &st.db,
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if gone == 0 {
+        return Err(ApiError::not_found(
+            ErrorCode::TokenNotFound,
+            format!("no registration token {ident:?}; see `alpacon server token ls`"),
+        ));
+    }
+    audit::record_in(
+        &mut tx,
         Event::new("registration_token.delete")
             .by(&caller)
             .detail(json!({ "token_id": id, "name": name })),
     )
     .await?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
