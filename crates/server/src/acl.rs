@@ -896,12 +896,19 @@ async fn list_kind(
     uri: Uri,
 ) -> Result<Json<Value>, ApiError> {
     let page = pp.page()?;
+    // One token the caller manages, or all of them (the rule's own SQL).
     let (cond, arg) = match q.token.filter(|t| !t.is_empty()) {
         Some(t) => (
-            "a.token_id = $1",
+            "a.token_id = $1".to_string(),
             Some(manageable_token(&state, &caller, &t).await?.0),
         ),
-        None => (crate::tokens::MANAGED_T, None),
+        None => (
+            format!(
+                "a.token_id IN (SELECT id FROM api_tokens WHERE {})",
+                crate::tokens::MANAGED
+            ),
+            None,
+        ),
     };
     let admin = caller.is_admin() as i64;
     let binds = match &arg {

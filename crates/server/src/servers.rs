@@ -545,6 +545,13 @@ async fn create_reg_token(
     Ok((StatusCode::CREATED, Json(t.json)))
 }
 
+fn no_such_reg_token(ident: &str) -> ApiError {
+    ApiError::not_found(
+        ErrorCode::TokenNotFound,
+        format!("no registration token {ident:?}; see `alpacon server token ls`"),
+    )
+}
+
 async fn delete_reg_token(
     State(st): State<AppState>,
     caller: Caller,
@@ -555,12 +562,7 @@ async fn delete_reg_token(
         .bind(&ident)
         .fetch_optional(&st.db.pool)
         .await?
-        .ok_or_else(|| {
-            ApiError::not_found(
-                ErrorCode::TokenNotFound,
-                format!("no registration token {ident:?}; see `alpacon server token ls`"),
-            )
-        })?;
+        .ok_or_else(|| no_such_reg_token(&ident))?;
     let id: String = row.try_get("id")?;
     let name: String = row.try_get("name")?;
     // Deleted and audited together, once.
@@ -571,10 +573,7 @@ async fn delete_reg_token(
         .await?
         .rows_affected();
     if gone == 0 {
-        return Err(ApiError::not_found(
-            ErrorCode::TokenNotFound,
-            format!("no registration token {ident:?}; see `alpacon server token ls`"),
-        ));
+        return Err(no_such_reg_token(&ident));
     }
     audit::record_in(
         &mut tx,

@@ -74,12 +74,17 @@ pub fn may_manage(
 
 /// [`may_manage`] as SQL over `api_tokens`: `$1` is the caller's id, `$2` 1
 /// for admins.
-const MANAGED: &str = "(user_id = $1 OR ($2 = 1 AND user_id IN
+pub const MANAGED: &str = "(user_id = $1 OR ($2 = 1 AND user_id IN
     (SELECT id FROM users WHERE is_service = 1)))";
 
-/// [`MANAGED`] for a query that joins `api_tokens` as `t`.
-pub const MANAGED_T: &str = "(t.user_id = $1 OR ($2 = 1 AND t.user_id IN
-    (SELECT id FROM users WHERE is_service = 1)))";
+/// 404 `token_not_found`, alike for a token that does not exist and one
+/// the caller does not manage.
+fn no_such_token(ident: &str) -> ApiError {
+    ApiError::not_found(
+        ErrorCode::TokenNotFound,
+        format!("you have no token {ident:?}; see `alpacon token ls`"),
+    )
+}
 
 /// A token the caller manages ([`may_manage`]), by id or by name (their
 /// own token of that name first). Returns `(id, name)`; any other token is
@@ -99,12 +104,7 @@ pub async fn find_managed(
     .bind(ident)
     .fetch_optional(&db.pool)
     .await?
-    .ok_or_else(|| {
-        ApiError::not_found(
-            ErrorCode::TokenNotFound,
-            format!("you have no token {ident:?}; see `alpacon token ls`"),
-        )
-    })?;
+    .ok_or_else(|| no_such_token(ident))?;
     Ok((row.try_get("id")?, row.try_get("name")?))
 }
 
@@ -263,10 +263,7 @@ async fn remove(
         .await?
         .rows_affected();
     if gone == 0 {
-        return Err(ApiError::not_found(
-            ErrorCode::TokenNotFound,
-            format!("you have no token {ident:?}; see `alpacon token ls`"),
-        ));
+        return Err(no_such_token(&ident));
     }
     audit::record_in(
         &mut tx,
@@ -314,12 +311,7 @@ async fn update(
         .bind(&id)
         .fetch_optional(&mut *tx)
         .await?
-        .ok_or_else(|| {
-            ApiError::not_found(
-                ErrorCode::TokenNotFound,
-                format!("you have no token {ident:?}; see `alpacon token ls`"),
-            )
-        })?;
+        .ok_or_else(|| no_such_token(&ident))?;
     let v = token_json(&row)?;
     audit::record_in(
         &mut tx,

@@ -132,7 +132,7 @@ pub fn next_id(max_used: Option<i64>, base: i64) -> i64 {
 /// ever given, deleted ones included (`id_high_water`), so a new person or
 /// group never inherits files a deleted one left on servers. Nodes racing
 /// for the same id: the compare-and-set lets one win, the others retry.
-pub async fn allocate_id(db: &Db, kind: &str, base: i64) -> Result<i64, ApiError> {
+async fn allocate_id(db: &Db, kind: &str, base: i64) -> Result<i64, ApiError> {
     for _ in 0..20 {
         let last: i64 = sqlx::query_scalar("SELECT last FROM id_high_water WHERE kind = $1")
             .bind(kind)
@@ -154,6 +154,16 @@ pub async fn allocate_id(db: &Db, kind: &str, base: i64) -> Result<i64, ApiError
         ErrorCode::Busy,
         format!("could not allocate a {}; try again", kind.to_uppercase()),
     ))
+}
+
+/// The next UID for a person ([`allocate_id`]).
+pub async fn allocate_uid(db: &Db) -> Result<i64, ApiError> {
+    allocate_id(db, "uid", crate::iam::UID_BASE).await
+}
+
+/// The next GID for a group ([`allocate_id`]).
+pub async fn allocate_gid(db: &Db) -> Result<i64, ApiError> {
+    allocate_id(db, "gid", GID_BASE).await
 }
 
 // ---------------------------------------------------------------------------
@@ -403,7 +413,7 @@ async fn create_group(
     // failed statement ends a PostgreSQL transaction).
     let mut inserted = false;
     for _ in 0..5 {
-        let gid = allocate_id(&st.db, "gid", GID_BASE).await?;
+        let gid = allocate_gid(&st.db).await?;
         let mut tx = st.db.pool.begin().await?;
         let r = sqlx::query(
             "INSERT INTO iam_groups (id, name, display_name, gid, created_by, created_at)

@@ -338,7 +338,7 @@ async fn accept_invitation(
     let user_id = new_id();
     let email: String = row.try_get("email")?;
     // Taken first: one lost to a failed accept is never reused anyway.
-    let uid = super::groups::allocate_id(&st.db, "uid", super::UID_BASE).await?;
+    let uid = super::groups::allocate_uid(&st.db).await?;
     // Claim, person, membership and `invitation.accept` in one transaction:
     // nothing half-done survives a failure, and of two concurrent accepts
     // the claim lets one win.

@@ -237,7 +237,7 @@ pub async fn assign_uid(db: &Db, user_id: &str) -> Result<i64, ApiError> {
             Some(Some(uid)) => return Ok(uid),
             Some(None) => {}
         }
-        let uid = groups::allocate_id(db, "uid", UID_BASE).await?;
+        let uid = groups::allocate_uid(db).await?;
         match sqlx::query("UPDATE users SET uid = $1 WHERE id = $2 AND uid IS NULL")
             .bind(uid)
             .bind(user_id)
@@ -709,7 +709,7 @@ async fn create_user(
     };
     let id = new_id();
     // Taken first: one lost to a name already taken is never reused anyway.
-    let uid = groups::allocate_id(&st.db, "uid", UID_BASE).await?;
+    let uid = groups::allocate_uid(&st.db).await?;
     // The person and their `user.create` event commit together.
     let mut tx = st.db.pool.begin().await?;
     let r = sqlx::query(
