@@ -1,10 +1,55 @@
 //! The REST API's contract, shared by the gateway (`alpacon-server`) and
-//! the CLI (`alpacon`): the error codes every error body carries
-//! (`{"code": "...", "detail": "..."}`). Only this crate lists them; the
-//! gateway cannot answer with a code that is not here, and the CLI matches
-//! on the same enum.
+//! the CLI (`alpacon`): every request and response body, and the error
+//! codes every error body carries (`{"code": "...", "detail": "..."}`).
+//! Only this crate defines them; the gateway serializes these types, the
+//! CLI deserializes the same ones, and the OpenAPI document (and from it
+//! the console's TypeScript types) is generated from their schemas.
+//!
+//! Conventions: times are RFC 3339 strings in UTC; ids are UUID strings;
+//! a field that can be absent in the data is `null`, never missing.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+pub mod acl;
+pub mod audit;
+pub mod auth;
+pub mod commands;
+pub mod iam;
+pub mod mfa;
+pub mod servers;
+pub mod tokens;
+pub mod webftp;
+pub mod websh;
+pub mod work_sessions;
+
+/// Every error answer: a stable `code` to branch on and a `detail` for a
+/// person, ideally saying what to do next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub detail: String,
+}
+
+/// One page of a list: `next`/`previous` are relative URLs that keep the
+/// request's filters, `null` at the ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    /// Rows matching the filters, over all pages.
+    pub count: i64,
+    pub next: Option<String>,
+    pub previous: Option<String>,
+    pub results: Vec<T>,
+}
+
+/// `GET /api/status/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Status {
+    /// Always `ok` when the gateway answers.
+    pub status: String,
+    /// The gateway's version.
+    pub version: String,
+}
 
 /// How a client should take an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +66,7 @@ pub enum Class {
 
 /// A stable, machine-readable error code. Serialized as its snake_case
 /// name; clients branch on it, people read the `detail` beside it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// An operation ended because access to it was revoked.

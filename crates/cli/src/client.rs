@@ -16,7 +16,6 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::config::Config;
 use crate::error::CliError;
@@ -137,18 +136,6 @@ impl ServerCertVerifier for AcceptAnyCert {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
     }
-}
-
-/// `{count, next, previous, results}`; some endpoints may answer a bare array.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Listing {
-    Page {
-        results: Vec<Value>,
-        #[serde(default)]
-        next: Option<Value>,
-    },
-    Plain(Vec<Value>),
 }
 
 #[derive(Deserialize)]
@@ -327,13 +314,14 @@ impl Client {
         Ok(())
     }
 
-    /// Every item of a paginated listing, newest first, up to `limit`.
-    pub async fn list(
+    /// Every item of a paginated listing (`alpacon_api::Page<T>`), newest
+    /// first, up to `limit`.
+    pub async fn list<T: DeserializeOwned>(
         &self,
         segments: &[&str],
         query: &[(&str, &str)],
         limit: Option<usize>,
-    ) -> Result<Vec<Value>> {
+    ) -> Result<Vec<T>> {
         let page_size = limit
             .unwrap_or(MAX_PAGE_SIZE)
             .clamp(1, MAX_PAGE_SIZE)
@@ -346,18 +334,11 @@ impl Client {
             let mut q = query.to_vec();
             q.push(("page", &page));
             q.push(("page_size", &page_size));
-            match self.get::<Listing>(segments, &q).await? {
-                Listing::Plain(all) => {
-                    items.extend(all);
-                    break;
-                }
-                Listing::Page { results, next } => {
-                    let more = !results.is_empty() && next.is_some_and(|n| !n.is_null());
-                    items.extend(results);
-                    if !more || limit.is_some_and(|l| items.len() >= l) {
-                        break;
-                    }
-                }
+            let p: alpacon_api::Page<T> = self.get(segments, &q).await?;
+            let more = !p.results.is_empty() && p.next.is_some();
+            items.extend(p.results);
+            if !more || limit.is_some_and(|l| items.len() >= l) {
+                break;
             }
         }
         if let Some(l) = limit {
@@ -554,7 +535,7 @@ mod tests {
             keys
         });
         let c = Client::new(&format!("http://{addr}"), None, &TlsOptions::default()).unwrap();
-        let v: Value = c
+        let v: serde_json::Value = c
             .post_idempotent(
                 &["api", "events", "commands"],
                 &serde_json::json!({"line": "x"}),
@@ -654,16 +635,5 @@ mod tests {
             insecure: true
         })
         .is_ok());
-    }
-
-    #[test]
-    fn listings_accept_pages_and_arrays() {
-        let l: Listing = serde_json::from_str(
-            r#"{"count":1,"next":null,"previous":null,"results":[{"id":"a"}]}"#,
-        )
-        .unwrap();
-        assert!(matches!(l, Listing::Page { ref results, next: None } if results.len() == 1));
-        let l: Listing = serde_json::from_str(r#"[{"id":"a"},{"id":"b"}]"#).unwrap();
-        assert!(matches!(l, Listing::Plain(ref v) if v.len() == 2));
     }
 }

@@ -392,7 +392,7 @@ pub async fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<u8> {
 async fn membership_id(ctx: &Ctx, group: &str, user: &str) -> Result<String> {
     let client = ctx.client()?;
     let items = client
-        .list(MEMBERSHIPS, &[("group", group), ("user", user)], None)
+        .list::<Value>(MEMBERSHIPS, &[("group", group), ("user", user)], None)
         .await?;
     items
         .first()

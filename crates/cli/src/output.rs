@@ -140,6 +140,19 @@ pub fn time(v: &Value, paths: &[&str]) -> String {
     }
 }
 
+/// An RFC 3339 timestamp of a typed answer in the local time zone; "-"
+/// when absent.
+pub fn local_time(t: Option<&str>) -> String {
+    let v = serde_json::json!({ "t": t });
+    time(&v, &["t"])
+}
+
+/// [`ago`] for a typed answer's timestamp.
+pub fn ago_of(t: Option<&str>, now: DateTime<Utc>) -> String {
+    let v = serde_json::json!({ "t": t });
+    ago(&v, &["t"], now)
+}
+
 /// "just now", "5m ago", "3d ago"; `never` when absent.
 pub fn ago(v: &Value, paths: &[&str], now: DateTime<Utc>) -> String {
     let raw = text(v, paths);

@@ -202,7 +202,7 @@ pub async fn run(ctx: &Ctx, cmd: WorkSessionCommand) -> Result<u8> {
         WorkSessionCommand::Ls { status } => {
             let client = ctx.client()?;
             let q: Vec<(&str, &str)> = status.iter().map(|s| ("status", s.as_str())).collect();
-            let items = client.list(SESSIONS, &q, None).await?;
+            let items = client.list::<Value>(SESSIONS, &q, None).await?;
             if ctx.json() {
                 print_json(&items)?;
                 return Ok(0);

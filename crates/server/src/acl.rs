@@ -894,7 +894,7 @@ async fn list_kind(
     pp: PageParams,
     q: ListQuery,
     uri: Uri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<alpacon_api::Page<Value>>, ApiError> {
     let page = pp.page()?;
     // One token the caller manages, or all of them (the rule's own SQL).
     let (cond, arg) = match q.token.filter(|t| !t.is_empty()) {
@@ -1155,7 +1155,7 @@ async fn list_command(
     Query(pp): Query<PageParams>,
     Query(q): Query<ListQuery>,
     uri: Uri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<alpacon_api::Page<Value>>, ApiError> {
     list_kind(Kind::Command, s, c, pp, q, uri).await
 }
 
@@ -1165,7 +1165,7 @@ async fn list_server(
     Query(pp): Query<PageParams>,
     Query(q): Query<ListQuery>,
     uri: Uri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<alpacon_api::Page<Value>>, ApiError> {
     list_kind(Kind::Server, s, c, pp, q, uri).await
 }
 
@@ -1175,7 +1175,7 @@ async fn list_file(
     Query(pp): Query<PageParams>,
     Query(q): Query<ListQuery>,
     uri: Uri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<alpacon_api::Page<Value>>, ApiError> {
     list_kind(Kind::File, s, c, pp, q, uri).await
 }
 

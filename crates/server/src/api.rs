@@ -6,16 +6,17 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use sqlx::any::AnyRow;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::db::Db;
 use crate::error::ApiError;
+use crate::openapi::Errors;
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 100;
@@ -101,9 +102,14 @@ where
 /// `?page=N&page_size=M`. Taken as strings so a bad value gets our own
 /// message; use it as a separate `Query<PageParams>` next to the filters
 /// (serde's `flatten` breaks number parsing in query strings).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageParams {
+    /// From 1.
+    #[param(value_type = Option<u32>, minimum = 1)]
     pub page: Option<String>,
+    /// Rows per page: 50 by default; more than 100 is served as 100.
+    #[param(value_type = Option<u32>, minimum = 1)]
     pub page_size: Option<String>,
 }
 
@@ -164,7 +170,7 @@ pub fn page_response<T: Serialize>(
     results: Vec<T>,
     page: Page,
     uri: &Uri,
-) -> Json<Value> {
+) -> Json<alpacon_api::Page<T>> {
     let last_page = if count <= 0 {
         1
     } else {
@@ -172,12 +178,12 @@ pub fn page_response<T: Serialize>(
     };
     let next = ((page.page as i64) < last_page).then(|| page_link(uri, page.page + 1));
     let previous = (page.page > 1).then(|| page_link(uri, (page.page - 1).min(last_page as u32)));
-    Json(json!({
-        "count": count,
-        "next": next,
-        "previous": previous,
-        "results": results,
-    }))
+    Json(alpacon_api::Page {
+        count,
+        next,
+        previous,
+        results,
+    })
 }
 
 /// A bind value for a [`Listing`]'s filter.
@@ -265,12 +271,18 @@ fn page_link(uri: &Uri, page: u32) -> String {
 }
 
 /// Routes this module serves.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/status/", get(status))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(status))
 }
 
-async fn status() -> Json<Value> {
-    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+/// Whether the gateway answers, and its version. Needs no credentials.
+#[utoipa::path(get, path = "/api/status/", tag = "status", security(()),
+    responses((status = 200, body = alpacon_api::Status), Errors))]
+async fn status() -> Json<alpacon_api::Status> {
+    Json(alpacon_api::Status {
+        status: "ok".to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -310,24 +322,30 @@ mod tests {
     fn links_keep_filters_and_stop_at_the_ends() {
         let uri: Uri = "/api/x/?name=a&page=2&page_size=10".parse().unwrap();
         let Json(v) = page_response(25, vec![1, 2], Page { page: 2, size: 10 }, &uri);
-        assert_eq!(v["count"], 25);
-        assert_eq!(v["next"], "/api/x/?name=a&page_size=10&page=3");
-        assert_eq!(v["previous"], "/api/x/?name=a&page_size=10&page=1");
+        assert_eq!(v.count, 25);
+        assert_eq!(
+            v.next.as_deref(),
+            Some("/api/x/?name=a&page_size=10&page=3")
+        );
+        assert_eq!(
+            v.previous.as_deref(),
+            Some("/api/x/?name=a&page_size=10&page=1")
+        );
 
         let Json(v) = page_response(25, vec![1], Page { page: 3, size: 10 }, &uri);
-        assert!(v["next"].is_null());
+        assert!(v.next.is_none());
 
         let uri: Uri = "/api/x/".parse().unwrap();
         let Json(v) = page_response(0, Vec::<i32>::new(), Page { page: 1, size: 50 }, &uri);
-        assert!(v["next"].is_null() && v["previous"].is_null());
-        assert_eq!(v["results"], json!([]));
+        assert!(v.next.is_none() && v.previous.is_none());
+        assert!(v.results.is_empty());
 
         // Exactly one full page: no next.
         let Json(v) = page_response(50, vec![0; 50], Page { page: 1, size: 50 }, &uri);
-        assert!(v["next"].is_null());
+        assert!(v.next.is_none());
         // Past the end: previous points at the last real page.
         let Json(v) = page_response(15, Vec::<i32>::new(), Page { page: 9, size: 10 }, &uri);
-        assert_eq!(v["previous"], "/api/x/?page=2");
+        assert_eq!(v.previous.as_deref(), Some("/api/x/?page=2"));
     }
 
     #[test]

@@ -9,6 +9,8 @@ use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::Config;
 use crate::error::ApiError;
@@ -42,24 +44,32 @@ impl AppState {
     }
 }
 
-pub fn router(state: AppState) -> Router {
-    let limited = Router::new()
+/// Every API route, with its OpenAPI description (`crate::openapi`).
+pub fn api_routes() -> OpenApiRouter<AppState> {
+    let limited = OpenApiRouter::new()
         .merge(api::router())
-        .merge(auth::router())
-        .merge(tokens::router())
-        .merge(iam::router())
+        .merge(crate::openapi::router())
+        .merge(auth::router().into())
+        .merge(tokens::router().into())
+        .merge(iam::router().into())
         .merge(servers::router())
-        .merge(audit::router())
-        .merge(relay::router())
-        .merge(commands::router())
-        .merge(websh::router())
-        .merge(acl::router())
-        .merge(crate::mfa::router())
-        .merge(crate::work_sessions::router())
+        .merge(audit::router().into())
+        .merge(relay::router().into())
+        .merge(commands::router().into())
+        .merge(websh::router().into())
+        .merge(acl::router().into())
+        .merge(crate::mfa::router().into())
+        .merge(crate::work_sessions::router().into())
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
-    Router::new()
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
         .merge(limited)
-        .merge(webftp::router())
+        .merge(webftp::router().into())
+}
+
+pub fn router(state: AppState) -> Router {
+    let (api, _) = api_routes().split_for_parts();
+    Router::new()
+        .merge(api)
         .merge(console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

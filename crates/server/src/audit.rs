@@ -250,7 +250,7 @@ async fn list_events(
     Query(pp): Query<PageParams>,
     Query(f): Query<Filters>,
     uri: Uri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<alpacon_api::Page<Value>>, ApiError> {
     let page = pp.page()?;
     let mut conds: Vec<String> = Vec::new();
     let mut args: Vec<String> = Vec::new();

@@ -43,6 +43,9 @@ pub enum Command {
     /// the console URL, the CA certificate, the admin password and the
     /// `alpacon login` line to paste. Takes the same flags.
     Quickstart,
+    /// Print the REST API's OpenAPI 3.1 document (also served at
+    /// /api/openapi.json) and exit.
+    Openapi,
 }
 
 #[derive(Debug, Clone, Default, Args)]

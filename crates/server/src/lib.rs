@@ -17,6 +17,7 @@ pub mod error;
 pub mod gateway;
 pub mod iam;
 pub mod mfa;
+pub mod openapi;
 pub mod quickstart;
 pub mod relay;
 pub mod revoke;

@@ -34,9 +34,14 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::Openapi) = cli.command {
+        println!("{}", alpacon_server::openapi::document());
+        return Ok(());
+    }
     let settings = Settings::load(&cli.opts)?;
     match cli.command {
         Some(Command::Quickstart) => alpacon_server::quickstart::run(settings).await,
+        Some(Command::Openapi) => Ok(()),
         None => {
             let gw = Gateway::start(settings).await?;
             if let Some(pw) = &gw.initial_password {

@@ -1,21 +1,22 @@
 //! Servers and how they join: registration tokens, agent registration, the
 //! install script and the downloads it uses.
 
+use alpacon_api::servers as api;
 use alpacon_api::ErrorCode;
+use alpacon_api::{ErrorBody, Page};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::Router;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use ed25519_dalek::VerifyingKey;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use sqlx::any::AnyRow;
-use sqlx::Row;
+use sqlx::{FromRow, Row};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::{page_response, Bind, Json, Listing, PageParams, Path, Query};
 use crate::app::AppState;
@@ -26,6 +27,7 @@ use crate::auth::{
 use crate::config::Config;
 use crate::db::{new_id, now_ms, rfc3339, rfc3339_opt, Db};
 use crate::error::{is_unique_violation, ApiError};
+use crate::openapi::{Binary, Errors};
 use crate::tokens::{expiry_from_days, validate_token_name};
 
 /// A row of `servers`.
@@ -84,28 +86,28 @@ impl ServerRow {
     /// The API representation; `connected` is the live state from the relay.
     /// A connected server is seen now (its heartbeats are only persisted
     /// now and then).
-    pub fn to_json(&self, connected: bool) -> Value {
+    pub fn to_api(&self, connected: bool) -> api::Server {
         let last_seen = if connected {
             Some(now_ms())
         } else {
             self.last_seen_at
         };
-        json!({
-            "id": self.id,
-            "name": self.name,
-            "is_connected": connected,
-            "connected_at": rfc3339_opt(self.connected_at),
-            "last_seen_at": rfc3339_opt(last_seen),
-            "remote_ip": self.remote_ip,
-            "hostname": self.hostname,
-            "os": self.os,
-            "kernel": self.kernel,
-            "arch": self.arch,
-            "cpus": self.cpus,
-            "memory_bytes": self.memory_bytes,
-            "agent_version": self.agent_version,
-            "created_at": rfc3339(self.created_at),
-        })
+        api::Server {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            is_connected: connected,
+            connected_at: rfc3339_opt(self.connected_at),
+            last_seen_at: rfc3339_opt(last_seen),
+            remote_ip: self.remote_ip.clone(),
+            hostname: self.hostname.clone(),
+            os: self.os.clone(),
+            kernel: self.kernel.clone(),
+            arch: self.arch.clone(),
+            cpus: self.cpus,
+            memory_bytes: self.memory_bytes,
+            agent_version: self.agent_version.clone(),
+            created_at: rfc3339(self.created_at),
+        }
     }
 }
 
@@ -302,39 +304,30 @@ pub async fn mark_disconnected(db: &Db, id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/servers/servers/", get(list_servers))
-        .route(
-            "/api/servers/servers/{id}/",
-            get(get_server).delete(delete_server),
-        )
-        .route(
-            "/api/servers/registration-tokens/",
-            get(list_reg_tokens).post(create_reg_token),
-        )
-        .route(
-            "/api/servers/registration-tokens/{id}/",
-            delete(delete_reg_token),
-        )
-        .route("/api/servers/register/", post(register))
-        .route("/install.sh", get(install_script))
-        .route("/downloads/alpamon", get(download_agent))
-        .route("/downloads/ca.crt", get(download_ca))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_servers))
+        .routes(routes!(get_server, delete_server))
+        .routes(routes!(list_reg_tokens, create_reg_token))
+        .routes(routes!(delete_reg_token))
+        .routes(routes!(register))
+        .routes(routes!(install_script))
+        .routes(routes!(download_agent))
+        .routes(routes!(download_ca))
 }
 
-#[derive(Deserialize, Default)]
-struct ServerFilters {
-    name: Option<String>,
-}
-
+/// The servers the caller may see: members see those of their groups,
+/// admins all of them.
+#[utoipa::path(get, path = "/api/servers/servers/", tag = "servers",
+    params(PageParams, api::ServerFilters),
+    responses((status = 200, body = Page<api::Server>), Errors))]
 async fn list_servers(
     State(st): State<AppState>,
     caller: Caller,
     Query(pp): Query<PageParams>,
-    Query(f): Query<ServerFilters>,
+    Query(f): Query<api::ServerFilters>,
     uri: Uri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Page<api::Server>>, ApiError> {
     let page = pp.page()?;
     let name = f.name.filter(|n| !n.is_empty());
     // Members see the servers of their groups; admins see all.
@@ -358,20 +351,29 @@ async fn list_servers(
     let mut results = Vec::with_capacity(rows.len());
     for r in &rows {
         let s = ServerRow::from_row(r)?;
-        results.push(s.to_json(st.relay.is_connected(&s.id)));
+        results.push(s.to_api(st.relay.is_connected(&s.id)));
     }
     Ok(page_response(count, results, page, &uri))
 }
 
+/// One server, by id or name.
+#[utoipa::path(get, path = "/api/servers/servers/{id}/", tag = "servers",
+    params(("id" = String, Path, description = "The server's id or name")),
+    responses((status = 200, body = api::Server), Errors))]
 async fn get_server(
     State(st): State<AppState>,
     caller: Caller,
     Path(ident): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<api::Server>, ApiError> {
     let s = resolve_for(&st, &caller, &ident, "server.read").await?;
-    Ok(Json(s.to_json(st.relay.is_connected(&s.id))))
+    Ok(Json(s.to_api(st.relay.is_connected(&s.id))))
 }
 
+/// Deletes a server (admins): its agent is disconnected and can no longer
+/// authenticate.
+#[utoipa::path(delete, path = "/api/servers/servers/{id}/", tag = "servers",
+    params(("id" = String, Path, description = "The server's id or name")),
+    responses((status = 204, description = "Deleted"), Errors))]
 async fn delete_server(
     State(st): State<AppState>,
     caller: Caller,
@@ -408,24 +410,42 @@ async fn delete_server(
 const REG_COLUMNS: &str = "t.id, t.name, t.created_at, t.expires_at, t.max_uses, t.uses, \
      u.username AS created_by";
 
-fn reg_token_json(r: &AnyRow) -> Result<Value, ApiError> {
-    Ok(json!({
-        "id": r.try_get::<String, _>("id")?,
-        "name": r.try_get::<String, _>("name")?,
-        "created_by": r.try_get::<Option<String>, _>("created_by")?,
-        "created_at": rfc3339(r.try_get("created_at")?),
-        "expires_at": rfc3339_opt(r.try_get("expires_at")?),
-        "max_uses": r.try_get::<Option<i64>, _>("max_uses")?,
-        "uses": r.try_get::<i64, _>("uses")?,
-    }))
+/// A row of `registration_tokens` joined with its creator's name.
+#[derive(sqlx::FromRow)]
+struct RegTokenRow {
+    id: String,
+    name: String,
+    created_by: Option<String>,
+    created_at: i64,
+    expires_at: Option<i64>,
+    max_uses: Option<i64>,
+    uses: i64,
 }
 
+impl From<RegTokenRow> for api::RegistrationToken {
+    fn from(r: RegTokenRow) -> Self {
+        api::RegistrationToken {
+            id: r.id,
+            name: r.name,
+            created_by: r.created_by,
+            created_at: rfc3339(r.created_at),
+            expires_at: rfc3339_opt(r.expires_at),
+            max_uses: r.max_uses,
+            uses: r.uses,
+        }
+    }
+}
+
+/// Registration tokens (admins); their keys are never shown again.
+#[utoipa::path(get, path = "/api/servers/registration-tokens/", tag = "servers",
+    params(PageParams),
+    responses((status = 200, body = Page<api::RegistrationToken>), Errors))]
 async fn list_reg_tokens(
     State(st): State<AppState>,
     caller: Caller,
     Query(pp): Query<PageParams>,
     uri: Uri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Page<api::RegistrationToken>>, ApiError> {
     caller.require_admin()?;
     let page = pp.page()?;
     let (count, rows) = Listing {
@@ -441,24 +461,16 @@ async fn list_reg_tokens(
     .await?;
     let results = rows
         .iter()
-        .map(reg_token_json)
+        .map(|r| RegTokenRow::from_row(r).map(api::RegistrationToken::from))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(page_response(count, results, page, &uri))
 }
 
-#[derive(Deserialize)]
-struct CreateRegBody {
-    name: String,
-    expires_in_days: Option<i64>,
-    /// Absent: 1 (single use). 0: unlimited.
-    max_uses: Option<i64>,
-}
-
-/// A registration token as created: its API object (with `key`) and the key.
+/// A registration token as created: its API object and the key.
 pub struct NewRegistrationToken {
     pub id: String,
     pub key: String,
-    pub json: Value,
+    pub token: api::RegistrationToken,
 }
 
 /// Creates a registration token. `max_uses: None` means unlimited.
@@ -496,23 +508,28 @@ pub async fn create_registration_token(
         }
         Err(e) => return Err(e.into()),
     }
-    let json = json!({
-        "id": id,
-        "name": name,
-        "key": key,
-        "created_at": rfc3339(now),
-        "expires_at": rfc3339_opt(expires_at),
-        "max_uses": max_uses,
-        "uses": 0,
-    });
-    Ok(NewRegistrationToken { id, key, json })
+    let token = api::RegistrationToken {
+        id: id.clone(),
+        name: name.to_string(),
+        created_by: None,
+        created_at: rfc3339(now),
+        expires_at: rfc3339_opt(expires_at),
+        max_uses,
+        uses: 0,
+    };
+    Ok(NewRegistrationToken { id, key, token })
 }
 
+/// Creates a registration token (admins, after a recent second factor when
+/// MFA applies). The key is in this answer only.
+#[utoipa::path(post, path = "/api/servers/registration-tokens/", tag = "servers",
+    request_body = api::CreateRegistrationToken,
+    responses((status = 201, body = api::NewRegistrationToken), Errors))]
 async fn create_reg_token(
     State(st): State<AppState>,
     caller: Caller,
-    Json(body): Json<CreateRegBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    Json(body): Json<api::CreateRegistrationToken>,
+) -> Result<(StatusCode, Json<api::NewRegistrationToken>), ApiError> {
     caller.require_admin()?;
     crate::mfa::require_recent_mfa(&st, &caller, "registration_token.create").await?;
     let name = body.name.trim();
@@ -530,8 +547,7 @@ async fn create_reg_token(
     let mut t =
         create_registration_token(&st.db, name, Some(&caller.user_id), expires_at, max_uses)
             .await?;
-    t.json["created_by"] = json!(caller.username);
-    t.json["install_command"] = json!(install_command(&st.config, &t.key));
+    t.token.created_by = Some(caller.username.clone());
     audit::record(
         &st.db,
         Event::new("registration_token.create")
@@ -542,7 +558,15 @@ async fn create_reg_token(
             })),
     )
     .await?;
-    Ok((StatusCode::CREATED, Json(t.json)))
+    let install_command = install_command(&st.config, &t.key);
+    Ok((
+        StatusCode::CREATED,
+        Json(api::NewRegistrationToken {
+            token: t.token,
+            key: t.key,
+            install_command,
+        }),
+    ))
 }
 
 fn no_such_reg_token(ident: &str) -> ApiError {
@@ -552,6 +576,10 @@ fn no_such_reg_token(ident: &str) -> ApiError {
     )
 }
 
+/// Deletes a registration token (admins); servers it registered stay.
+#[utoipa::path(delete, path = "/api/servers/registration-tokens/{id}/", tag = "servers",
+    params(("id" = String, Path, description = "The token's id or name")),
+    responses((status = 204, description = "Deleted"), Errors))]
 async fn delete_reg_token(
     State(st): State<AppState>,
     caller: Caller,
@@ -587,13 +615,6 @@ async fn delete_reg_token(
 }
 
 // ---- agent registration ----
-
-#[derive(Deserialize)]
-struct RegisterBody {
-    token: String,
-    name: String,
-    public_key: String,
-}
 
 /// Why a registration token cannot be used now, as a sentence for the
 /// operator; `None` if it can.
@@ -718,11 +739,16 @@ pub async fn register_server(
     Ok((row, token_name))
 }
 
+/// Registers a server: called by the agent (`alpamon register`) with a
+/// registration token, which it uses up once.
+#[utoipa::path(post, path = "/api/servers/register/", tag = "servers", security(()),
+    request_body = api::RegisterServer,
+    responses((status = 201, body = api::Registered), Errors))]
 async fn register(
     State(st): State<AppState>,
     ClientIp(ip): ClientIp,
-    Json(body): Json<RegisterBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    Json(body): Json<api::RegisterServer>,
+) -> Result<(StatusCode, Json<api::Registered>), ApiError> {
     let name = body.name.trim();
     let fail = |reason: &str| {
         Event::new("server.register_failed")
@@ -750,7 +776,10 @@ async fn register(
             .await?;
             Ok((
                 StatusCode::CREATED,
-                Json(json!({ "id": s.id, "name": s.name })),
+                Json(api::Registered {
+                    id: s.id,
+                    name: s.name,
+                }),
             ))
         }
         Err(e) => {
@@ -797,12 +826,6 @@ pub fn install_command(cfg: &Config, key: &str) -> String {
     }
 }
 
-#[derive(Deserialize)]
-struct InstallQuery {
-    token: Option<String>,
-    name: Option<String>,
-}
-
 fn shell_error(status: StatusCode, msg: &str) -> Response {
     // Readable both by `sh` (if piped without -f) and by a person.
     let body = format!(
@@ -829,9 +852,20 @@ pub fn sh_word(s: &str) -> String {
     }
 }
 
+/// The agent installer for `curl ... | sudo sh`: downloads the agent from
+/// this gateway, registers the machine and starts the systemd unit. A bad
+/// or used-up token answers a script that prints why and fails.
+#[utoipa::path(get, path = "/install.sh", tag = "servers", security(()),
+    params(api::InstallQuery),
+    responses(
+        (status = 200, description = "The installer", body = String, content_type = "text/x-shellscript"),
+        (status = 400, description = "No token, or an invalid name", content(
+            (String = "text/x-shellscript"), (ErrorBody = "application/json"))),
+        (status = 401, description = "The token cannot be used", body = String, content_type = "text/x-shellscript"),
+        Errors))]
 async fn install_script(
     State(st): State<AppState>,
-    Query(q): Query<InstallQuery>,
+    Query(q): Query<api::InstallQuery>,
 ) -> Result<Response, ApiError> {
     let Some(token) = q
         .token
@@ -943,6 +977,10 @@ say "alpamon is installed and running; see: systemctl status alpamon"
     )
 }
 
+/// The agent binary this gateway serves to its installer.
+#[utoipa::path(get, path = "/downloads/alpamon", tag = "servers", security(()),
+    responses((status = 200, description = "The alpamon executable", body = Binary,
+        content_type = "application/octet-stream"), Errors))]
 async fn download_agent(State(st): State<AppState>) -> Result<Response, ApiError> {
     let path = &st.config.agent_binary;
     let file = tokio::fs::File::open(path).await.map_err(|e| {
@@ -968,6 +1006,10 @@ async fn download_agent(State(st): State<AppState>) -> Result<Response, ApiError
         .into_response())
 }
 
+/// The gateway's own CA certificate, when it made its certificates.
+#[utoipa::path(get, path = "/downloads/ca.crt", tag = "servers", security(()),
+    responses((status = 200, description = "PEM", body = String,
+        content_type = "application/x-pem-file"), Errors))]
 async fn download_ca(State(st): State<AppState>) -> Result<Response, ApiError> {
     match ca_pem(&st.config) {
         Some(pem) => Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response()),

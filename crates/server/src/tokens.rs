@@ -132,7 +132,7 @@ async fn list(
     caller: Caller,
     Query(pp): Query<PageParams>,
     uri: Uri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<alpacon_api::Page<Value>>, ApiError> {
     let page = pp.page()?;
     let admin = caller.is_admin() as i64;
     let (count, rows) = Listing {

@@ -356,7 +356,7 @@ async fn list_groups(
     caller: Caller,
     Query(pp): Query<PageParams>,
     uri: Uri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<alpacon_api::Page<Value>>, ApiError> {
     let page = pp.page()?;
     // Admins see every group, others the groups they belong to.
     let filter = "WHERE $1 = 1 OR EXISTS (SELECT 1 FROM memberships m
@@ -765,7 +765,7 @@ async fn list_memberships(
     Query(pp): Query<PageParams>,
     Query(f): Query<MembershipFilters>,
     uri: Uri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<alpacon_api::Page<Value>>, ApiError> {
     let page = pp.page()?;
     let group_id = match f.group.as_deref().filter(|s| !s.is_empty()) {
         Some(g) => Some(group_for(&st, &caller, g).await?.0.id),

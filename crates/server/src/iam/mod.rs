@@ -761,7 +761,7 @@ async fn list_users(
     caller: Caller,
     Query(pp): Query<PageParams>,
     uri: Uri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<alpacon_api::Page<Value>>, ApiError> {
     crate::audit::require_admin(&st, &caller, "user.list").await?;
     let page = pp.page()?;
     let (count, rows) = Listing {

@@ -1030,7 +1030,7 @@ async fn list(
     caller: Caller,
     uri: Uri,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<alpacon_api::Page<Value>>, ApiError> {
     let page = q.page.page()?;
     let server_id = match &q.server {
         Some(s) => Some(

@@ -872,7 +872,7 @@ async fn list(
     Query(pp): Query<PageParams>,
     Query(f): Query<ListFilters>,
     uri: Uri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<alpacon_api::Page<Value>>, ApiError> {
     let page = pp.page()?;
     let status = f.status.filter(|s| !s.is_empty());
     if let Some(s) = &status {

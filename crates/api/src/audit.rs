@@ -1,0 +1,6 @@
+//! Bodies of the audit routes.
+
+#[allow(unused_imports)]
+use serde::{Deserialize, Serialize};
+#[allow(unused_imports)]
+use utoipa::{IntoParams, ToSchema};

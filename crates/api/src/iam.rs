@@ -1,0 +1,6 @@
+//! Bodies of the iam routes.
+
+#[allow(unused_imports)]
+use serde::{Deserialize, Serialize};
+#[allow(unused_imports)]
+use utoipa::{IntoParams, ToSchema};

@@ -1,0 +1,6 @@
+//! Bodies of the work_sessions routes.
+
+#[allow(unused_imports)]
+use serde::{Deserialize, Serialize};
+#[allow(unused_imports)]
+use utoipa::{IntoParams, ToSchema};
