@@ -1,14 +1,17 @@
 //! `server ls|describe|delete` and `server token create|ls|delete`.
 
+use alpacon_api::servers::{
+    CreateRegistrationToken, NewRegistrationToken, RegistrationToken, Server,
+};
 use anyhow::{anyhow, Result};
 use chrono::Utc;
 use clap::Subcommand;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::client::Client;
 use crate::config::Config;
 use crate::error::CliError;
-use crate::output::{self, print_json, text, Table};
+use crate::output::{self, print_json, Table};
 use crate::Ctx;
 
 const SERVERS: &[&str] = &["api", "servers", "servers"];
@@ -69,7 +72,7 @@ pub async fn run(ctx: &Ctx, cmd: ServerCommand) -> Result<u8> {
 
 async fn ls(ctx: &Ctx) -> Result<u8> {
     let client = ctx.client()?;
-    let servers = client.list(SERVERS, &[], None).await?;
+    let servers: Vec<Server> = client.list(SERVERS, &[], None).await?;
     if ctx.json() {
         print_json(&servers)?;
         return Ok(0);
@@ -83,34 +86,25 @@ async fn ls(ctx: &Ctx) -> Result<u8> {
     Ok(0)
 }
 
-/// The system details' field names are not pinned by the contract, so the
-/// likely spellings are tried in turn.
-fn server_row(s: &Value, now: chrono::DateTime<Utc>) -> Vec<String> {
-    let connected = s
-        .get("is_connected")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+fn server_row(s: &Server, now: chrono::DateTime<Utc>) -> Vec<String> {
+    let or_dash = |v: &str| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.to_string()
+        }
+    };
     vec![
-        text(s, &["name"]),
-        text(s, &["id"]),
-        output::yes_no(connected).into(),
-        if connected {
+        or_dash(&s.name),
+        s.id.clone(),
+        output::yes_no(s.is_connected).into(),
+        if s.is_connected {
             "now".into()
         } else {
-            output::ago(s, &["last_seen_at"], now)
+            output::ago_of(s.last_seen_at.as_deref(), now)
         },
-        text(s, &["os", "system.os", "os_name", "platform"]),
-        text(
-            s,
-            &[
-                "address",
-                "remote_ip",
-                "remote_address",
-                "ip",
-                "addresses",
-                "system.addresses",
-            ],
-        ),
+        or_dash(&s.os),
+        or_dash(s.remote_ip.as_deref().unwrap_or("")),
     ]
 }
 
@@ -123,22 +117,55 @@ pub fn looks_like_uuid(s: &str) -> bool {
 }
 
 /// A server object from a name or an ID.
-pub async fn resolve_server(client: &Client, server: &str) -> Result<Value> {
+pub async fn resolve_server(client: &Client, server: &str) -> Result<Server> {
     if looks_like_uuid(server) {
         return client.get(&[SERVERS, &[server]].concat(), &[]).await;
     }
-    let found = client.list(SERVERS, &[("name", server)], None).await?;
+    let found: Vec<Server> = client.list(SERVERS, &[("name", server)], None).await?;
     let id = pick_by_name(&found, server, "server")?;
     client.get(&[SERVERS, &[id.as_str()]].concat(), &[]).await
 }
 
+/// Objects with a name and an id.
+pub trait Named {
+    fn name(&self) -> Option<&str>;
+    fn id(&self) -> Option<&str>;
+}
+
+impl Named for Value {
+    fn name(&self) -> Option<&str> {
+        self.get("name").and_then(Value::as_str)
+    }
+    fn id(&self) -> Option<&str> {
+        self.get("id").and_then(Value::as_str)
+    }
+}
+
+impl Named for Server {
+    fn name(&self) -> Option<&str> {
+        Some(&self.name)
+    }
+    fn id(&self) -> Option<&str> {
+        Some(&self.id)
+    }
+}
+
+impl Named for RegistrationToken {
+    fn name(&self) -> Option<&str> {
+        Some(&self.name)
+    }
+    fn id(&self) -> Option<&str> {
+        Some(&self.id)
+    }
+}
+
 /// The id of the one item named `name` (filters may match loosely, so the
 /// exact name is checked here).
-pub fn pick_by_name(items: &[Value], name: &str, what: &str) -> Result<String> {
+pub fn pick_by_name<T: Named>(items: &[T], name: &str, what: &str) -> Result<String> {
     let ids: Vec<&str> = items
         .iter()
-        .filter(|v| v.get("name").and_then(Value::as_str) == Some(name))
-        .filter_map(|v| v.get("id").and_then(Value::as_str))
+        .filter(|v| v.name() == Some(name))
+        .filter_map(Named::id)
         .collect();
     match ids.as_slice() {
         [id] => Ok(id.to_string()),
@@ -161,7 +188,7 @@ async fn describe(ctx: &Ctx, server: &str) -> Result<u8> {
     if ctx.json() {
         print_json(&s)?;
     } else {
-        print!("{}", output::describe(&s));
+        print!("{}", output::describe(&serde_json::to_value(&s)?));
     }
     Ok(0)
 }
@@ -169,15 +196,12 @@ async fn describe(ctx: &Ctx, server: &str) -> Result<u8> {
 async fn delete(ctx: &Ctx, server: &str) -> Result<u8> {
     let client = ctx.client()?;
     let s = resolve_server(&client, server).await?;
-    let id = text(&s, &["id"]);
+    let id = &s.id;
     client.delete(&[SERVERS, &[id.as_str()]].concat()).await?;
     if ctx.json() {
-        print_json(&json!({ "id": id, "name": s.get("name"), "deleted": true }))?;
+        print_json(&json!({ "id": id, "name": s.name, "deleted": true }))?;
     } else {
-        println!(
-            "Deleted server {} ({id}).",
-            output::sanitize(&text(&s, &["name"]))
-        );
+        println!("Deleted server {} ({id}).", output::sanitize(&s.name));
     }
     Ok(0)
 }
@@ -191,50 +215,37 @@ async fn run_token(ctx: &Ctx, cmd: RegTokenCommand) -> Result<u8> {
         } => {
             let config = ctx.config()?;
             let client = Ctx::client_for(&config)?;
-            let mut body = Map::new();
-            body.insert("name".into(), json!(name));
-            if let Some(d) = expires_in_days {
-                body.insert("expires_in_days".into(), json!(d));
-            }
-            if let Some(n) = max_uses {
-                body.insert("max_uses".into(), json!(n));
-            }
-            let created: Value = client.post(REG_TOKENS, &body).await?;
+            let body = CreateRegistrationToken {
+                name: name.clone(),
+                expires_in_days: expires_in_days.map(i64::from),
+                max_uses: max_uses.map(i64::from),
+            };
+            let created: NewRegistrationToken = client.post(REG_TOKENS, &body).await?;
             if ctx.json() {
                 print_json(&created)?;
                 return Ok(0);
             }
-            let key = created
-                .get("key")
-                .and_then(Value::as_str)
-                .ok_or_else(|| anyhow!("the gateway did not return the token's key"))?;
-            print!(
-                "{}",
-                registration_instructions(&config, &name, key, &created)
-            );
+            print!("{}", registration_instructions(&config, &name, &created));
             Ok(0)
         }
         RegTokenCommand::Ls => {
             let client = ctx.client()?;
-            let tokens = client.list(REG_TOKENS, &[], None).await?;
+            let tokens: Vec<RegistrationToken> = client.list(REG_TOKENS, &[], None).await?;
             if ctx.json() {
                 print_json(&tokens)?;
                 return Ok(0);
             }
             let mut t = Table::new(&["NAME", "ID", "USES", "EXPIRES", "CREATED"]);
             for tok in &tokens {
-                let uses = text(tok, &["uses", "use_count", "used"]);
-                let max = text(tok, &["max_uses"]);
                 t.row(vec![
-                    text(tok, &["name"]),
-                    text(tok, &["id"]),
-                    if max == "-" {
-                        uses
-                    } else {
-                        format!("{uses}/{max}")
+                    tok.name.clone(),
+                    tok.id.clone(),
+                    match tok.max_uses {
+                        None => tok.uses.to_string(),
+                        Some(max) => format!("{}/{max}", tok.uses),
                     },
-                    expiry(tok),
-                    output::time(tok, &["created_at"]),
+                    expiry_of(tok.expires_at.as_deref()),
+                    output::local_time(Some(&tok.created_at)),
                 ]);
             }
             t.print()?;
@@ -242,7 +253,13 @@ async fn run_token(ctx: &Ctx, cmd: RegTokenCommand) -> Result<u8> {
         }
         RegTokenCommand::Delete { token } => {
             let client = ctx.client()?;
-            let id = resolve_by_name(&client, REG_TOKENS, &token, "registration_token").await?;
+            let id = resolve_named::<RegistrationToken>(
+                &client,
+                REG_TOKENS,
+                &token,
+                "registration_token",
+            )
+            .await?;
             client
                 .delete(&[REG_TOKENS, &[id.as_str()]].concat())
                 .await?;
@@ -253,6 +270,14 @@ async fn run_token(ctx: &Ctx, cmd: RegTokenCommand) -> Result<u8> {
             }
             Ok(0)
         }
+    }
+}
+
+/// "never" for tokens without an expiry.
+pub fn expiry_of(expires_at: Option<&str>) -> String {
+    match expires_at {
+        None => "never".into(),
+        Some(t) => output::local_time(Some(t)),
     }
 }
 
@@ -271,10 +296,20 @@ pub async fn resolve_by_name(
     id_or_name: &str,
     what: &str,
 ) -> Result<String> {
+    resolve_named::<Value>(client, segments, id_or_name, what).await
+}
+
+/// [`resolve_by_name`] over a typed listing.
+pub async fn resolve_named<T: Named + serde::de::DeserializeOwned>(
+    client: &Client,
+    segments: &[&str],
+    id_or_name: &str,
+    what: &str,
+) -> Result<String> {
     if looks_like_uuid(id_or_name) {
         return Ok(id_or_name.to_string());
     }
-    let items = client.list(segments, &[], None).await?;
+    let items: Vec<T> = client.list(segments, &[], None).await?;
     pick_by_name(&items, id_or_name, what)
 }
 
@@ -291,7 +326,12 @@ pub fn shell_quote(s: &str) -> String {
     }
 }
 
-fn registration_instructions(config: &Config, name: &str, key: &str, created: &Value) -> String {
+fn registration_instructions(
+    config: &Config,
+    name: &str,
+    created: &NewRegistrationToken,
+) -> String {
+    let key = &created.key;
     let url = &config.url;
     let ca = config.ca_cert.as_ref().map(|p| p.display().to_string());
     let curl_tls = match (&ca, config.insecure) {
@@ -312,7 +352,7 @@ fn registration_instructions(config: &Config, name: &str, key: &str, created: &V
          or, with alpamon already installed:\n  \
          alpamon register --url {} --token {key}{register_tls}\n",
         output::sanitize(name),
-        text(created, &["id"]),
+        created.token.id,
         shell_quote(url),
     );
     if ca.is_some() {
@@ -321,8 +361,8 @@ fn registration_instructions(config: &Config, name: &str, key: &str, created: &V
         ));
         // The gateway's own line fetches the CA and pins its sha256, so it
         // works on a fresh server as is.
-        match created.get("install_command").and_then(Value::as_str) {
-            Some(cmd) if !cmd.is_empty() => out.push_str(&format!(
+        match created.install_command.as_str() {
+            cmd if !cmd.is_empty() => out.push_str(&format!(
                 " Or run this, which fetches and checks it:\n  {}\n",
                 output::sanitize(cmd)
             )),
@@ -370,15 +410,33 @@ mod tests {
         let now = DateTime::parse_from_rfc3339("2024-05-01T12:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        let s = json!({"id": "abc", "name": "web", "is_connected": false,
-            "last_seen_at": "2024-05-01T11:00:00Z", "system": {"os": "Debian 12"},
-            "remote_ip": "10.0.0.5"});
+        let server = |id: &str, name: &str, connected: bool, seen: Option<&str>| Server {
+            id: id.into(),
+            name: name.into(),
+            is_connected: connected,
+            connected_at: None,
+            last_seen_at: seen.map(str::to_string),
+            remote_ip: None,
+            hostname: String::new(),
+            os: String::new(),
+            kernel: String::new(),
+            arch: String::new(),
+            cpus: 0,
+            memory_bytes: 0,
+            agent_version: String::new(),
+            created_at: "2024-05-01T00:00:00Z".into(),
+        };
+        let mut s = server("abc", "web", false, Some("2024-05-01T11:00:00Z"));
+        s.os = "Debian 12".into();
+        s.remote_ip = Some("10.0.0.5".into());
         assert_eq!(
             server_row(&s, now),
             ["web", "abc", "no", "1h ago", "Debian 12", "10.0.0.5"]
         );
-        let s = json!({"id": "x", "name": "db", "is_connected": true, "last_seen_at": null});
+        let s = server("x", "db", true, None);
         assert_eq!(server_row(&s, now), ["db", "x", "yes", "now", "-", "-"]);
+        let s = server("y", "cache", false, None);
+        assert_eq!(server_row(&s, now)[3], "never");
     }
 
     #[test]
@@ -401,7 +459,20 @@ mod tests {
             insecure: false,
             work_session: None,
         };
-        let text = registration_instructions(&config, "web", "alprt-K", &json!({"id": "i"}));
+        let created = |install_command: &str| NewRegistrationToken {
+            token: RegistrationToken {
+                id: "i".into(),
+                name: "web".into(),
+                created_by: None,
+                created_at: "2024-05-01T00:00:00Z".into(),
+                expires_at: None,
+                max_uses: Some(1),
+                uses: 0,
+            },
+            key: "alprt-K".into(),
+            install_command: install_command.into(),
+        };
+        let text = registration_instructions(&config, "web", &created(""));
         assert!(text.contains(
             "curl -fsSL --cacert /d/tls/ca.crt 'https://gw:8443/install.sh?token=alprt-K' | sudo sh"
         ));
@@ -409,8 +480,7 @@ mod tests {
             "alpamon register --url https://gw:8443 --token alprt-K --ca-cert /d/tls/ca.crt"
         ));
         assert!(!text.contains("fetches"));
-        let created = json!({"id": "i", "install_command": "sh -c 'pinned'"});
-        let text = registration_instructions(&config, "web", "alprt-K", &created);
+        let text = registration_instructions(&config, "web", &created("sh -c 'pinned'"));
         assert!(text.contains("fetches and checks it:\n  sh -c 'pinned'\n"));
     }
 }

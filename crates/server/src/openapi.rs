@@ -6,9 +6,11 @@
 use std::sync::OnceLock;
 
 use alpacon_api::ErrorBody;
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
+use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::RefOr;
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -88,19 +90,57 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The document, built once from the routes themselves.
+/// The document as data, from the routes themselves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = crate::app::api_routes().into_openapi();
+    for item in doc.paths.paths.values_mut() {
+        for op in operations_mut(item) {
+            for (status, resp) in op.responses.responses.iter_mut() {
+                if let RefOr::T(r) = resp {
+                    if r.description.is_empty() {
+                        r.description = reason(status);
+                    }
+                }
+            }
+        }
+    }
+    doc
+}
+
+fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.patch,
+    ]
+    .into_iter()
+    .filter_map(Option::as_mut)
+}
+
+/// A response's required description when its annotation gave none: the
+/// status's reason phrase ("OK", "Created", "No Content").
+fn reason(status: &str) -> String {
+    status
+        .parse::<u16>()
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Answer")
+        .to_string()
+}
+
+/// The document as served, built once.
 pub fn document() -> &'static str {
     static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| {
-        crate::app::api_routes()
-            .into_openapi()
-            .to_pretty_json()
-            .unwrap_or_else(|e| {
-                // Serializing our own types cannot fail; if it ever does,
-                // the document says so rather than the gateway stopping.
-                tracing::error!("cannot serialize the OpenAPI document: {e}");
-                "{}".to_string()
-            })
+        openapi().to_pretty_json().unwrap_or_else(|e| {
+            // Serializing our own types cannot fail; if it ever does,
+            // the document says so rather than the gateway stopping.
+            tracing::error!("cannot serialize the OpenAPI document: {e}");
+            "{}".to_string()
+        })
     })
 }
 
@@ -113,4 +153,95 @@ pub fn router() -> OpenApiRouter<AppState> {
     responses((status = 200, description = "The OpenAPI document", body = Object), Errors))]
 async fn openapi_json() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], document())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn operations(doc: &mut utoipa::openapi::OpenApi) -> Vec<(String, Operation)> {
+        let mut out = Vec::new();
+        for (path, item) in doc.paths.paths.iter_mut() {
+            for op in operations_mut(item) {
+                out.push((path.clone(), op.clone()));
+            }
+        }
+        out
+    }
+
+    /// Clients and generated code rely on these: one name per operation,
+    /// a summary and a tag for the reference, the shared error body on every
+    /// route, and the trailing slash every API path has.
+    #[test]
+    fn every_operation_is_named_tagged_summarized_and_has_its_errors() {
+        let mut doc = openapi();
+        let ops = operations(&mut doc);
+        assert!(!ops.is_empty());
+        let mut ids = BTreeSet::new();
+        for (path, op) in &ops {
+            let id = op.operation_id.clone().unwrap_or_default();
+            assert!(ids.insert(id.clone()), "operationId {id:?} twice ({path})");
+            assert!(
+                op.tags.as_ref().is_some_and(|t| !t.is_empty()),
+                "{path} {id}: no tag"
+            );
+            assert!(
+                op.summary
+                    .as_ref()
+                    .is_some_and(|s| !s.trim().is_empty() && !s.contains('\n')),
+                "{path} {id}: the summary must be one line (a doc comment's first line)"
+            );
+            assert!(
+                op.responses.responses.contains_key("4XX"),
+                "{path} {id}: list `Errors` in its responses"
+            );
+            for (status, r) in &op.responses.responses {
+                if let RefOr::T(r) = r {
+                    assert!(!r.description.is_empty(), "{path} {id} {status}");
+                }
+            }
+            if path.starts_with("/api/") && path != "/api/openapi.json" {
+                assert!(path.ends_with('/'), "{path}: API paths end with '/'");
+            }
+        }
+    }
+
+    #[test]
+    fn the_document_is_openapi_3_1_json() {
+        let v: serde_json::Value = serde_json::from_str(document()).unwrap();
+        assert_eq!(v["openapi"], "3.1.0");
+        assert!(v["paths"]["/api/status/"]["get"].is_object());
+        assert!(v["components"]["schemas"]["ErrorBody"].is_object());
+        assert!(v["components"]["securitySchemes"]["bearer"].is_object());
+    }
+
+    /// Routes are registered with `routes!` from their annotated handlers,
+    /// so none can be served without being in the document. The console's
+    /// static pages are the only plain routes.
+    #[test]
+    fn no_route_is_left_out_of_the_document() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut plain = Vec::new();
+        let mut stack = vec![src];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                if p.extension().is_none_or(|x| x != "rs") || p.ends_with("console.rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&p).unwrap();
+                // Tests may build their own routers.
+                let code = text.split("#[cfg(test)]").next().unwrap_or("");
+                if code.contains(".route(") {
+                    plain.push(p.display().to_string());
+                }
+            }
+        }
+        assert!(plain.is_empty(), "routes outside the document in {plain:?}");
+    }
 }

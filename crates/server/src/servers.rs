@@ -316,8 +316,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(download_ca))
 }
 
-/// The servers the caller may see: members see those of their groups,
-/// admins all of them.
+/// The servers the caller may see.
+///
+/// Members see the servers of their groups, admins all of them.
 #[utoipa::path(get, path = "/api/servers/servers/", tag = "servers",
     params(PageParams, api::ServerFilters),
     responses((status = 200, body = Page<api::Server>), Errors))]
@@ -369,8 +370,9 @@ async fn get_server(
     Ok(Json(s.to_api(st.relay.is_connected(&s.id))))
 }
 
-/// Deletes a server (admins): its agent is disconnected and can no longer
-/// authenticate.
+/// Deletes a server (admins).
+///
+/// Its agent is disconnected and can no longer authenticate.
 #[utoipa::path(delete, path = "/api/servers/servers/{id}/", tag = "servers",
     params(("id" = String, Path, description = "The server's id or name")),
     responses((status = 204, description = "Deleted"), Errors))]
@@ -520,8 +522,10 @@ pub async fn create_registration_token(
     Ok(NewRegistrationToken { id, key, token })
 }
 
-/// Creates a registration token (admins, after a recent second factor when
-/// MFA applies). The key is in this answer only.
+/// Creates a registration token (admins).
+///
+/// Needs a recent second factor when MFA applies. The key is in this
+/// answer only.
 #[utoipa::path(post, path = "/api/servers/registration-tokens/", tag = "servers",
     request_body = api::CreateRegistrationToken,
     responses((status = 201, body = api::NewRegistrationToken), Errors))]
@@ -739,8 +743,10 @@ pub async fn register_server(
     Ok((row, token_name))
 }
 
-/// Registers a server: called by the agent (`alpamon register`) with a
-/// registration token, which it uses up once.
+/// Registers a server with a registration token.
+///
+/// Called by the agent (`alpamon register`); each call uses the token up
+/// once.
 #[utoipa::path(post, path = "/api/servers/register/", tag = "servers", security(()),
     request_body = api::RegisterServer,
     responses((status = 201, body = api::Registered), Errors))]
@@ -852,9 +858,11 @@ pub fn sh_word(s: &str) -> String {
     }
 }
 
-/// The agent installer for `curl ... | sudo sh`: downloads the agent from
-/// this gateway, registers the machine and starts the systemd unit. A bad
-/// or used-up token answers a script that prints why and fails.
+/// The agent installer, for `curl ... | sudo sh`.
+///
+/// Downloads the agent from this gateway, registers the machine and starts
+/// the systemd unit. A bad or used-up token answers a script that prints
+/// why and fails.
 #[utoipa::path(get, path = "/install.sh", tag = "servers", security(()),
     params(api::InstallQuery),
     responses(
