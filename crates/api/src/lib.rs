@@ -305,6 +305,29 @@ impl ErrorCode {
     ];
 
     /// The code as it appears in an error body.
+    /// The HTTP status this code is answered with. Part of the contract:
+    /// the gateway's one mapping from errors to answers uses it (a few
+    /// answers name another status where the same reason arrives by a
+    /// different door, e.g. a wrong second factor at step-up is 403).
+    pub const fn status(self) -> u16 {
+        match self {
+            ErrorCode::Invalid | ErrorCode::IsADirectory | ErrorCode::NotADirectory | ErrorCode::NoSuchGroup | ErrorCode::NoSuchUser => 400,
+            ErrorCode::InvalidCredentials | ErrorCode::InvalidMfaCode | ErrorCode::InvalidMfaToken | ErrorCode::InvalidRegistrationToken | ErrorCode::InvalidToken | ErrorCode::NotAuthenticated => 401,
+            ErrorCode::AccessRevoked | ErrorCode::AccountNotAllowed | ErrorCode::AclCommandDenied | ErrorCode::AclFileDenied | ErrorCode::AclServerDenied | ErrorCode::GroupNotAllowed | ErrorCode::InvalidPassword | ErrorCode::MfaEnrollmentRequired | ErrorCode::MfaMethodNotAllowed | ErrorCode::MfaRequired | ErrorCode::PermissionDenied | ErrorCode::ReadOnly | ErrorCode::ScopeDenied | ErrorCode::ShareExpired | ErrorCode::TokenNotAllowed | ErrorCode::TokenPolicyInvalid | ErrorCode::WorkSessionInactive | ErrorCode::WorkSessionPending | ErrorCode::WorkSessionNotYours | ErrorCode::WorkSessionRequired | ErrorCode::WorkSessionScope | ErrorCode::WorkSessionServer => 403,
+            ErrorCode::AclNotFound | ErrorCode::AgentBinaryMissing | ErrorCode::CredentialNotFound | ErrorCode::GroupNotFound | ErrorCode::InvitationNotFound | ErrorCode::MembershipNotFound | ErrorCode::NoCa | ErrorCode::NotAssigned | ErrorCode::NotFound | ErrorCode::ServerNotFound | ErrorCode::TokenNotFound | ErrorCode::TotpNotEnrolled | ErrorCode::UserNotFound | ErrorCode::WorkSessionNotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::AccountConflict | ErrorCode::AclExists | ErrorCode::AlreadyAssigned | ErrorCode::AlreadyExists | ErrorCode::AlreadyMember | ErrorCode::Conflict | ErrorCode::CredentialRegistered | ErrorCode::LastOwner | ErrorCode::MfaNotEnrolled | ErrorCode::NameTaken | ErrorCode::SessionClosed | ErrorCode::TokenNameTaken | ErrorCode::TotpAlreadyEnrolled | ErrorCode::UsernameTaken | ErrorCode::WebauthnUnavailable | ErrorCode::WorkSessionState => 409,
+            ErrorCode::InvitationUnusable => 410,
+            ErrorCode::IdempotencyKeyReused => 422,
+            ErrorCode::WebsocketRequired => 426,
+            ErrorCode::LoginThrottled | ErrorCode::TooManyHandshakes => 429,
+            ErrorCode::Internal => 500,
+            ErrorCode::AgentError | ErrorCode::ProvisionFailed => 502,
+            ErrorCode::Busy | ErrorCode::DatabaseBusy | ErrorCode::ServerOffline => 503,
+            ErrorCode::StorageFull => 507,
+        }
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             ErrorCode::AccessRevoked => "access_revoked",
@@ -414,6 +437,15 @@ impl std::fmt::Display for ErrorCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_code_is_an_error_status() {
+        for c in ErrorCode::ALL {
+            assert!((400..=599).contains(&c.status()), "{c:?}");
+        }
+        assert_eq!(ErrorCode::ServerNotFound.status(), 404);
+        assert_eq!(ErrorCode::Internal.status(), 500);
+    }
 
     #[test]
     fn names_serialize_parse_and_are_unique() {
