@@ -66,8 +66,11 @@ pub struct UserDetail {
     pub groups: Vec<UserGroupRole>,
 }
 
+/// The login shell a new person gets unless one is given.
+pub const DEFAULT_SHELL: &str = "/bin/bash";
+
 fn default_shell() -> String {
-    "/bin/bash".into()
+    DEFAULT_SHELL.into()
 }
 
 /// `POST /api/iam/users/` (staff and superusers).

@@ -131,8 +131,9 @@ impl From<TokenRow> for api::ApiToken {
 const COLUMNS: &str = "id, name, scopes, enabled, created_at, expires_at, last_used_at,
     (SELECT username FROM users u WHERE u.id = api_tokens.user_id) AS owner";
 
-/// The tokens the caller manages: their own and, for staff and
-/// superusers, those of service identities.
+/// The tokens the caller manages.
+///
+/// Their own and, for staff and superusers, those of service identities.
 #[utoipa::path(get, path = "/api/auth/tokens/", tag = "tokens",
     params(PageParams),
     responses((status = 200, body = Page<api::ApiToken>), Errors))]

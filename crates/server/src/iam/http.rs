@@ -62,9 +62,9 @@ async fn get_user(
     }))
 }
 
-/// Changes a user's profile, password, workspace role or whether they are
-/// active (staff and superusers).
+/// Changes a user (staff and superusers).
 ///
+/// Their profile, password, workspace role or whether they are active.
 /// Disabling ends everything they have open, disables their tokens and
 /// locks their accounts on servers; losing the admin role ends what they
 /// opened by that right.
@@ -220,10 +220,9 @@ async fn delete_user(
 
 
 
-/// Creates a person or a service identity (staff and superusers), with the
-/// next UID.
+/// Creates a person or a service identity (staff and superusers).
 ///
-/// Only superusers create staff and superusers.
+/// They get the next UID. Only superusers create staff and superusers.
 #[utoipa::path(post, path = "/api/iam/users/", tag = "iam",
     request_body = api::CreateUser,
     responses((status = 201, body = api::User), Errors))]

@@ -272,8 +272,9 @@ async fn list_group_servers(
     }))
 }
 
-/// Assigns a server to a group (staff and superusers): its members reach
-/// it.
+/// Assigns a server to a group (staff and superusers).
+///
+/// The group's members reach it from now on.
 #[utoipa::path(post, path = "/api/iam/groups/{id}/servers/", tag = "iam",
     params(("id" = String, Path, description = "The group's id or name")),
     request_body = api::AddGroupServer,

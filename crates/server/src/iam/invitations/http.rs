@@ -25,9 +25,9 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(invite_page))
 }
 
-/// Creates a one-time invitation link; its key is shown only in this
-/// answer.
+/// Creates a one-time invitation link.
 ///
+/// Its key is shown only in this answer.
 /// Admins invite anyone (only superusers invite staff); a group's owners
 /// and managers invite into their group. Needs a login session.
 #[utoipa::path(post, path = "/api/iam/invitations/", tag = "iam",
