@@ -201,7 +201,10 @@ fn print_user(u: &api::UserDetail) {
             ("Role", role_of(user).to_string()),
             ("Active", yes_no(user.is_active).to_string()),
             ("Groups", groups),
-            ("Created", output::local_time(Some(user.created_at.as_str()))),
+            (
+                "Created",
+                output::local_time(Some(user.created_at.as_str()))
+            ),
         ])
     );
 }

@@ -548,4 +548,110 @@ mod tests {
             .await;
         assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
     }
+
+    /// The fields of the tokens' and auth answers, as they were before the
+    /// bodies were typed: none lost, none added.
+    #[tokio::test]
+    async fn answers_keep_their_fields() {
+        use axum::http::{Method, StatusCode};
+        fn keys(v: &Value) -> Vec<&str> {
+            let mut k: Vec<&str> = v
+                .as_object()
+                .unwrap_or_else(|| panic!("not an object: {v}"))
+                .keys()
+                .map(String::as_str)
+                .collect();
+            k.sort_unstable();
+            k
+        }
+        let app = crate::testutil::TestApp::new().await;
+        let (s, v) = app
+            .try_login_from("127.0.0.1", "admin", &app.admin_password.clone())
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(keys(&v), ["expires_at", "key", "user"]);
+        let session = v["key"].as_str().unwrap().to_string();
+        let (_, v) = app
+            .call(
+                Method::POST,
+                "/api/auth/tokens/",
+                Some(&session),
+                Some(json!({"name": "ci", "scopes": ["command"]})),
+            )
+            .await;
+        assert_eq!(
+            keys(&v),
+            [
+                "created_at",
+                "enabled",
+                "expires_at",
+                "id",
+                "key",
+                "last_used_at",
+                "name",
+                "scopes"
+            ]
+        );
+        assert!(v["last_used_at"].is_null() && v["expires_at"].is_null());
+        let (token, id) = (v["key"].as_str().unwrap(), v["id"].as_str().unwrap());
+        let listed = [
+            "created_at",
+            "enabled",
+            "expires_at",
+            "id",
+            "last_used_at",
+            "name",
+            "owner",
+            "scopes",
+        ];
+        let (_, v) = app
+            .call(Method::GET, "/api/auth/tokens/", Some(&session), None)
+            .await;
+        assert_eq!(keys(&v["results"][0]), listed);
+        assert_eq!(v["results"][0]["owner"], "admin");
+        let (_, v) = app
+            .call(
+                Method::PATCH,
+                &format!("/api/auth/tokens/{id}/"),
+                Some(&session),
+                Some(json!({"enabled": true})),
+            )
+            .await;
+        assert_eq!(keys(&v), listed);
+
+        let who = [
+            "auth",
+            "id",
+            "is_staff",
+            "is_superuser",
+            "token",
+            "username",
+        ];
+        let (_, v) = app
+            .call(Method::GET, "/api/auth/whoami/", Some(token), None)
+            .await;
+        assert_eq!(keys(&v), who);
+        assert_eq!(
+            (v["auth"].as_str(), &v["token"]),
+            (Some("token"), &json!({"id": id, "name": "ci"}))
+        );
+        let (_, v) = app
+            .call(Method::GET, "/api/auth/whoami/", Some(&session), None)
+            .await;
+        assert_eq!(keys(&v), who);
+        assert_eq!(
+            (v["auth"].as_str(), &v["token"]),
+            (Some("session"), &Value::Null)
+        );
+
+        let (_, v) = app
+            .call(Method::POST, "/api/auth/logout/", Some(token), None)
+            .await;
+        assert_eq!(keys(&v), ["detail", "revoked"]);
+        assert_eq!(v["revoked"], false);
+        let (_, v) = app
+            .call(Method::POST, "/api/auth/logout/", Some(&session), None)
+            .await;
+        assert_eq!(v, json!({"revoked": true}));
+    }
 }

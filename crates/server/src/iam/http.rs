@@ -218,8 +218,6 @@ async fn delete_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
-
-
 /// Creates a person or a service identity (staff and superusers).
 ///
 /// They get the next UID. Only superusers create staff and superusers.
@@ -301,10 +299,11 @@ async fn create_user(
     );
     crate::audit::record_in(&mut tx, ev).await?;
     tx.commit().await?;
-    let row = sqlx::query_as::<_, UserRow>(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
-        .bind(&id)
-        .fetch_one(&st.db.pool)
-        .await?;
+    let row =
+        sqlx::query_as::<_, UserRow>(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
+            .bind(&id)
+            .fetch_one(&st.db.pool)
+            .await?;
     Ok((StatusCode::CREATED, Json(User::from(row).to_api())))
 }
 
@@ -335,7 +334,6 @@ async fn list_users(
         .collect::<Result<Vec<_>, _>>()?;
     Ok(page_response(count, users, page, &uri))
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -391,5 +389,195 @@ mod tests {
             .await;
         assert!(s.is_success(), "{v}");
         assert_eq!(whoami(token).await, StatusCode::OK);
+    }
+
+    /// The fields of every answer, as they were before the bodies were
+    /// typed: none lost, none added.
+    #[tokio::test]
+    async fn answers_keep_their_fields() {
+        use axum::http::Method;
+        use serde_json::Value;
+        fn keys(v: &Value) -> Vec<&str> {
+            let mut k: Vec<&str> = v
+                .as_object()
+                .unwrap_or_else(|| panic!("not an object: {v}"))
+                .keys()
+                .map(String::as_str)
+                .collect();
+            k.sort_unstable();
+            k
+        }
+        fn sorted(mut k: Vec<&str>) -> Vec<&str> {
+            k.sort_unstable();
+            k
+        }
+        const USER: &[&str] = &[
+            "id",
+            "username",
+            "is_superuser",
+            "is_staff",
+            "is_active",
+            "created_at",
+            "uid",
+            "gid",
+            "shell",
+            "email",
+            "full_name",
+            "is_service",
+        ];
+        const GROUP: &[&str] = &["id", "name", "display_name", "gid", "created_at"];
+        const MEMBERSHIP: &[&str] = &[
+            "id",
+            "group",
+            "group_name",
+            "user",
+            "username",
+            "role",
+            "created_at",
+        ];
+        const INVITATION: &[&str] = &[
+            "email",
+            "username",
+            "is_staff",
+            "group",
+            "role",
+            "invited_by",
+            "created_at",
+            "expires_at",
+            "accepted_at",
+        ];
+        let with = |base: &[&'static str], more: &[&'static str]| {
+            sorted(base.iter().chain(more).copied().collect())
+        };
+        let app = crate::testutil::TestApp::new().await;
+        let admin = app.admin_key().await;
+        let call = |m: Method, path: String, body: Option<Value>| {
+            let (app, admin) = (&app, admin.clone());
+            async move {
+                let (s, v) = app.call(m, &path, Some(&admin), body).await;
+                assert!(s.is_success(), "{path}: {s} {v}");
+                v
+            }
+        };
+
+        let v = call(
+            Method::POST,
+            "/api/iam/users/".into(),
+            Some(json!({"username": "alice", "password": "correct horse battery staple"})),
+        )
+        .await;
+        assert_eq!(keys(&v), sorted(USER.to_vec()));
+        let v = call(Method::GET, "/api/iam/users/".into(), None).await;
+        assert_eq!(keys(&v), ["count", "next", "previous", "results"]);
+        assert_eq!(keys(&v["results"][0]), sorted(USER.to_vec()));
+        let v = call(
+            Method::PATCH,
+            "/api/iam/users/alice/".into(),
+            Some(json!({"full_name": "Alice"})),
+        )
+        .await;
+        assert_eq!(keys(&v), sorted(USER.to_vec()));
+
+        let v = call(
+            Method::POST,
+            "/api/iam/groups/".into(),
+            Some(json!({"name": "ops"})),
+        )
+        .await;
+        assert_eq!(keys(&v), sorted(GROUP.to_vec()));
+        let v = call(Method::GET, "/api/iam/groups/".into(), None).await;
+        assert_eq!(
+            keys(&v["results"][0]),
+            with(GROUP, &["member_count", "server_count"])
+        );
+        let v = call(
+            Method::PATCH,
+            "/api/iam/groups/ops/".into(),
+            Some(json!({"display_name": "Ops"})),
+        )
+        .await;
+        assert_eq!(keys(&v), sorted(GROUP.to_vec()));
+        app.add_server("web-1", 1).await;
+        let v = call(
+            Method::POST,
+            "/api/iam/groups/ops/servers/".into(),
+            Some(json!({"server": "web-1"})),
+        )
+        .await;
+        assert_eq!(keys(&v), ["group", "server", "server_name"]);
+        let v = call(Method::GET, "/api/iam/groups/ops/servers/".into(), None).await;
+        assert_eq!(keys(&v), ["results"]);
+        assert_eq!(keys(&v["results"][0]), ["id", "name"]);
+
+        let m = call(
+            Method::POST,
+            "/api/iam/memberships/".into(),
+            Some(json!({"group": "ops", "user": "alice"})),
+        )
+        .await;
+        assert_eq!(keys(&m), sorted(MEMBERSHIP.to_vec()));
+        let id = m["id"].as_str().unwrap().to_string();
+        let v = call(Method::GET, "/api/iam/memberships/?group=ops".into(), None).await;
+        assert_eq!(keys(&v["results"][0]), sorted(MEMBERSHIP.to_vec()));
+        let v = call(Method::GET, format!("/api/iam/memberships/{id}/"), None).await;
+        assert_eq!(keys(&v), sorted(MEMBERSHIP.to_vec()));
+        let v = call(
+            Method::PATCH,
+            format!("/api/iam/memberships/{id}/"),
+            Some(json!({"role": "owner"})),
+        )
+        .await;
+        assert_eq!(keys(&v), sorted(MEMBERSHIP.to_vec()));
+
+        let v = call(Method::GET, "/api/iam/groups/ops/".into(), None).await;
+        assert_eq!(keys(&v), with(GROUP, &["your_role", "members", "servers"]));
+        assert!(v["your_role"].is_null(), "{v}");
+        assert_eq!(
+            keys(&v["members"][0]),
+            ["created_at", "id", "role", "user", "username"]
+        );
+        assert_eq!(keys(&v["servers"][0]), ["id", "name"]);
+        let v = call(Method::GET, "/api/iam/users/alice/".into(), None).await;
+        assert_eq!(keys(&v), with(USER, &["groups"]));
+        assert_eq!(v["groups"], json!([{"group": "ops", "role": "owner"}]));
+
+        let v = call(Method::DELETE, format!("/api/iam/memberships/{id}/"), None).await;
+        assert_eq!(keys(&v), ["ended", "removed"]);
+        assert_eq!(v["removed"], true);
+
+        let inv = call(
+            Method::POST,
+            "/api/iam/invitations/".into(),
+            Some(json!({"group": "ops"})),
+        )
+        .await;
+        assert_eq!(keys(&inv), with(INVITATION, &["id", "key", "url"]));
+        assert!(
+            inv["username"].is_null() && inv["accepted_at"].is_null(),
+            "{inv}"
+        );
+        let key = inv["key"].as_str().unwrap().to_string();
+        let v = call(Method::GET, "/api/iam/invitations/".into(), None).await;
+        assert_eq!(keys(&v["results"][0]), with(INVITATION, &["id"]));
+        let (s, v) = app
+            .call(
+                Method::GET,
+                &format!("/api/iam/invitations/accept/?key={key}"),
+                None,
+                None,
+            )
+            .await;
+        assert!(s.is_success(), "{v}");
+        assert_eq!(keys(&v), sorted(INVITATION.to_vec()));
+        let (s, v) = app
+            .call(
+                Method::POST,
+                "/api/iam/invitations/accept/",
+                None,
+                Some(json!({"key": key, "username": "bob", "password": "long enough pw"})),
+            )
+            .await;
+        assert_eq!(s, axum::http::StatusCode::CREATED, "{v}");
+        assert_eq!(keys(&v), sorted(USER.to_vec()));
     }
 }
