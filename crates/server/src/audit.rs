@@ -270,8 +270,9 @@ impl From<EventRow> for api::AuditEvent {
     }
 }
 
-/// Audit events, newest first: everyone's for admins, one's own for
-/// everyone else.
+/// Audit events, newest first.
+///
+/// Admins see everyone's events; everyone else sees their own.
 #[utoipa::path(get, path = "/api/audit/events/", tag = "audit",
     params(PageParams, api::AuditFilters),
     responses((status = 200, body = Page<api::AuditEvent>), Errors))]
