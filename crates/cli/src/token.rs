@@ -1,7 +1,10 @@
 //! `token create|ls|delete`: personal API tokens (`alpat-…`).
 
+use alpacon_api::acl;
 use anyhow::{anyhow, Result};
 use clap::Subcommand;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::output::{self, print_json, text, Table};
@@ -137,6 +140,98 @@ async fn set_enabled(
     Ok(())
 }
 
+/// An ACL entry as `token acl ... ls` shows it.
+trait AclEntry: DeserializeOwned + Serialize {
+    fn id(&self) -> &str;
+    /// TOKEN, ENTRY, DETAIL and CREATED.
+    fn cells(&self) -> Vec<String>;
+}
+
+/// The text, or "-" when absent or empty.
+fn or_dash(s: Option<&str>) -> String {
+    match s {
+        Some(s) if !s.is_empty() => s.to_string(),
+        _ => "-".to_string(),
+    }
+}
+
+impl AclEntry for acl::CommandAcl {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn cells(&self) -> Vec<String> {
+        vec![
+            or_dash(Some(&self.token_name)),
+            or_dash(Some(&self.line)),
+            or_dash(self.username.as_deref()),
+            output::local_time(Some(&self.created_at)),
+        ]
+    }
+}
+
+impl AclEntry for acl::ServerAcl {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn cells(&self) -> Vec<String> {
+        vec![
+            or_dash(Some(&self.token_name)),
+            or_dash(self.server_name.as_deref().or(Some(&self.server))),
+            "-".to_string(),
+            output::local_time(Some(&self.created_at)),
+        ]
+    }
+}
+
+impl AclEntry for acl::FileAcl {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn cells(&self) -> Vec<String> {
+        vec![
+            or_dash(Some(&self.token_name)),
+            or_dash(Some(&self.path)),
+            or_dash(Some(&self.action)),
+            output::local_time(Some(&self.created_at)),
+        ]
+    }
+}
+
+async fn acl_add<T: AclEntry>(
+    ctx: &Ctx,
+    client: &crate::client::Client,
+    base: &[&str],
+    path: &str,
+    body: &impl Serialize,
+) -> Result<()> {
+    let created: T = client.post(base, body).await?;
+    if ctx.json() {
+        print_json(&created)?;
+    } else {
+        println!("Added {} entry {}.", path, or_dash(Some(created.id())));
+    }
+    Ok(())
+}
+
+async fn acl_ls<T: AclEntry>(
+    ctx: &Ctx,
+    client: &crate::client::Client,
+    base: &[&str],
+    query: &[(&str, &str)],
+) -> Result<()> {
+    let items = client.list::<T>(base, query, None).await?;
+    if ctx.json() {
+        return print_json(&items);
+    }
+    let mut t = Table::new(&["ID", "TOKEN", "ENTRY", "DETAIL", "CREATED"]);
+    for i in &items {
+        let mut row = vec![or_dash(Some(i.id()))];
+        row.extend(i.cells());
+        t.row(row);
+    }
+    t.print()
+}
+
 async fn acl(ctx: &Ctx, client: &crate::client::Client, kind: AclKind) -> Result<u8> {
     let (path, op) = kind.parts();
     let base: &[&str] = &["api", "security", path];
@@ -149,18 +244,32 @@ async fn acl(ctx: &Ctx, client: &crate::client::Client, kind: AclKind) -> Result
             action,
         } => {
             let id = resolve_by_name(client, TOKENS, token, "token").await?;
-            let body = match &kind {
+            match &kind {
                 AclKind::Command { .. } => {
-                    json!({"token": id, "line": value, "username": username, "groupname": groupname})
+                    let body = acl::CreateCommandAcl {
+                        token: id,
+                        line: Some(value.clone()),
+                        pattern: None,
+                        username: username.clone(),
+                        groupname: groupname.clone(),
+                    };
+                    acl_add::<acl::CommandAcl>(ctx, client, base, path, &body).await?
                 }
-                AclKind::Server { .. } => json!({"token": id, "server": value}),
-                AclKind::File { .. } => json!({"token": id, "path": value, "action": action}),
-            };
-            let created: Value = client.post(base, &body).await?;
-            if ctx.json() {
-                print_json(&created)?;
-            } else {
-                println!("Added {} entry {}.", path, text(&created, &["id"]));
+                AclKind::Server { .. } => {
+                    let body = acl::CreateServerAcl {
+                        token: id,
+                        server: value.clone(),
+                    };
+                    acl_add::<acl::ServerAcl>(ctx, client, base, path, &body).await?
+                }
+                AclKind::File { .. } => {
+                    let body = acl::CreateFileAcl {
+                        token: id,
+                        path: value.clone(),
+                        action: action.clone(),
+                    };
+                    acl_add::<acl::FileAcl>(ctx, client, base, path, &body).await?
+                }
             }
         }
         AclOp::Ls { token } => {
@@ -169,22 +278,11 @@ async fn acl(ctx: &Ctx, client: &crate::client::Client, kind: AclKind) -> Result
                 None => None,
             };
             let q: Vec<(&str, &str)> = id.iter().map(|i| ("token", i.as_str())).collect();
-            let items = client.list(base, &q, None).await?;
-            if ctx.json() {
-                print_json(&items)?;
-                return Ok(0);
+            match &kind {
+                AclKind::Command { .. } => acl_ls::<acl::CommandAcl>(ctx, client, base, &q).await?,
+                AclKind::Server { .. } => acl_ls::<acl::ServerAcl>(ctx, client, base, &q).await?,
+                AclKind::File { .. } => acl_ls::<acl::FileAcl>(ctx, client, base, &q).await?,
             }
-            let mut t = Table::new(&["ID", "TOKEN", "ENTRY", "DETAIL", "CREATED"]);
-            for i in &items {
-                t.row(vec![
-                    text(i, &["id"]),
-                    text(i, &["token_name", "token"]),
-                    text(i, &["line", "pattern", "server_name", "server", "path"]),
-                    text(i, &["username", "action"]),
-                    output::time(i, &["created_at"]),
-                ]);
-            }
-            t.print()?;
         }
         AclOp::Delete { id } => {
             client.delete(&[base, &[id.as_str()]].concat()).await?;
@@ -280,4 +378,49 @@ pub async fn run(ctx: &Ctx, cmd: TokenCommand) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row<T: AclEntry>(v: Value) -> Vec<String> {
+        let e: T = serde_json::from_value(v).unwrap();
+        let mut row = vec![e.id().to_string()];
+        row.extend(e.cells());
+        row
+    }
+
+    #[test]
+    fn acl_rows() {
+        let created = "not a time";
+        assert_eq!(
+            row::<acl::CommandAcl>(json!({"id": "a1", "token": "t1", "token_name": "ci",
+                "line": "docker ps", "pattern": "docker ps", "username": null,
+                "groupname": "docker", "created_at": created})),
+            ["a1", "ci", "docker ps", "-", created]
+        );
+        assert_eq!(
+            row::<acl::CommandAcl>(json!({"id": "a1", "token": "t1", "token_name": "ci",
+                "line": "uptime", "pattern": "uptime", "username": "deploy",
+                "groupname": null, "created_at": created}))[3],
+            "deploy"
+        );
+        assert_eq!(
+            row::<acl::ServerAcl>(json!({"id": "a2", "token": "t1", "token_name": "ci",
+                "server": "s1", "server_name": "web-1", "created_at": created})),
+            ["a2", "ci", "web-1", "-", created]
+        );
+        assert_eq!(
+            row::<acl::ServerAcl>(json!({"id": "a2", "token": "t1", "token_name": "ci",
+                "server": "s1", "server_name": null, "created_at": created}))[2],
+            "s1",
+            "a deleted server shows its id"
+        );
+        assert_eq!(
+            row::<acl::FileAcl>(json!({"id": "a3", "token": "t1", "token_name": "ci",
+                "path": "/opt/app/*", "action": "*", "created_at": created})),
+            ["a3", "ci", "/opt/app/*", "*", created]
+        );
+    }
 }
