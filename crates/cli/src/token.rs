@@ -1,14 +1,14 @@
 //! `token create|ls|delete`: personal API tokens (`alpat-…`).
 
-use alpacon_api::acl;
-use anyhow::{anyhow, Result};
+use alpacon_api::{acl, tokens};
+use anyhow::Result;
 use clap::Subcommand;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::json;
 
-use crate::output::{self, print_json, text, Table};
-use crate::server::{expiry, resolve_by_name};
+use crate::output::{self, print_json, Table};
+use crate::server::resolve_by_name;
 use crate::Ctx;
 
 const TOKENS: &[&str] = &["api", "auth", "tokens"];
@@ -124,11 +124,11 @@ async fn set_enabled(
 ) -> Result<()> {
     let id = resolve_by_name(client, TOKENS, token, "token").await?;
     let url = client.endpoint(&[TOKENS, &[id.as_str()]].concat());
-    let updated: Value = client
+    let updated: tokens::ApiToken = client
         .send_json(
             client
                 .request(reqwest::Method::PATCH, url)
-                .json(&json!({ "enabled": enabled })),
+                .json(&tokens::UpdateApiToken { enabled }),
         )
         .await?;
     if ctx.json() {
@@ -296,6 +296,26 @@ async fn acl(ctx: &Ctx, client: &crate::client::Client, kind: AclKind) -> Result
     Ok(0)
 }
 
+/// NAME, OWNER, ID, SCOPES, EXPIRES, LAST USED and CREATED.
+fn token_row(tok: &tokens::ApiToken) -> Vec<String> {
+    let scopes = match &tok.scopes {
+        Some(s) => s.join(","),
+        None => String::new(),
+    };
+    vec![
+        or_dash(Some(&tok.name)),
+        or_dash(tok.owner.as_deref()),
+        or_dash(Some(&tok.id)),
+        or_dash(Some(&scopes)),
+        match &tok.expires_at {
+            None => "never".to_string(),
+            Some(t) => output::local_time(Some(t)),
+        },
+        output::local_time(tok.last_used_at.as_deref()),
+        output::local_time(Some(&tok.created_at)),
+    ]
+}
+
 pub async fn run(ctx: &Ctx, cmd: TokenCommand) -> Result<u8> {
     let client = ctx.client()?;
     match cmd {
@@ -305,41 +325,35 @@ pub async fn run(ctx: &Ctx, cmd: TokenCommand) -> Result<u8> {
             scopes,
             service,
         } => {
-            let mut body = Map::new();
-            body.insert("name".into(), json!(name));
-            if let Some(s) = service {
-                body.insert("service".into(), json!(s));
-            }
-            if let Some(d) = expires_in_days {
-                body.insert("expires_in_days".into(), json!(d));
-            }
-            if let Some(scopes) = scopes {
-                let scopes: Vec<&str> = scopes
-                    .iter()
-                    .map(|s| s.trim())
-                    .filter(|s| !s.is_empty())
-                    .collect();
-                body.insert("scopes".into(), json!(scopes));
-            }
-            let created: Value = client.post(TOKENS, &body).await?;
+            let body = tokens::CreateApiToken {
+                name: name.clone(),
+                expires_in_days: expires_in_days.map(i64::from),
+                scopes: scopes.map(|scopes| {
+                    scopes
+                        .iter()
+                        .map(|s| s.trim())
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                }),
+                service,
+            };
+            let created: tokens::NewApiToken = client.post(TOKENS, &body).await?;
             if ctx.json() {
                 print_json(&created)?;
                 return Ok(0);
             }
-            let key = created
-                .get("key")
-                .and_then(Value::as_str)
-                .ok_or_else(|| anyhow!("the gateway did not return the token's key"))?;
             println!(
-                "Token {} created (id {}).\nKey (shown only once): {key}",
+                "Token {} created (id {}).\nKey (shown only once): {}",
                 output::sanitize(&name),
-                text(&created, &["id"])
+                or_dash(Some(&created.id)),
+                created.key
             );
         }
         TokenCommand::Ls => {
-            let tokens = client.list(TOKENS, &[], None).await?;
+            let items = client.list::<tokens::ApiToken>(TOKENS, &[], None).await?;
             if ctx.json() {
-                print_json(&tokens)?;
+                print_json(&items)?;
                 return Ok(0);
             }
             let mut t = Table::new(&[
@@ -351,16 +365,8 @@ pub async fn run(ctx: &Ctx, cmd: TokenCommand) -> Result<u8> {
                 "LAST USED",
                 "CREATED",
             ]);
-            for tok in &tokens {
-                t.row(vec![
-                    text(tok, &["name"]),
-                    text(tok, &["owner"]),
-                    text(tok, &["id"]),
-                    text(tok, &["scopes"]),
-                    expiry(tok),
-                    output::time(tok, &["last_used_at"]),
-                    output::time(tok, &["created_at"]),
-                ]);
+            for tok in &items {
+                t.row(token_row(tok));
             }
             t.print()?;
         }
@@ -383,6 +389,33 @@ pub async fn run(ctx: &Ctx, cmd: TokenCommand) -> Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn token_rows() {
+        let tok = |scopes: Value, expires: Value, owner: Value| -> tokens::ApiToken {
+            serde_json::from_value(json!({"id": "t1", "name": "ci", "scopes": scopes,
+                "enabled": true, "created_at": "c", "expires_at": expires,
+                "last_used_at": null, "owner": owner}))
+            .unwrap()
+        };
+        assert_eq!(
+            token_row(&tok(
+                json!(["command", "file"]),
+                json!(null),
+                json!("alice")
+            )),
+            ["ci", "alice", "t1", "command,file", "never", "-", "c"]
+        );
+        assert_eq!(
+            token_row(&tok(json!([]), json!("e"), json!(null)))[1..5],
+            ["-", "t1", "-", "e"]
+        );
+        assert_eq!(
+            token_row(&tok(json!(null), json!(null), json!(null)))[3],
+            "-"
+        );
+    }
 
     fn row<T: AclEntry>(v: Value) -> Vec<String> {
         let e: T = serde_json::from_value(v).unwrap();

@@ -536,7 +536,8 @@ mod tests {
             "gid": 20000, "shell": "/bin/bash", "email": "", "full_name": "",
             "is_service": false,
         });
-        let session = json!({"key": "alpses-x", "expires_at": "2024-05-02T12:00:00Z", "user": user});
+        let session =
+            json!({"key": "alpses-x", "expires_at": "2024-05-02T12:00:00Z", "user": user});
         let mut enroll = session.clone();
         enroll["mfa_enrollment_required"] = json!(true);
         enroll["detail"] = json!("enroll a second factor");

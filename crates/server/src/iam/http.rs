@@ -218,8 +218,6 @@ async fn delete_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
-
-
 /// Creates a person or a service identity (staff and superusers), with the
 /// next UID.
 ///
@@ -302,10 +300,11 @@ async fn create_user(
     );
     crate::audit::record_in(&mut tx, ev).await?;
     tx.commit().await?;
-    let row = sqlx::query_as::<_, UserRow>(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
-        .bind(&id)
-        .fetch_one(&st.db.pool)
-        .await?;
+    let row =
+        sqlx::query_as::<_, UserRow>(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
+            .bind(&id)
+            .fetch_one(&st.db.pool)
+            .await?;
     Ok((StatusCode::CREATED, Json(User::from(row).to_api())))
 }
 
@@ -336,7 +335,6 @@ async fn list_users(
         .collect::<Result<Vec<_>, _>>()?;
     Ok(page_response(count, users, page, &uri))
 }
-
 
 #[cfg(test)]
 mod tests {

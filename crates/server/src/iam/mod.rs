@@ -239,7 +239,6 @@ pub fn write_secret_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
-
 /// Gives `user_id` the next UID never given before ([`groups::allocate_id`])
 /// if it has none.
 pub async fn assign_uid(db: &Db, user_id: &str) -> Result<i64, ApiError> {

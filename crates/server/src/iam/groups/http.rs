@@ -21,7 +21,11 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_group_servers, add_group_server))
         .routes(routes!(remove_group_server))
         .routes(routes!(list_memberships, create_membership))
-        .routes(routes!(get_membership, update_membership, delete_membership))
+        .routes(routes!(
+            get_membership,
+            update_membership,
+            delete_membership
+        ))
 }
 
 /// The groups the caller may see: their own; every group for admins.
@@ -447,7 +451,6 @@ async fn list_memberships(
         .collect::<Result<Vec<_>, _>>()?;
     Ok(page_response(count, out, page, &uri))
 }
-
 
 /// Adds a person to a group.
 ///

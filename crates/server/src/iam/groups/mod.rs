@@ -127,7 +127,6 @@ async fn find_group(db: &Db, ident: &str) -> Result<Option<GroupRow>, ApiError> 
     .await?)
 }
 
-
 async fn role_in(db: &Db, group_id: &str, user_id: &str) -> Result<Option<Role>, ApiError> {
     let role: Option<String> =
         sqlx::query_scalar("SELECT role FROM memberships WHERE group_id = $1 AND user_id = $2")

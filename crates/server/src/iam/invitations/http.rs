@@ -390,7 +390,6 @@ $('f').onsubmit = async (e) => {
 };
 </script></body></html>"#;
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -640,5 +639,4 @@ mod tests {
             .await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
     }
-
 }

@@ -106,7 +106,6 @@ async fn usable(st: &AppState, key: &str) -> Result<InvitationRow, ApiError> {
     Ok(row)
 }
 
-
 /// What the inviter is now, for [`inviter_allows`].
 #[derive(Debug, Clone, Copy)]
 pub struct Inviter {
@@ -141,7 +140,6 @@ pub fn inviter_allows(inviter: Option<Inviter>, staff: bool, group: bool, role: 
         )
         .is_ok()
 }
-
 
 /// What [`inviter_still_may`] reads about the inviter now.
 #[derive(FromRow)]
