@@ -234,7 +234,7 @@ impl FileOp {
 
 /// Normalises an absolute path: `//` and `.` segments go, a trailing `/`
 /// goes; relative paths, `..` segments and control characters are refused.
-/// `allow_star`: for patterns.
+/// Used for paths and for file ACL patterns alike (`*` is kept as is).
 pub fn normalize_path(path: &str) -> Result<String, String> {
     if !path.starts_with('/') {
         return Err(format!("{path:?} is not an absolute path"));
