@@ -1,10 +1,11 @@
 //! `audit ls`: the audit trail, newest first.
 
+use alpacon_api::audit::AuditEvent;
 use anyhow::Result;
 use clap::Subcommand;
 use serde_json::Value;
 
-use crate::output::{self, print_json, text, Table};
+use crate::output::{self, print_json, Table};
 use crate::Ctx;
 
 #[derive(Debug, Subcommand)]
@@ -46,7 +47,7 @@ pub async fn run(ctx: &Ctx, cmd: AuditCommand) -> Result<u8> {
         }
     }
     let events = client
-        .list(&["api", "audit", "events"], &query, Some(limit as usize))
+        .list::<AuditEvent>(&["api", "audit", "events"], &query, Some(limit as usize))
         .await?;
     if ctx.json() {
         print_json(&events)?;
@@ -60,31 +61,39 @@ pub async fn run(ctx: &Ctx, cmd: AuditCommand) -> Result<u8> {
     Ok(0)
 }
 
-fn event_row(e: &Value) -> Vec<String> {
-    let user = text(e, &["user", "username", "actor"]);
+fn event_row(e: &AuditEvent) -> Vec<String> {
+    let user = or_dash(e.user.as_deref());
     // Acting through an API token is part of "who".
-    let user = match output::lookup(e, "token") {
-        Some(Value::String(token)) => format!("{user} (token {token})"),
-        _ => user,
+    let user = match &e.token {
+        Some(token) => format!("{user} (token {token})"),
+        None => user,
     };
-    let detail = match output::lookup(e, "detail") {
-        Some(Value::Object(map)) => map
+    let detail = match &e.detail {
+        Value::Null => String::new(),
+        Value::Object(map) => map
             .iter()
             .filter(|(_, v)| !v.is_null())
             .map(|(k, v)| format!("{k}={}", output::value_text(v)))
             .collect::<Vec<_>>()
             .join(" "),
-        Some(other) => output::value_text(other),
-        None => String::new(),
+        other => output::value_text(other),
     };
     vec![
-        output::time(e, &["timestamp", "created_at", "time"]),
-        text(e, &["action"]),
-        text(e, &["result"]),
+        output::local_time(Some(&e.timestamp)),
+        or_dash(Some(&e.action)),
+        or_dash(Some(&e.result)),
         user,
-        text(e, &["server_name", "server"]),
+        or_dash(e.server_name.as_deref().or(e.server.as_deref())),
         truncate(&detail, 100),
     ]
+}
+
+/// The text, or "-" when absent or empty.
+fn or_dash(s: Option<&str>) -> String {
+    match s {
+        Some(s) if !s.is_empty() => s.to_string(),
+        _ => "-".to_string(),
+    }
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -102,11 +111,18 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn event(v: serde_json::Value) -> AuditEvent {
+        serde_json::from_value(v).unwrap()
+    }
+
     #[test]
     fn rows_tolerate_missing_fields() {
-        let e = json!({"timestamp": "not a time", "action": "command.run", "result": "ok",
-            "user": "alice", "token": "ci", "server": "0b9e", "server_name": "web",
-            "detail": {"line": "ls -la", "groupname": null}});
+        let e = event(
+            json!({"id": "e1", "timestamp": "not a time", "action": "command.run",
+            "result": "ok", "user": "alice", "token": "ci", "server": "0b9e",
+            "server_name": "web", "client_ip": null, "work_session": null,
+            "detail": {"line": "ls -la", "groupname": null}}),
+        );
         assert_eq!(
             event_row(&e),
             [
@@ -118,7 +134,19 @@ mod tests {
                 "line=ls -la"
             ]
         );
-        assert_eq!(event_row(&json!({})), ["-", "-", "-", "-", "-", ""]);
+        let e = event(
+            json!({"id": "e2", "timestamp": "", "action": "", "result": "",
+            "user": null, "token": null, "server": null, "server_name": null,
+            "client_ip": null, "work_session": null, "detail": null}),
+        );
+        assert_eq!(event_row(&e), ["-", "-", "-", "-", "-", ""]);
+        // A deleted server's events keep its id.
+        let e = event(json!({"id": "e3", "timestamp": "2026-01-01T00:00:00Z",
+            "action": "server.delete", "result": "ok", "user": "root", "token": null,
+            "server": "0b9e", "server_name": null, "client_ip": null,
+            "work_session": null, "detail": "text"}));
+        let row = event_row(&e);
+        assert_eq!(row[3..], ["root", "0b9e", "text"]);
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! `token create|ls|delete`: personal API tokens (`alpat-…`).
 
-use anyhow::{anyhow, Result};
+use alpacon_api::{acl, tokens};
+use anyhow::Result;
 use clap::Subcommand;
-use serde_json::{json, Map, Value};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::json;
 
-use crate::output::{self, print_json, text, Table};
-use crate::server::{expiry, resolve_by_name};
+use crate::output::{self, print_json, Table};
+use crate::server::resolve_by_name;
 use crate::Ctx;
 
 const TOKENS: &[&str] = &["api", "auth", "tokens"];
@@ -121,11 +124,11 @@ async fn set_enabled(
 ) -> Result<()> {
     let id = resolve_by_name(client, TOKENS, token, "token").await?;
     let url = client.endpoint(&[TOKENS, &[id.as_str()]].concat());
-    let updated: Value = client
+    let updated: tokens::ApiToken = client
         .send_json(
             client
                 .request(reqwest::Method::PATCH, url)
-                .json(&json!({ "enabled": enabled })),
+                .json(&tokens::UpdateApiToken { enabled }),
         )
         .await?;
     if ctx.json() {
@@ -135,6 +138,98 @@ async fn set_enabled(
         println!("Token {id} {state}.");
     }
     Ok(())
+}
+
+/// An ACL entry as `token acl ... ls` shows it.
+trait AclEntry: DeserializeOwned + Serialize {
+    fn id(&self) -> &str;
+    /// TOKEN, ENTRY, DETAIL and CREATED.
+    fn cells(&self) -> Vec<String>;
+}
+
+/// The text, or "-" when absent or empty.
+fn or_dash(s: Option<&str>) -> String {
+    match s {
+        Some(s) if !s.is_empty() => s.to_string(),
+        _ => "-".to_string(),
+    }
+}
+
+impl AclEntry for acl::CommandAcl {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn cells(&self) -> Vec<String> {
+        vec![
+            or_dash(Some(&self.token_name)),
+            or_dash(Some(&self.line)),
+            or_dash(self.username.as_deref()),
+            output::local_time(Some(&self.created_at)),
+        ]
+    }
+}
+
+impl AclEntry for acl::ServerAcl {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn cells(&self) -> Vec<String> {
+        vec![
+            or_dash(Some(&self.token_name)),
+            or_dash(self.server_name.as_deref().or(Some(&self.server))),
+            "-".to_string(),
+            output::local_time(Some(&self.created_at)),
+        ]
+    }
+}
+
+impl AclEntry for acl::FileAcl {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn cells(&self) -> Vec<String> {
+        vec![
+            or_dash(Some(&self.token_name)),
+            or_dash(Some(&self.path)),
+            or_dash(Some(&self.action)),
+            output::local_time(Some(&self.created_at)),
+        ]
+    }
+}
+
+async fn acl_add<T: AclEntry>(
+    ctx: &Ctx,
+    client: &crate::client::Client,
+    base: &[&str],
+    path: &str,
+    body: &impl Serialize,
+) -> Result<()> {
+    let created: T = client.post(base, body).await?;
+    if ctx.json() {
+        print_json(&created)?;
+    } else {
+        println!("Added {} entry {}.", path, or_dash(Some(created.id())));
+    }
+    Ok(())
+}
+
+async fn acl_ls<T: AclEntry>(
+    ctx: &Ctx,
+    client: &crate::client::Client,
+    base: &[&str],
+    query: &[(&str, &str)],
+) -> Result<()> {
+    let items = client.list::<T>(base, query, None).await?;
+    if ctx.json() {
+        return print_json(&items);
+    }
+    let mut t = Table::new(&["ID", "TOKEN", "ENTRY", "DETAIL", "CREATED"]);
+    for i in &items {
+        let mut row = vec![or_dash(Some(i.id()))];
+        row.extend(i.cells());
+        t.row(row);
+    }
+    t.print()
 }
 
 async fn acl(ctx: &Ctx, client: &crate::client::Client, kind: AclKind) -> Result<u8> {
@@ -149,18 +244,32 @@ async fn acl(ctx: &Ctx, client: &crate::client::Client, kind: AclKind) -> Result
             action,
         } => {
             let id = resolve_by_name(client, TOKENS, token, "token").await?;
-            let body = match &kind {
+            match &kind {
                 AclKind::Command { .. } => {
-                    json!({"token": id, "line": value, "username": username, "groupname": groupname})
+                    let body = acl::CreateCommandAcl {
+                        token: id,
+                        line: Some(value.clone()),
+                        pattern: None,
+                        username: username.clone(),
+                        groupname: groupname.clone(),
+                    };
+                    acl_add::<acl::CommandAcl>(ctx, client, base, path, &body).await?
                 }
-                AclKind::Server { .. } => json!({"token": id, "server": value}),
-                AclKind::File { .. } => json!({"token": id, "path": value, "action": action}),
-            };
-            let created: Value = client.post(base, &body).await?;
-            if ctx.json() {
-                print_json(&created)?;
-            } else {
-                println!("Added {} entry {}.", path, text(&created, &["id"]));
+                AclKind::Server { .. } => {
+                    let body = acl::CreateServerAcl {
+                        token: id,
+                        server: value.clone(),
+                    };
+                    acl_add::<acl::ServerAcl>(ctx, client, base, path, &body).await?
+                }
+                AclKind::File { .. } => {
+                    let body = acl::CreateFileAcl {
+                        token: id,
+                        path: value.clone(),
+                        action: action.clone(),
+                    };
+                    acl_add::<acl::FileAcl>(ctx, client, base, path, &body).await?
+                }
             }
         }
         AclOp::Ls { token } => {
@@ -169,22 +278,11 @@ async fn acl(ctx: &Ctx, client: &crate::client::Client, kind: AclKind) -> Result
                 None => None,
             };
             let q: Vec<(&str, &str)> = id.iter().map(|i| ("token", i.as_str())).collect();
-            let items = client.list(base, &q, None).await?;
-            if ctx.json() {
-                print_json(&items)?;
-                return Ok(0);
+            match &kind {
+                AclKind::Command { .. } => acl_ls::<acl::CommandAcl>(ctx, client, base, &q).await?,
+                AclKind::Server { .. } => acl_ls::<acl::ServerAcl>(ctx, client, base, &q).await?,
+                AclKind::File { .. } => acl_ls::<acl::FileAcl>(ctx, client, base, &q).await?,
             }
-            let mut t = Table::new(&["ID", "TOKEN", "ENTRY", "DETAIL", "CREATED"]);
-            for i in &items {
-                t.row(vec![
-                    text(i, &["id"]),
-                    text(i, &["token_name", "token"]),
-                    text(i, &["line", "pattern", "server_name", "server", "path"]),
-                    text(i, &["username", "action"]),
-                    output::time(i, &["created_at"]),
-                ]);
-            }
-            t.print()?;
         }
         AclOp::Delete { id } => {
             client.delete(&[base, &[id.as_str()]].concat()).await?;
@@ -198,6 +296,26 @@ async fn acl(ctx: &Ctx, client: &crate::client::Client, kind: AclKind) -> Result
     Ok(0)
 }
 
+/// NAME, OWNER, ID, SCOPES, EXPIRES, LAST USED and CREATED.
+fn token_row(tok: &tokens::ApiToken) -> Vec<String> {
+    let scopes = match &tok.scopes {
+        Some(s) => s.join(","),
+        None => String::new(),
+    };
+    vec![
+        or_dash(Some(&tok.name)),
+        or_dash(tok.owner.as_deref()),
+        or_dash(Some(&tok.id)),
+        or_dash(Some(&scopes)),
+        match &tok.expires_at {
+            None => "never".to_string(),
+            Some(t) => output::local_time(Some(t)),
+        },
+        output::local_time(tok.last_used_at.as_deref()),
+        output::local_time(Some(&tok.created_at)),
+    ]
+}
+
 pub async fn run(ctx: &Ctx, cmd: TokenCommand) -> Result<u8> {
     let client = ctx.client()?;
     match cmd {
@@ -207,41 +325,35 @@ pub async fn run(ctx: &Ctx, cmd: TokenCommand) -> Result<u8> {
             scopes,
             service,
         } => {
-            let mut body = Map::new();
-            body.insert("name".into(), json!(name));
-            if let Some(s) = service {
-                body.insert("service".into(), json!(s));
-            }
-            if let Some(d) = expires_in_days {
-                body.insert("expires_in_days".into(), json!(d));
-            }
-            if let Some(scopes) = scopes {
-                let scopes: Vec<&str> = scopes
-                    .iter()
-                    .map(|s| s.trim())
-                    .filter(|s| !s.is_empty())
-                    .collect();
-                body.insert("scopes".into(), json!(scopes));
-            }
-            let created: Value = client.post(TOKENS, &body).await?;
+            let body = tokens::CreateApiToken {
+                name: name.clone(),
+                expires_in_days: expires_in_days.map(i64::from),
+                scopes: scopes.map(|scopes| {
+                    scopes
+                        .iter()
+                        .map(|s| s.trim())
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                }),
+                service,
+            };
+            let created: tokens::NewApiToken = client.post(TOKENS, &body).await?;
             if ctx.json() {
                 print_json(&created)?;
                 return Ok(0);
             }
-            let key = created
-                .get("key")
-                .and_then(Value::as_str)
-                .ok_or_else(|| anyhow!("the gateway did not return the token's key"))?;
             println!(
-                "Token {} created (id {}).\nKey (shown only once): {key}",
+                "Token {} created (id {}).\nKey (shown only once): {}",
                 output::sanitize(&name),
-                text(&created, &["id"])
+                or_dash(Some(&created.id)),
+                created.key
             );
         }
         TokenCommand::Ls => {
-            let tokens = client.list(TOKENS, &[], None).await?;
+            let items = client.list::<tokens::ApiToken>(TOKENS, &[], None).await?;
             if ctx.json() {
-                print_json(&tokens)?;
+                print_json(&items)?;
                 return Ok(0);
             }
             let mut t = Table::new(&[
@@ -253,16 +365,8 @@ pub async fn run(ctx: &Ctx, cmd: TokenCommand) -> Result<u8> {
                 "LAST USED",
                 "CREATED",
             ]);
-            for tok in &tokens {
-                t.row(vec![
-                    text(tok, &["name"]),
-                    text(tok, &["owner"]),
-                    text(tok, &["id"]),
-                    text(tok, &["scopes"]),
-                    expiry(tok),
-                    output::time(tok, &["last_used_at"]),
-                    output::time(tok, &["created_at"]),
-                ]);
+            for tok in &items {
+                t.row(token_row(tok));
             }
             t.print()?;
         }
@@ -280,4 +384,76 @@ pub async fn run(ctx: &Ctx, cmd: TokenCommand) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn token_rows() {
+        let tok = |scopes: Value, expires: Value, owner: Value| -> tokens::ApiToken {
+            serde_json::from_value(json!({"id": "t1", "name": "ci", "scopes": scopes,
+                "enabled": true, "created_at": "c", "expires_at": expires,
+                "last_used_at": null, "owner": owner}))
+            .unwrap()
+        };
+        assert_eq!(
+            token_row(&tok(
+                json!(["command", "file"]),
+                json!(null),
+                json!("alice")
+            )),
+            ["ci", "alice", "t1", "command,file", "never", "-", "c"]
+        );
+        assert_eq!(
+            token_row(&tok(json!([]), json!("e"), json!(null)))[1..5],
+            ["-", "t1", "-", "e"]
+        );
+        assert_eq!(
+            token_row(&tok(json!(null), json!(null), json!(null)))[3],
+            "-"
+        );
+    }
+
+    fn row<T: AclEntry>(v: Value) -> Vec<String> {
+        let e: T = serde_json::from_value(v).unwrap();
+        let mut row = vec![e.id().to_string()];
+        row.extend(e.cells());
+        row
+    }
+
+    #[test]
+    fn acl_rows() {
+        let created = "not a time";
+        assert_eq!(
+            row::<acl::CommandAcl>(json!({"id": "a1", "token": "t1", "token_name": "ci",
+                "line": "docker ps", "pattern": "docker ps", "username": null,
+                "groupname": "docker", "created_at": created})),
+            ["a1", "ci", "docker ps", "-", created]
+        );
+        assert_eq!(
+            row::<acl::CommandAcl>(json!({"id": "a1", "token": "t1", "token_name": "ci",
+                "line": "uptime", "pattern": "uptime", "username": "deploy",
+                "groupname": null, "created_at": created}))[3],
+            "deploy"
+        );
+        assert_eq!(
+            row::<acl::ServerAcl>(json!({"id": "a2", "token": "t1", "token_name": "ci",
+                "server": "s1", "server_name": "web-1", "created_at": created})),
+            ["a2", "ci", "web-1", "-", created]
+        );
+        assert_eq!(
+            row::<acl::ServerAcl>(json!({"id": "a2", "token": "t1", "token_name": "ci",
+                "server": "s1", "server_name": null, "created_at": created}))[2],
+            "s1",
+            "a deleted server shows its id"
+        );
+        assert_eq!(
+            row::<acl::FileAcl>(json!({"id": "a3", "token": "t1", "token_name": "ci",
+                "path": "/opt/app/*", "action": "*", "created_at": created})),
+            ["a3", "ci", "/opt/app/*", "*", created]
+        );
+    }
 }

@@ -53,11 +53,11 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(tokens::router())
         .merge(iam::router())
         .merge(servers::router())
-        .merge(audit::router().into())
+        .merge(audit::router())
         .merge(relay::router().into())
         .merge(commands::router().into())
         .merge(websh::router().into())
-        .merge(acl::router().into())
+        .merge(acl::router())
         .merge(crate::mfa::router().into())
         .merge(crate::work_sessions::router().into())
         .layer(DefaultBodyLimit::max(BODY_LIMIT));

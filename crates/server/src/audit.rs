@@ -2,19 +2,21 @@
 //! file transfer is written here *before* the API answers (a request whose
 //! event cannot be stored fails), and listed by `GET /api/audit/events/`.
 
+use alpacon_api::audit as api;
+use alpacon_api::Page;
 use axum::extract::State;
 use axum::http::Uri;
-use axum::routing::get;
-use axum::Router;
-use serde::Deserialize;
 use serde_json::{json, Value};
-use sqlx::Row;
+use sqlx::FromRow;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::{page_response, Bind, Json, Listing, PageParams, Query};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::db::{new_id, now_ms, rfc3339, Db};
 use crate::error::ApiError;
+use crate::openapi::Errors;
 
 /// One audit event, built fluently:
 /// `Event::new("command.run").by(&caller).server(&id, &name).detail(json!({..}))`.
@@ -230,27 +232,57 @@ pub async fn require_admin(st: &AppState, caller: &Caller, action: &str) -> Resu
     Ok(())
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/audit/events/", get(list_events))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_audit_events))
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct Filters {
-    /// Exact action, or a prefix ending in `*` (`command.*`).
-    action: Option<String>,
-    /// Server id or name (matches events of since-deleted servers too).
-    server: Option<String>,
-    username: Option<String>,
-    work_session: Option<String>,
+/// A row of `audit_events`, as listed.
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    id: String,
+    ts: i64,
+    action: String,
+    result: String,
+    actor_username: Option<String>,
+    token_name: Option<String>,
+    server_id: Option<String>,
+    server_name: Option<String>,
+    client_ip: Option<String>,
+    detail: String,
+    work_session_id: Option<String>,
 }
 
-async fn list_events(
+impl From<EventRow> for api::AuditEvent {
+    fn from(r: EventRow) -> Self {
+        api::AuditEvent {
+            id: r.id,
+            timestamp: rfc3339(r.ts),
+            action: r.action,
+            result: r.result,
+            user: r.actor_username,
+            token: r.token_name,
+            server: r.server_id,
+            server_name: r.server_name,
+            client_ip: r.client_ip,
+            work_session: r.work_session_id,
+            detail: serde_json::from_str::<Value>(&r.detail).unwrap_or(Value::String(r.detail)),
+        }
+    }
+}
+
+/// Audit events, newest first.
+///
+/// Admins see everyone's events; everyone else sees their own.
+#[utoipa::path(get, path = "/api/audit/events/", tag = "audit",
+    params(PageParams, api::AuditFilters),
+    responses((status = 200, body = Page<api::AuditEvent>), Errors))]
+async fn list_audit_events(
     State(st): State<AppState>,
     caller: Caller,
     Query(pp): Query<PageParams>,
-    Query(f): Query<Filters>,
+    Query(f): Query<api::AuditFilters>,
     uri: Uri,
-) -> Result<Json<alpacon_api::Page<Value>>, ApiError> {
+) -> Result<Json<Page<api::AuditEvent>>, ApiError> {
     let page = pp.page()?;
     let mut conds: Vec<String> = Vec::new();
     let mut args: Vec<String> = Vec::new();
@@ -302,23 +334,10 @@ async fn list_events(
     }
     .fetch(&st.db, page)
     .await?;
-    let mut results = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let detail: String = r.try_get("detail")?;
-        results.push(json!({
-            "id": r.try_get::<String, _>("id")?,
-            "timestamp": rfc3339(r.try_get("ts")?),
-            "action": r.try_get::<String, _>("action")?,
-            "result": r.try_get::<String, _>("result")?,
-            "user": r.try_get::<Option<String>, _>("actor_username")?,
-            "token": r.try_get::<Option<String>, _>("token_name")?,
-            "server": r.try_get::<Option<String>, _>("server_id")?,
-            "server_name": r.try_get::<Option<String>, _>("server_name")?,
-            "client_ip": r.try_get::<Option<String>, _>("client_ip")?,
-            "work_session": r.try_get::<Option<String>, _>("work_session_id")?,
-            "detail": serde_json::from_str::<Value>(&detail).unwrap_or(Value::String(detail)),
-        }));
-    }
+    let results = rows
+        .iter()
+        .map(|r| EventRow::from_row(r).map(api::AuditEvent::from))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(page_response(count, results, page, &uri))
 }
 
