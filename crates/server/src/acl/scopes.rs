@@ -5,8 +5,8 @@ use alpacon_api::ErrorCode;
 use crate::access::Refusal;
 
 /// The scopes a token may be given. A token with a non-empty list may use
-/// only the routes its scopes name (plus `/api/status/`, login, logout and
-/// whoami); an empty list means everything its owner can do.
+/// only the routes its scopes name (plus `/api/status/`, the API's public
+/// document `/api/openapi.json`, login, logout and whoami); an empty list means everything its owner can do.
 ///
 /// | scope | routes |
 /// |---|---|
@@ -50,6 +50,7 @@ pub fn scope_for(is_read: bool, path: &str) -> Need {
     }
     const FREE: &[&str] = &[
         "/api/status/",
+        "/api/openapi.json",
         "/api/auth/login/",
         "/api/auth/logout/",
         "/api/auth/whoami/",
@@ -171,6 +172,7 @@ mod tests {
         assert!(validate_scopes(&s(&["file", "file"])).is_err());
 
         assert_eq!(scope_for(true, "/api/status/"), Need::Free);
+        assert_eq!(scope_for(true, "/api/openapi.json"), Need::Free);
         assert_eq!(scope_for(true, "/api/auth/whoami/"), Need::Free);
         assert_eq!(scope_for(false, "/api/servers/register/"), Need::Free);
         assert_eq!(scope_for(true, "/downloads/ca.crt"), Need::Free);
