@@ -311,12 +311,70 @@ impl ErrorCode {
     /// different door, e.g. a wrong second factor at step-up is 403).
     pub const fn status(self) -> u16 {
         match self {
-            ErrorCode::Invalid | ErrorCode::IsADirectory | ErrorCode::NotADirectory | ErrorCode::NoSuchGroup | ErrorCode::NoSuchUser => 400,
-            ErrorCode::InvalidCredentials | ErrorCode::InvalidMfaCode | ErrorCode::InvalidMfaToken | ErrorCode::InvalidRegistrationToken | ErrorCode::InvalidToken | ErrorCode::NotAuthenticated => 401,
-            ErrorCode::AccessRevoked | ErrorCode::AccountNotAllowed | ErrorCode::AclCommandDenied | ErrorCode::AclFileDenied | ErrorCode::AclServerDenied | ErrorCode::GroupNotAllowed | ErrorCode::InvalidPassword | ErrorCode::MfaEnrollmentRequired | ErrorCode::MfaMethodNotAllowed | ErrorCode::MfaRequired | ErrorCode::PermissionDenied | ErrorCode::ReadOnly | ErrorCode::ScopeDenied | ErrorCode::ShareExpired | ErrorCode::TokenNotAllowed | ErrorCode::TokenPolicyInvalid | ErrorCode::WorkSessionInactive | ErrorCode::WorkSessionPending | ErrorCode::WorkSessionNotYours | ErrorCode::WorkSessionRequired | ErrorCode::WorkSessionScope | ErrorCode::WorkSessionServer => 403,
-            ErrorCode::AclNotFound | ErrorCode::AgentBinaryMissing | ErrorCode::CredentialNotFound | ErrorCode::GroupNotFound | ErrorCode::InvitationNotFound | ErrorCode::MembershipNotFound | ErrorCode::NoCa | ErrorCode::NotAssigned | ErrorCode::NotFound | ErrorCode::ServerNotFound | ErrorCode::TokenNotFound | ErrorCode::TotpNotEnrolled | ErrorCode::UserNotFound | ErrorCode::WorkSessionNotFound => 404,
+            ErrorCode::Invalid
+            | ErrorCode::IsADirectory
+            | ErrorCode::NotADirectory
+            | ErrorCode::NoSuchGroup
+            | ErrorCode::NoSuchUser => 400,
+            ErrorCode::InvalidCredentials
+            | ErrorCode::InvalidMfaCode
+            | ErrorCode::InvalidMfaToken
+            | ErrorCode::InvalidRegistrationToken
+            | ErrorCode::InvalidToken
+            | ErrorCode::NotAuthenticated => 401,
+            ErrorCode::AccessRevoked
+            | ErrorCode::AccountNotAllowed
+            | ErrorCode::AclCommandDenied
+            | ErrorCode::AclFileDenied
+            | ErrorCode::AclServerDenied
+            | ErrorCode::GroupNotAllowed
+            | ErrorCode::InvalidPassword
+            | ErrorCode::MfaEnrollmentRequired
+            | ErrorCode::MfaMethodNotAllowed
+            | ErrorCode::MfaRequired
+            | ErrorCode::PermissionDenied
+            | ErrorCode::ReadOnly
+            | ErrorCode::ScopeDenied
+            | ErrorCode::ShareExpired
+            | ErrorCode::TokenNotAllowed
+            | ErrorCode::TokenPolicyInvalid
+            | ErrorCode::WorkSessionInactive
+            | ErrorCode::WorkSessionPending
+            | ErrorCode::WorkSessionNotYours
+            | ErrorCode::WorkSessionRequired
+            | ErrorCode::WorkSessionScope
+            | ErrorCode::WorkSessionServer => 403,
+            ErrorCode::AclNotFound
+            | ErrorCode::AgentBinaryMissing
+            | ErrorCode::CredentialNotFound
+            | ErrorCode::GroupNotFound
+            | ErrorCode::InvitationNotFound
+            | ErrorCode::MembershipNotFound
+            | ErrorCode::NoCa
+            | ErrorCode::NotAssigned
+            | ErrorCode::NotFound
+            | ErrorCode::ServerNotFound
+            | ErrorCode::TokenNotFound
+            | ErrorCode::TotpNotEnrolled
+            | ErrorCode::UserNotFound
+            | ErrorCode::WorkSessionNotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::AccountConflict | ErrorCode::AclExists | ErrorCode::AlreadyAssigned | ErrorCode::AlreadyExists | ErrorCode::AlreadyMember | ErrorCode::Conflict | ErrorCode::CredentialRegistered | ErrorCode::LastOwner | ErrorCode::MfaNotEnrolled | ErrorCode::NameTaken | ErrorCode::SessionClosed | ErrorCode::TokenNameTaken | ErrorCode::TotpAlreadyEnrolled | ErrorCode::UsernameTaken | ErrorCode::WebauthnUnavailable | ErrorCode::WorkSessionState => 409,
+            ErrorCode::AccountConflict
+            | ErrorCode::AclExists
+            | ErrorCode::AlreadyAssigned
+            | ErrorCode::AlreadyExists
+            | ErrorCode::AlreadyMember
+            | ErrorCode::Conflict
+            | ErrorCode::CredentialRegistered
+            | ErrorCode::LastOwner
+            | ErrorCode::MfaNotEnrolled
+            | ErrorCode::NameTaken
+            | ErrorCode::SessionClosed
+            | ErrorCode::TokenNameTaken
+            | ErrorCode::TotpAlreadyEnrolled
+            | ErrorCode::UsernameTaken
+            | ErrorCode::WebauthnUnavailable
+            | ErrorCode::WorkSessionState => 409,
             ErrorCode::InvitationUnusable => 410,
             ErrorCode::IdempotencyKeyReused => 422,
             ErrorCode::WebsocketRequired => 426,
