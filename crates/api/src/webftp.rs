@@ -248,7 +248,12 @@ mod tests {
             assert_eq!(TransferStatus::try_from(s.as_str().to_string()), Ok(s));
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
-        for k in [FileKind::File, FileKind::Dir, FileKind::Symlink, FileKind::Other] {
+        for k in [
+            FileKind::File,
+            FileKind::Dir,
+            FileKind::Symlink,
+            FileKind::Other,
+        ] {
             assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
         }
     }

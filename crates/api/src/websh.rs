@@ -227,7 +227,10 @@ mod tests {
 
     #[test]
     fn statuses() {
-        assert_eq!(WebshStatus::try_from("open".to_string()), Ok(WebshStatus::Open));
+        assert_eq!(
+            WebshStatus::try_from("open".to_string()),
+            Ok(WebshStatus::Open)
+        );
         assert!(WebshStatus::try_from("x".to_string()).is_err());
     }
 }

@@ -347,9 +347,23 @@ mod tests {
             k
         };
         let all = [
-            "added_at", "delivered_at", "elapsed_ms", "env", "error", "exit_code", "finished_at",
-            "groupname", "id", "line", "output", "output_truncated", "requested_by", "server",
-            "server_name", "status", "username",
+            "added_at",
+            "delivered_at",
+            "elapsed_ms",
+            "env",
+            "error",
+            "exit_code",
+            "finished_at",
+            "groupname",
+            "id",
+            "line",
+            "output",
+            "output_truncated",
+            "requested_by",
+            "server",
+            "server_name",
+            "status",
+            "username",
         ];
         assert_eq!(keys(&v), all);
         assert_eq!(v["status"], "queued");
@@ -377,12 +391,29 @@ mod tests {
         assert_eq!(s, StatusCode::OK, "{v}");
         assert_eq!(keys(&v), all);
         assert_eq!(
-            (&v["status"], &v["exit_code"], &v["elapsed_ms"], &v["output"], &v["error"]),
-            (&json!("finished"), &json!(3), &json!(12), &json!("hi\n"), &Value::Null)
+            (
+                &v["status"],
+                &v["exit_code"],
+                &v["elapsed_ms"],
+                &v["output"],
+                &v["error"]
+            ),
+            (
+                &json!("finished"),
+                &json!(3),
+                &json!(12),
+                &json!("hi\n"),
+                &Value::Null
+            )
         );
         assert!(v["finished_at"].as_str().unwrap().ends_with('Z'), "{v}");
         let (s, lines) = app
-            .call(Method::GET, &format!("{path}stream/?offset=1"), Some(&admin), None)
+            .call(
+                Method::GET,
+                &format!("{path}stream/?offset=1"),
+                Some(&admin),
+                None,
+            )
             .await;
         assert_eq!(s, StatusCode::OK);
         let lines: Vec<Value> = lines
@@ -399,9 +430,16 @@ mod tests {
         assert_eq!(lines[1]["type"], "result");
         assert_eq!(lines[1]["command"], v);
         // A command the agent could not run carries its error.
-        let (_, v) = submit(&app, &admin, None, json!({"server": "web-1", "line": "x", "username": "root"})).await;
+        let (_, v) = submit(
+            &app,
+            &admin,
+            None,
+            json!({"server": "web-1", "line": "x", "username": "root"}),
+        )
+        .await;
         let id = v["id"].as_str().unwrap().to_string();
-        let error = alpacon_proto::StreamError::new(alpacon_proto::ErrorCode::NoSuchUser, "no user");
+        let error =
+            alpacon_proto::StreamError::new(alpacon_proto::ErrorCode::NoSuchUser, "no user");
         super::super::store_result(
             &app.state,
             &sid,
@@ -417,10 +455,18 @@ mod tests {
         .await
         .unwrap();
         let (_, v) = app
-            .call(Method::GET, &format!("/api/events/commands/{id}/"), Some(&admin), None)
+            .call(
+                Method::GET,
+                &format!("/api/events/commands/{id}/"),
+                Some(&admin),
+                None,
+            )
             .await;
         assert_eq!(v["status"], "error");
-        assert_eq!(v["error"], json!({"code": "no_such_user", "detail": "no user"}));
+        assert_eq!(
+            v["error"],
+            json!({"code": "no_such_user", "detail": "no user"})
+        );
         assert_eq!(v["output"], "");
     }
 

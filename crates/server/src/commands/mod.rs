@@ -454,7 +454,13 @@ mod tests {
             idempotency_key(Some(b"k-1")).unwrap().as_deref(),
             Some("k-1")
         );
-        for bad in [&b""[..], b"has space", b"tab\t", "é".as_bytes(), &[b'x'; 256]] {
+        for bad in [
+            &b""[..],
+            b"has space",
+            b"tab\t",
+            "é".as_bytes(),
+            &[b'x'; 256],
+        ] {
             assert!(idempotency_key(Some(bad)).is_err(), "{bad:?}");
         }
     }

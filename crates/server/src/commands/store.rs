@@ -10,7 +10,8 @@ use crate::db::{rfc3339, rfc3339_opt};
 use crate::error::ApiError;
 
 /// The columns of [`CommandRow`], for `{SELECT} WHERE ...`.
-pub(super) const SELECT: &str = "SELECT c.id, c.server_id, s.name AS server_name, c.line, c.username,
+pub(super) const SELECT: &str =
+    "SELECT c.id, c.server_id, s.name AS server_name, c.line, c.username,
         c.groupname, c.env, c.status, u.username AS requester, c.requested_by,
         c.created_at, c.delivered_at, c.finished_at, c.exit_code, c.elapsed_ms, c.output,
         c.output_truncated, c.error_code, c.error_detail, c.token_id
@@ -71,7 +72,8 @@ impl From<CommandRow> for api::Command {
             exit_code: r.exit_code,
             elapsed_ms: r.elapsed_ms,
             // The output is shown once the command is done.
-            output: done.then(|| String::from_utf8_lossy(&r.output.unwrap_or_default()).into_owned()),
+            output: done
+                .then(|| String::from_utf8_lossy(&r.output.unwrap_or_default()).into_owned()),
             output_truncated: r.output_truncated != 0,
             error: r.error_code.map(|code| api::CommandError {
                 code,

@@ -149,7 +149,6 @@ async fn finish(s: &mut alpacon_mux::StreamReceiver) -> Result<StreamResult, Api
     }
 }
 
-
 /// A transfer under way, for its row and audit event.
 struct Transfer<'a> {
     id: String,
@@ -396,7 +395,6 @@ where
         ))),
     }
 }
-
 
 /// A download under way: what the response says about the file, and the
 /// feed of its body.
