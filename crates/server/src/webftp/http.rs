@@ -99,8 +99,9 @@ async fn make_directory(
     Ok((StatusCode::CREATED, Json(made)).into_response())
 }
 
-/// Describes a path on a server: a file, or a directory and (with
-/// `recursive`) its whole tree.
+/// Describes a path on a server.
+///
+/// A file, or a directory and (with `recursive`) its whole tree.
 #[utoipa::path(get, path = "/api/webftp/stat/", tag = "webftp",
     params(api::FileTarget, api::StatOptions),
     responses((status = 200, body = api::FileListing), Errors))]
