@@ -154,7 +154,7 @@ pub enum CommandStreamLine {
         data: String,
     },
     /// The last line: the finished command.
-    Result { command: Command },
+    Result { command: Box<Command> },
     /// A kind of line this version does not know (ignored by readers).
     #[serde(skip_serializing, other)]
     Unknown,

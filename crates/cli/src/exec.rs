@@ -211,7 +211,7 @@ async fn handle_line<W: AsyncWrite + Unpin>(
     line: &[u8],
     tracker: &mut OutputTracker,
     out: &mut W,
-) -> Result<Option<Command>> {
+) -> Result<Option<Box<Command>>> {
     let line = line.trim_ascii();
     if line.is_empty() {
         return Ok(None);
@@ -278,7 +278,7 @@ async fn attempt<W: AsyncWrite + Unpin>(
                 for line in lines.push(&chunk)? {
                     *progressed = true;
                     if let Some(command) = handle_line(&line, tracker, out).await? {
-                        return Ok(Attempt::Finished(Box::new(command)));
+                        return Ok(Attempt::Finished(command));
                     }
                 }
             }
@@ -290,7 +290,7 @@ async fn attempt<W: AsyncWrite + Unpin>(
                 // parse and is read again after reconnecting.
                 let rest = lines.take_rest();
                 if let Ok(Some(command)) = handle_line(&rest, tracker, out).await {
-                    return Ok(Attempt::Finished(Box::new(command)));
+                    return Ok(Attempt::Finished(command));
                 }
                 return Ok(Attempt::Broken(
                     "the stream ended before the command's result".into(),
@@ -461,14 +461,14 @@ mod tests {
             .unwrap()
             .is_none());
         let result = serde_json::to_vec(&CommandStreamLine::Result {
-            command: finished(Some(3), None),
+            command: Box::new(finished(Some(3), None)),
         })
         .unwrap();
         let r = handle_line(&result, &mut t, &mut out)
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(r, finished(Some(3), None));
+        assert_eq!(*r, finished(Some(3), None));
         assert_eq!(outcome(&r).unwrap(), 3);
         assert!(handle_line(b"{not json", &mut t, &mut out).await.is_err());
         assert!(handle_line(

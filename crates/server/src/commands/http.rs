@@ -234,7 +234,7 @@ impl Follow {
             }
             self.done = true;
             return Ok(ndjson(&api::CommandStreamLine::Result {
-                command: cmd.into(),
+                command: Box::new(cmd.into()),
             }));
         }
     }
