@@ -10,14 +10,15 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use alpacon_api::webftp::{
+    FileEntry, FileKind, FileListing, MakeDirectory, Transfer, UploadedFile,
+};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Body, Method};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use tokio_util::io::ReaderStream;
 
@@ -140,27 +141,7 @@ impl Account {
 
 /// One entry of `GET /api/webftp/stat/`; `path` is relative to the
 /// requested path ("" for the path itself).
-#[derive(Debug, Clone, Deserialize)]
-pub struct Entry {
-    pub path: String,
-    pub kind: String,
-    #[serde(default)]
-    pub size: u64,
-    #[serde(default)]
-    pub mode: Option<u32>,
-}
-
-#[derive(Deserialize)]
-struct StatResponse {
-    entries: Vec<Entry>,
-}
-
-#[derive(Deserialize)]
-struct UploadResponse {
-    #[serde(default)]
-    bytes: Option<u64>,
-    sha256: String,
-}
+pub type Entry = FileEntry;
 
 /// An entry's path relative to the requested path, whether the gateway
 /// sends it relative (per the contract) or absolute.
@@ -327,8 +308,8 @@ fn plan_download(
     } else {
         dest.to_path_buf()
     };
-    match root.kind.as_str() {
-        "dir" => {
+    match root.kind {
+        FileKind::Dir => {
             if !recursive {
                 bail!("{shown} is a directory; use -r");
             }
@@ -347,12 +328,12 @@ fn plan_download(
             for e in children {
                 let rel = relative_path(&src.path, &e.path);
                 let local = target.join(safe_relative(rel)?);
-                match e.kind.as_str() {
-                    "dir" => ops.push(DownOp::Mkdir(local)),
-                    "file" => ops.push(DownOp::File {
+                match e.kind {
+                    FileKind::Dir => ops.push(DownOp::Mkdir(local)),
+                    FileKind::File => ops.push(DownOp::File {
                         remote: join_remote(&src.path, rel),
                         local,
-                        mode: e.mode,
+                        mode: Some(e.mode),
                     }),
                     other => {
                         warnings.push(format!("skipping {}: {other}", join_remote(&shown, rel)))
@@ -362,14 +343,14 @@ fn plan_download(
             Ok(ops)
         }
         // Reading a symlink reads its target, like cp without -P.
-        "file" | "symlink" => {
+        FileKind::File | FileKind::Symlink => {
             if target.is_dir() {
                 bail!("{} is a directory", target.display());
             }
             Ok(vec![DownOp::File {
                 remote: src.path.clone(),
                 local: target,
-                mode: root.mode,
+                mode: Some(root.mode),
             }])
         }
         other => bail!("{shown} is not a regular file ({other})"),
@@ -438,7 +419,7 @@ async fn stat(
     if recursive {
         q.push(("recursive", "true"));
     }
-    let resp: StatResponse = client.get(&["api", "webftp", "stat"], &q).await?;
+    let resp: FileListing = client.get(&["api", "webftp", "stat"], &q).await?;
     Ok(resp.entries)
 }
 
@@ -448,7 +429,9 @@ async fn is_remote_dir(client: &Client, dest: &Remote, account: &Account) -> Res
         return Ok(true);
     }
     match stat(client, &dest.server, &dest.path, account, false).await {
-        Ok(entries) => Ok(root_entry(&dest.path, &entries).is_some_and(|e| e.kind == "dir")),
+        Ok(entries) => {
+            Ok(root_entry(&dest.path, &entries).is_some_and(|e| e.kind == FileKind::Dir))
+        }
         Err(e)
             if e.downcast_ref::<CliError>()
                 .is_some_and(CliError::is_path_not_found) =>
@@ -475,15 +458,12 @@ async fn upload(
     for op in ops {
         match op {
             UpOp::Mkdir(path) => {
-                let mut body = Map::new();
-                body.insert("server".into(), json!(dest.server));
-                body.insert("path".into(), json!(path));
-                if let Some(u) = &account.username {
-                    body.insert("username".into(), json!(u));
-                }
-                if let Some(g) = &account.groupname {
-                    body.insert("groupname".into(), json!(g));
-                }
+                let body = MakeDirectory {
+                    server: dest.server.clone(),
+                    path: path.clone(),
+                    username: account.username.clone(),
+                    groupname: account.groupname.clone(),
+                };
                 let url = client.endpoint(&["api", "webftp", "mkdir"]);
                 client
                     .send(client.request(Method::POST, url).json(&body))
@@ -548,7 +528,7 @@ async fn upload_file(
         // the request if the file then changes size under us.
         .header(CONTENT_LENGTH, size)
         .body(Body::wrap_stream(stream));
-    let resp: UploadResponse = client.send_json(request).await?;
+    let resp: UploadedFile = client.send_json(request).await?;
     bar.finish();
 
     let (sent_sha, sent_bytes) = {
@@ -556,10 +536,11 @@ async fn upload_file(
         let hasher = std::mem::take(&mut t.hasher);
         (hex::encode(hasher.finalize()), t.bytes)
     };
-    if let Some(bytes) = resp.bytes {
-        if bytes != sent_bytes {
-            bail!("integrity check failed: sent {sent_bytes} bytes, the server wrote {bytes}");
-        }
+    if resp.bytes != sent_bytes {
+        bail!(
+            "integrity check failed: sent {sent_bytes} bytes, the server wrote {}",
+            resp.bytes
+        );
     }
     if !resp.sha256.eq_ignore_ascii_case(&sent_sha) {
         bail!(
@@ -812,23 +793,12 @@ async fn transfer_sha256(client: &Client, id: &str) -> Result<String> {
     let deadline = Instant::now() + CHECKSUM_WAIT;
     let mut delay = Duration::from_millis(50);
     loop {
-        let t: Value = client.get(&["api", "webftp", "transfers", id], &[]).await?;
-        if let Some(sha) = t
-            .get("sha256")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-        {
-            return Ok(sha.to_string());
+        let t: Transfer = client.get(&["api", "webftp", "transfers", id], &[]).await?;
+        if let Some(sha) = t.sha256.filter(|s| !s.is_empty()) {
+            return Ok(sha);
         }
-        match t.get("error") {
-            None | Some(Value::Null) => {}
-            Some(err) => {
-                let detail = err
-                    .get("detail")
-                    .map(crate::output::value_text)
-                    .unwrap_or_else(|| crate::output::value_text(err));
-                bail!("the transfer failed on the server: {detail}");
-            }
+        if let Some(err) = t.error {
+            bail!("the transfer failed on the server: {err}");
         }
         if Instant::now() >= deadline {
             bail!("the gateway has no checksum for transfer {id}; the copy cannot be verified");
@@ -1053,12 +1023,12 @@ mod tests {
         );
     }
 
-    fn entry(path: &str, kind: &str) -> Entry {
+    fn entry(path: &str, kind: FileKind) -> Entry {
         Entry {
             path: path.into(),
-            kind: kind.into(),
+            kind,
             size: 1,
-            mode: Some(0o640),
+            mode: 0o640,
         }
     }
 
@@ -1073,7 +1043,7 @@ mod tests {
     #[test]
     fn download_targets_like_cp() {
         let mut w = Vec::new();
-        let file = [entry("", "file")];
+        let file = [entry("", FileKind::File)];
         assert_eq!(
             plan_download(
                 &src("/etc/hosts"),
@@ -1107,11 +1077,11 @@ mod tests {
             }]
         );
         let tree = [
-            entry("", "dir"),
-            entry("sub", "dir"),
-            entry("sub/b", "file"),
-            entry("a", "file"),
-            entry("sock", "other"),
+            entry("", FileKind::Dir),
+            entry("sub", FileKind::Dir),
+            entry("sub/b", FileKind::File),
+            entry("a", FileKind::File),
+            entry("sock", FileKind::Other),
         ];
         let err =
             plan_download(&src("/d"), &tree, Path::new("out"), true, false, &mut w).unwrap_err();
@@ -1135,7 +1105,7 @@ mod tests {
             ]
         );
         assert_eq!(w, ["skipping web:/d/sock: other"]);
-        let evil = [entry("", "dir"), entry("../escape", "file")];
+        let evil = [entry("", FileKind::Dir), entry("../escape", FileKind::File)];
         assert!(plan_download(&src("/d"), &evil, Path::new("out"), true, true, &mut w).is_err());
     }
 

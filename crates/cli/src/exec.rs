@@ -7,14 +7,13 @@
 
 use std::time::{Duration, Instant};
 
+use alpacon_api::commands::{Command, CommandStreamLine, CreateCommand};
 use anyhow::{anyhow, bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use clap::Args;
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::client::{append_query, check_status, Client};
@@ -96,39 +95,24 @@ pub fn shell_line(words: &[String]) -> String {
 }
 
 /// The request body of `POST /api/events/commands/`.
-pub fn command_body(opts: &RunOptions, server: &str, line: &str) -> Value {
-    let mut body = Map::new();
-    body.insert("server".into(), json!(server));
-    body.insert("line".into(), json!(line));
-    if let Some(u) = &opts.username {
-        body.insert("username".into(), json!(u));
+pub fn command_body(opts: &RunOptions, server: &str, line: &str) -> CreateCommand {
+    CreateCommand {
+        server: server.to_string(),
+        line: line.to_string(),
+        username: opts.username.clone(),
+        groupname: opts.groupname.clone(),
+        env: opts.env.iter().cloned().collect(),
     }
-    if let Some(g) = &opts.groupname {
-        body.insert("groupname".into(), json!(g));
-    }
-    if !opts.env.is_empty() {
-        let env: Map<String, Value> = opts
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), json!(v)))
-            .collect();
-        body.insert("env".into(), Value::Object(env));
-    }
-    Value::Object(body)
 }
 
 async fn run_command(ctx: &Ctx, opts: &RunOptions, server: &str, line: &str) -> Result<u8> {
     let client = ctx.client()?;
     // Retried under one Idempotency-Key: a lost answer may mean the command
     // was created, and the gateway answers a retry with that same command.
-    let created: Value = client
+    let created: Command = client
         .post_idempotent(COMMANDS, &command_body(opts, server, line))
         .await?;
-    let id = match created.get("id") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => bail!("the gateway did not return the command's id"),
-    };
+    let id = created.id;
     let mut stdout = tokio::io::stdout();
     match follow(&client, &id, &mut stdout).await {
         Ok(command) => outcome(&command),
@@ -149,45 +133,15 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
-/// The process exit code for a finished command object.
-pub fn outcome(command: &Value) -> Result<u8> {
-    if let Some(detail) = command_error(command) {
-        bail!("{detail}");
+/// The process exit code for a finished command.
+pub fn outcome(command: &Command) -> Result<u8> {
+    if let Some(e) = &command.error {
+        bail!("{}", e.detail.as_deref().unwrap_or(&e.code));
     }
-    match command.get("exit_code").and_then(Value::as_i64) {
+    match command.exit_code {
         Some(code) => Ok(u8::try_from(code).unwrap_or(1)),
         None => bail!("the command ended without an exit code"),
     }
-}
-
-/// `error` may be `{code, detail}` or a plain string.
-fn command_error(command: &Value) -> Option<String> {
-    match command.get("error")? {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        Value::Object(o) => Some(
-            o.get("detail")
-                .or_else(|| o.get("code"))
-                .map(crate::output::value_text)
-                .unwrap_or_else(|| "the command failed".into()),
-        ),
-        other => Some(other.to_string()),
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum StreamLine {
-    Output {
-        offset: u64,
-        data: String,
-    },
-    Result {
-        command: Value,
-    },
-    /// Ignored, so a newer gateway can add kinds (heartbeats, …).
-    #[serde(other)]
-    Unknown,
 }
 
 /// Where we are in the command's output: bytes below `offset` are printed.
@@ -257,19 +211,19 @@ async fn handle_line<W: AsyncWrite + Unpin>(
     line: &[u8],
     tracker: &mut OutputTracker,
     out: &mut W,
-) -> Result<Option<Value>> {
+) -> Result<Option<Box<Command>>> {
     let line = line.trim_ascii();
     if line.is_empty() {
         return Ok(None);
     }
-    let parsed: StreamLine = serde_json::from_slice(line).with_context(|| {
+    let parsed: CommandStreamLine = serde_json::from_slice(line).with_context(|| {
         format!(
             "unexpected line in the command stream: {}",
             String::from_utf8_lossy(&line[..line.len().min(200)])
         )
     })?;
     match parsed {
-        StreamLine::Output { offset, data } => {
+        CommandStreamLine::Output { offset, data } => {
             let bytes = B64
                 .decode(data.as_bytes())
                 .context("invalid base64 in the command stream")?;
@@ -280,13 +234,14 @@ async fn handle_line<W: AsyncWrite + Unpin>(
             }
             Ok(None)
         }
-        StreamLine::Result { command } => Ok(Some(command)),
-        StreamLine::Unknown => Ok(None),
+        CommandStreamLine::Result { command } => Ok(Some(command)),
+        // A kind of line a newer gateway added (heartbeats, …).
+        CommandStreamLine::Unknown => Ok(None),
     }
 }
 
 enum Attempt {
-    Finished(Value),
+    Finished(Box<Command>),
     /// The stream broke; worth reconnecting. The text says why.
     Broken(String),
 }
@@ -373,14 +328,14 @@ pub async fn follow<W: AsyncWrite + Unpin>(
     client: &Client,
     id: &str,
     out: &mut W,
-) -> Result<Value> {
+) -> Result<Command> {
     let mut tracker = OutputTracker::default();
     let mut backoff = Backoff::default();
     let mut outage_since: Option<Instant> = None;
     loop {
         let mut progressed = false;
         let reason = match attempt(client, id, &mut tracker, out, &mut progressed).await? {
-            Attempt::Finished(command) => return Ok(command),
+            Attempt::Finished(command) => return Ok(*command),
             Attempt::Broken(reason) => reason,
         };
         if progressed {
@@ -408,7 +363,36 @@ pub async fn follow<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alpacon_api::commands::{CommandError, CommandStatus};
     use clap::Parser;
+    use serde_json::json;
+
+    /// A finished command as the gateway sends it.
+    fn finished(exit_code: Option<i64>, error: Option<CommandError>) -> Command {
+        Command {
+            id: "c".into(),
+            server: "0b7c".into(),
+            server_name: Some("web".into()),
+            line: "true".into(),
+            username: "root".into(),
+            groupname: None,
+            env: Default::default(),
+            status: if error.is_some() {
+                CommandStatus::Error
+            } else {
+                CommandStatus::Finished
+            },
+            requested_by: Some("alice".into()),
+            added_at: "2024-05-01T12:00:00Z".into(),
+            delivered_at: Some("2024-05-01T12:00:00Z".into()),
+            finished_at: Some("2024-05-01T12:00:01Z".into()),
+            exit_code,
+            elapsed_ms: Some(5),
+            output: Some(String::new()),
+            output_truncated: false,
+            error,
+        }
+    }
 
     #[test]
     fn tracker_skips_what_was_printed() {
@@ -476,14 +460,15 @@ mod tests {
             .await
             .unwrap()
             .is_none());
-        let r = handle_line(
-            br#"{"type":"result","command":{"id":"c","exit_code":3}}"#,
-            &mut t,
-            &mut out,
-        )
-        .await
-        .unwrap()
+        let result = serde_json::to_vec(&CommandStreamLine::Result {
+            command: Box::new(finished(Some(3), None)),
+        })
         .unwrap();
+        let r = handle_line(&result, &mut t, &mut out)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(*r, finished(Some(3), None));
         assert_eq!(outcome(&r).unwrap(), 3);
         assert!(handle_line(b"{not json", &mut t, &mut out).await.is_err());
         assert!(handle_line(
@@ -497,20 +482,19 @@ mod tests {
 
     #[test]
     fn outcome_maps_exit_codes_and_errors() {
-        assert_eq!(outcome(&json!({"exit_code": 0})).unwrap(), 0);
-        assert_eq!(
-            outcome(&json!({"exit_code": 255, "error": null})).unwrap(),
-            255
-        );
-        assert_eq!(outcome(&json!({"exit_code": -1})).unwrap(), 1);
-        assert_eq!(outcome(&json!({"exit_code": 300})).unwrap(), 1);
-        let e = outcome(&json!({"exit_code": -1,
-            "error": {"code": "no_such_user", "detail": "no user bob"}}))
-        .unwrap_err();
+        assert_eq!(outcome(&finished(Some(0), None)).unwrap(), 0);
+        assert_eq!(outcome(&finished(Some(255), None)).unwrap(), 255);
+        assert_eq!(outcome(&finished(Some(-1), None)).unwrap(), 1);
+        assert_eq!(outcome(&finished(Some(300), None)).unwrap(), 1);
+        let error = |detail: Option<&str>| CommandError {
+            code: "no_such_user".into(),
+            detail: detail.map(str::to_string),
+        };
+        let e = outcome(&finished(Some(-1), Some(error(Some("no user bob"))))).unwrap_err();
         assert_eq!(e.to_string(), "no user bob");
-        let e = outcome(&json!({"exit_code": -1, "error": "agent restarted"})).unwrap_err();
-        assert_eq!(e.to_string(), "agent restarted");
-        assert!(outcome(&json!({"status": "finished"})).is_err());
+        let e = outcome(&finished(Some(-1), Some(error(None)))).unwrap_err();
+        assert_eq!(e.to_string(), "no_such_user");
+        assert!(outcome(&finished(None, None)).is_err());
     }
 
     #[test]
@@ -551,7 +535,7 @@ mod tests {
         assert_eq!(a.command, ["ls", "-la", "/tmp"]);
         let body = command_body(&a.opts, &a.server, &shell_line(&a.command));
         assert_eq!(
-            body,
+            serde_json::to_value(body).unwrap(),
             json!({"server": "web", "line": "ls -la /tmp", "username": "root",
                    "env": {"A": "1=2"}})
         );
@@ -576,7 +560,7 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            command_body(&a.opts, "web", &a.command.join(" ")),
+            serde_json::to_value(command_body(&a.opts, "web", &a.command.join(" "))).unwrap(),
             json!({"server": "web", "line": "echo -n hi there", "groupname": "adm"})
         );
     }

@@ -23,8 +23,6 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use ed25519_dalek::Signature;
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
@@ -36,6 +34,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::audit::{self, Event};
@@ -43,6 +43,7 @@ use crate::commands;
 use crate::conn::{self, Refusal};
 use crate::db::Db;
 use crate::error::ApiError;
+use crate::openapi::Errors;
 use crate::servers::{self, SystemUpdate};
 
 /// How often the gateway pings an agent; a link silent for three intervals
@@ -155,15 +156,29 @@ impl Relay {
 }
 
 /// Serves `GET /ws/agent/`.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/ws/agent/", get(upgrade))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(agent_link))
 }
 
-/// Upgrades `GET /ws/agent/` to a WebSocket. Done here rather than with
-/// axum's `WebSocketUpgrade`, whose socket has one configuration for life:
-/// the link's socket reads at most `PRE_AUTH_MAX_BYTES` until the agent is
-/// welcomed ([`PreAuth`]), the full message size after.
-async fn upgrade(
+/// The agent link: a server's agent connects here (a WebSocket).
+///
+/// Each binary message is one frame of the agent protocol; the gateway
+/// challenges the agent first and it answers with a signature by the key
+/// it registered, so the route itself needs no credentials. Too many links
+/// authenticating at once are refused with 429 (from one address) or 503
+/// (in total), with `Retry-After`.
+//
+// Upgraded here rather than with axum's `WebSocketUpgrade`, whose socket
+// has one configuration for life: the link's socket reads at most
+// `PRE_AUTH_MAX_BYTES` until the agent is welcomed ([`PreAuth`]), the full
+// message size after.
+#[utoipa::path(get, path = "/ws/agent/", tag = "servers", security(()),
+    responses(
+        (status = 101, description = "Switching to a WebSocket: the agent link"),
+        (status = 426, description = "Not a WebSocket upgrade (`websocket_required`)",
+            body = alpacon_api::ErrorBody),
+        Errors))]
+async fn agent_link(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     mut req: Request,

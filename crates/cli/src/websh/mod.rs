@@ -19,11 +19,15 @@ pub mod ws;
 
 use std::io::{IsTerminal, Read, Write};
 
-use anyhow::{anyhow, bail, Context, Result};
+use alpacon_api::websh::{
+    CreateWebshSession, CreateWebshShare, JoinWebshShare, JoinedWebshSession, WebshRecord,
+    WebshRecords, WebshSession, WebshShare, WebshStatus,
+};
+use anyhow::{anyhow, Context, Result};
 use chrono::DateTime;
 use clap::{Args, Subcommand};
 use reqwest::Method;
-use serde_json::{json, Map, Value};
+use serde_json::json;
 use tokio::sync::mpsc;
 
 use self::driver::{Local, LocalIo, Options, Outcome, Timing};
@@ -32,7 +36,7 @@ use self::term::{Crossterm, RawGuard};
 use crate::client::Client;
 use crate::error::{CliError, EXIT_ERROR};
 use crate::exec::RunOptions;
-use crate::output::{self, print_json, text, Table};
+use crate::output::{self, print_json, Table};
 use crate::Ctx;
 
 pub const SESSIONS: &[&str] = &["api", "websh", "sessions"];
@@ -221,43 +225,28 @@ fn session_path(id: &str) -> Vec<&str> {
     [SESSIONS, &[id]].concat()
 }
 
-/// A session's (or any object's) id, string or number.
-pub fn id_of(v: &Value) -> Result<String> {
-    match v.get("id") {
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Number(n)) => Ok(n.to_string()),
-        _ => bail!("the gateway did not return the session's id"),
-    }
-}
-
 /// The request body of `POST /api/websh/sessions/`.
-pub fn session_body(opts: &RunOptions, server: &str, rows: u16, cols: u16) -> Value {
-    let mut body = Map::new();
-    body.insert("server".into(), json!(server));
-    if let Some(u) = &opts.username {
-        body.insert("username".into(), json!(u));
+pub fn session_body(opts: &RunOptions, server: &str, rows: u16, cols: u16) -> CreateWebshSession {
+    CreateWebshSession {
+        server: server.to_string(),
+        username: opts.username.clone(),
+        groupname: opts.groupname.clone(),
+        rows: Some(rows),
+        cols: Some(cols),
     }
-    if let Some(g) = &opts.groupname {
-        body.insert("groupname".into(), json!(g));
-    }
-    body.insert("rows".into(), json!(rows));
-    body.insert("cols".into(), json!(cols));
-    Value::Object(body)
 }
 
 /// How an ended session ended (`None` while it runs).
-pub fn session_outcome(s: &Value) -> Option<Outcome> {
-    if s.get("status").and_then(Value::as_str) != Some("closed") {
+pub fn session_outcome(s: &WebshSession) -> Option<Outcome> {
+    if s.status != WebshStatus::Closed {
         return None;
     }
-    match s.get("exit_code").and_then(Value::as_i64) {
+    match s.exit_code {
         Some(code) => Some(Outcome::Exit(i32::try_from(code).unwrap_or(1))),
         None => Some(Outcome::Closed(
-            s.get("close_reason")
-                .or_else(|| s.get("reason"))
-                .and_then(Value::as_str)
-                .unwrap_or("closed")
-                .to_string(),
+            s.close_reason
+                .clone()
+                .unwrap_or_else(|| "closed".to_string()),
         )),
     }
 }
@@ -272,32 +261,39 @@ pub struct Replay {
     pub mid_stream: bool,
 }
 
-/// The latest [`REATTACH_BACKLOG`] bytes when the gateway says how much
-/// output there is (`output_bytes`), else (or with `from_start`)
-/// everything.
-pub fn reattach_point(s: &Value, from_start: bool) -> Replay {
-    let total = s.get("output_bytes").and_then(Value::as_u64);
-    let offset = match total {
-        Some(t) if !from_start => t.saturating_sub(REATTACH_BACKLOG),
-        _ => 0,
+/// The latest [`REATTACH_BACKLOG`] bytes of the session's output (from
+/// the first line start in them), or with `from_start` everything.
+pub fn reattach_point(s: &WebshSession, from_start: bool) -> Replay {
+    let total = s.output_bytes;
+    let offset = if from_start {
+        0
+    } else {
+        total.saturating_sub(REATTACH_BACKLOG)
     };
     Replay {
         offset,
-        until: total,
+        until: Some(total),
         mid_stream: offset > 0,
     }
 }
 
-/// Whether `server` (a name or an ID) is the session's server. A session
-/// object without server fields matches anything.
-pub fn session_on_server(s: &Value, server: &str) -> bool {
-    let names: Vec<String> = ["server", "server_name", "server.id", "server.name"]
-        .iter()
-        .filter_map(|p| output::lookup(s, p))
-        .filter(|v| !v.is_object())
-        .map(output::value_text)
-        .collect();
-    names.is_empty() || names.iter().any(|n| n == server)
+/// Whether `server` (a name or an ID) is the session's server.
+pub fn session_on_server(s: &WebshSession, server: &str) -> bool {
+    s.server == server || s.server_name.as_deref() == Some(server)
+}
+
+/// The server as shown: its name, or its ID once it is deleted.
+fn server_shown(s: &WebshSession) -> &str {
+    s.server_name.as_deref().unwrap_or(&s.server)
+}
+
+/// A cell of text; "-" for an empty one.
+fn dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".to_string()
+    } else {
+        s.to_string()
+    }
 }
 
 fn ended(id: &str, outcome: &Outcome) -> anyhow::Error {
@@ -322,11 +318,11 @@ struct Target {
 async fn open(ctx: &Ctx, opts: &RunOptions, server: &str, term: TermArgs) -> Result<u8> {
     let client = ctx.client()?;
     let (rows, cols) = local_size(&term).unwrap_or((24, 80));
-    let s: Value = client
+    let s: WebshSession = client
         .post(SESSIONS, &session_body(opts, server, rows, cols))
         .await?;
     let target = Target {
-        id: id_of(&s)?,
+        id: s.id,
         replay: Replay {
             offset: 0,
             until: None,
@@ -347,12 +343,12 @@ async fn attach(
     term: TermArgs,
 ) -> Result<u8> {
     let client = ctx.client()?;
-    let s: Value = client.get(&session_path(id), &[]).await?;
+    let s: WebshSession = client.get(&session_path(id), &[]).await?;
     if let Some(server) = server {
         if !session_on_server(&s, server) {
             return Err(usage(format!(
                 "session {id} is on server {}, not {server}",
-                output::sanitize(&text(&s, &["server_name", "server.name", "server"]))
+                output::sanitize(&dash(server_shown(&s)))
             )));
         }
     }
@@ -360,8 +356,8 @@ async fn attach(
         return Err(ended(id, &o));
     }
     let target = Target {
-        id: id_of(&s).unwrap_or_else(|_| id.to_string()),
         replay: reattach_point(&s, from_start),
+        id: s.id,
         read_only: false,
         created: false,
         come_back: None,
@@ -370,8 +366,11 @@ async fn attach(
 }
 
 /// The body of `POST /api/websh/join/`: the share's link or ID.
-pub fn join_body(link: &str, password: &str) -> Value {
-    json!({"share": link, "password": password})
+pub fn join_body(link: &str, password: &str) -> JoinWebshShare {
+    JoinWebshShare {
+        share: link.to_string(),
+        password: password.to_string(),
+    }
 }
 
 async fn join(ctx: &Ctx, link: &str, password: Option<String>, term: TermArgs) -> Result<u8> {
@@ -381,33 +380,15 @@ async fn join(ctx: &Ctx, link: &str, password: Option<String>, term: TermArgs) -
         None => rpassword::prompt_password("Share password: ")
             .context("reading the password (or pass --password)")?,
     };
-    let joined: Value = client.post(JOIN, &join_body(link, &password)).await?;
-    let read_only = joined
-        .get("read_only")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let (id, session) = match joined.get("session") {
-        Some(Value::String(id)) => (id.clone(), None),
-        Some(Value::Number(n)) => (n.to_string(), None),
-        Some(obj @ Value::Object(_)) => (id_of(obj)?, Some(obj.clone())),
-        _ => bail!("the gateway did not say which session was joined"),
-    };
-    // Where to start: from the answer, or the session itself if we may
-    // read it; replay everything if neither tells the output's length.
-    let session = match session {
-        Some(s) if s.get("output_bytes").is_some() => s,
-        _ => client
-            .get(&session_path(&id), &[])
-            .await
-            .unwrap_or(Value::Null),
-    };
+    let joined: JoinedWebshSession = client.post(JOIN, &join_body(link, &password)).await?;
+    let session = joined.session;
     if let Some(o) = session_outcome(&session) {
-        return Err(ended(&id, &o));
+        return Err(ended(&session.id, &o));
     }
     let target = Target {
-        id,
         replay: reattach_point(&session, false),
-        read_only,
+        id: session.id,
+        read_only: joined.read_only,
         created: false,
         come_back: Some(format!("alpacon websh join {}", output::sanitize(link))),
     };
@@ -576,7 +557,7 @@ async fn terminal(client: &Client, target: Target, term_args: TermArgs) -> Resul
 async fn ls(ctx: &Ctx, all: bool) -> Result<u8> {
     let client = ctx.client()?;
     let query: &[(&str, &str)] = if all { &[] } else { &[("status", "open")] };
-    let sessions = client.list(SESSIONS, query, None).await?;
+    let sessions: Vec<WebshSession> = client.list(SESSIONS, query, None).await?;
     if ctx.json() {
         print_json(&sessions)?;
         return Ok(0);
@@ -589,23 +570,23 @@ async fn ls(ctx: &Ctx, all: bool) -> Result<u8> {
     Ok(0)
 }
 
-fn session_row(s: &Value) -> Vec<String> {
+fn session_row(s: &WebshSession) -> Vec<String> {
     vec![
-        text(s, &["id"]),
-        text(s, &["server_name", "server.name", "server"]),
-        text(s, &["username", "user.username", "user"]),
-        output::time(s, &["created_at"]),
-        text(s, &["status"]),
+        dash(&s.id),
+        dash(server_shown(s)),
+        dash(&s.username),
+        output::local_time(Some(&s.created_at)),
+        s.status.to_string(),
     ]
 }
 
 async fn describe(ctx: &Ctx, id: &str) -> Result<u8> {
     let client = ctx.client()?;
-    let s: Value = client.get(&session_path(id), &[]).await?;
+    let s: WebshSession = client.get(&session_path(id), &[]).await?;
     if ctx.json() {
         print_json(&s)?;
     } else {
-        print!("{}", output::describe(&s));
+        print!("{}", output::describe(&serde_json::to_value(&s)?));
     }
     Ok(0)
 }
@@ -616,14 +597,14 @@ async fn close(ctx: &Ctx, id: &str) -> Result<u8> {
     let resp = client
         .send(client.request(Method::POST, url).json(&json!({})))
         .await?;
-    // The answer may be the session object or empty.
+    // The answer is the session as it ended (or, from an older gateway,
+    // may be empty).
     let body = resp.bytes().await.unwrap_or_default();
-    let s: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let s: Option<WebshSession> = serde_json::from_slice(&body).ok();
     if ctx.json() {
-        if s.is_null() {
-            print_json(&json!({"id": id, "status": "closed"}))?;
-        } else {
-            print_json(&s)?;
+        match s {
+            Some(s) => print_json(&s)?,
+            None => print_json(&json!({"id": id, "status": "closed"}))?,
         }
     } else {
         println!("Closed session {}.", output::sanitize(id));
@@ -633,54 +614,58 @@ async fn close(ctx: &Ctx, id: &str) -> Result<u8> {
 
 async fn records(ctx: &Ctx, id: &str) -> Result<u8> {
     let client = ctx.client()?;
-    let mut items = client
-        .list(&[SESSIONS, &[id, "records"]].concat(), &[], None)
+    let r: WebshRecords = client
+        .get(&[SESSIONS, &[id, "records"]].concat(), &[])
         .await?;
-    sort_by_time(&mut items, "timestamp");
+    let mut items = r.results;
+    sort_by_time(&mut items);
     if ctx.json() {
         print_json(&items)?;
         return Ok(0);
     }
     let mut t = Table::new(&["TIME", "LINE"]);
     for r in &items {
-        t.row(vec![output::time(r, &["timestamp"]), text(r, &["line"])]);
+        t.row(vec![output::local_time(Some(&r.timestamp)), dash(&r.line)]);
     }
     t.print()?;
     Ok(0)
 }
 
-/// Oldest first (listings come newest first); unparseable times keep
-/// their place relative to each other.
-fn sort_by_time(items: &mut [Value], field: &str) {
-    items.sort_by_key(|v| {
-        v.get(field)
-            .and_then(Value::as_str)
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-    });
+/// Oldest first; unparseable times keep their place relative to each
+/// other.
+fn sort_by_time(items: &mut [WebshRecord]) {
+    items.sort_by_key(|r| DateTime::parse_from_rfc3339(&r.timestamp).ok());
 }
 
 async fn share(ctx: &Ctx, id: &str, read_only: bool, expires_in: u64) -> Result<u8> {
     let client = ctx.client()?;
-    let body = json!({"read_only": read_only, "expires_in_secs": expires_in});
-    let r: Value = client
+    let body = CreateWebshShare {
+        read_only,
+        expires_in_secs: Some(i64::try_from(expires_in).unwrap_or(i64::MAX)),
+    };
+    let r: WebshShare = client
         .post(&[SESSIONS, &[id, "share"]].concat(), &body)
         .await?;
     if ctx.json() {
         print_json(&r)?;
         return Ok(0);
     }
-    let url = text(&r, &["url"]);
-    let ro = r
-        .get("read_only")
-        .and_then(Value::as_bool)
-        .unwrap_or(read_only);
+    let url = dash(&r.url);
     print!(
         "{}",
         output::record(&[
             ("URL", url.clone()),
-            ("Password", text(&r, &["password"])),
-            ("Access", if ro { "read-only" } else { "read-write" }.into()),
-            ("Expires", output::time(&r, &["expires_at"])),
+            ("Password", dash(&r.password)),
+            (
+                "Access",
+                if r.read_only {
+                    "read-only"
+                } else {
+                    "read-write"
+                }
+                .into()
+            ),
+            ("Expires", output::local_time(Some(&r.expires_at))),
         ])
     );
     println!(
@@ -812,98 +797,132 @@ mod tests {
         }
     }
 
+    /// A session as the gateway sends it, with some fields replaced.
+    fn session(fields: serde_json::Value) -> WebshSession {
+        let mut v = json!({"id": "s1", "server": "0b7c", "server_name": "web", "user": "alice",
+            "username": "deploy", "groupname": null, "rows": 24, "cols": 80, "status": "open",
+            "created_at": "2024-05-01T12:00:00Z", "closed_at": null, "exit_code": null,
+            "close_reason": null, "output_bytes": 0});
+        for (k, x) in fields.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
     #[test]
     fn session_body_has_size_and_account() {
         let a = parse(&["-u", "deploy", "-g", "adm", "web"]);
         assert_eq!(
-            session_body(&a.opts, "web", 30, 100),
+            serde_json::to_value(session_body(&a.opts, "web", 30, 100)).unwrap(),
             json!({"server": "web", "username": "deploy", "groupname": "adm",
                    "rows": 30, "cols": 100})
         );
         let a = parse(&["web"]);
         assert_eq!(
-            session_body(&a.opts, "web", 24, 80),
+            serde_json::to_value(session_body(&a.opts, "web", 24, 80)).unwrap(),
             json!({"server": "web", "rows": 24, "cols": 80})
         );
     }
 
     #[test]
-    fn reattach_starts_near_the_end_when_the_length_is_known() {
+    fn reattach_starts_near_the_end() {
         let r = |offset, until, mid_stream| Replay {
             offset,
             until,
             mid_stream,
         };
         assert_eq!(
-            reattach_point(&json!({"id": "s"}), false),
-            r(0, None, false)
-        );
-        assert_eq!(
-            reattach_point(&json!({"output_bytes": 100}), false),
+            reattach_point(&session(json!({"output_bytes": 100})), false),
             r(0, Some(100), false)
         );
         let total = REATTACH_BACKLOG + 5000;
         assert_eq!(
-            reattach_point(&json!({ "output_bytes": total }), false),
+            reattach_point(&session(json!({ "output_bytes": total })), false),
             r(5000, Some(total), true)
         );
         assert_eq!(
-            reattach_point(&json!({ "output_bytes": total }), true),
+            reattach_point(&session(json!({ "output_bytes": total })), true),
             r(0, Some(total), false)
         );
     }
 
     #[test]
     fn ended_sessions() {
-        assert_eq!(session_outcome(&json!({"status": "open"})), None);
+        assert_eq!(session_outcome(&session(json!({"status": "open"}))), None);
         assert_eq!(
-            session_outcome(&json!({"status": "closed", "exit_code": 3})),
+            session_outcome(&session(json!({"status": "closed", "exit_code": 3}))),
             Some(Outcome::Exit(3))
         );
         assert_eq!(
-            session_outcome(&json!({"status": "closed", "exit_code": null})),
+            session_outcome(&session(json!({"status": "closed", "exit_code": null}))),
             Some(Outcome::Closed("closed".into()))
+        );
+        assert_eq!(
+            session_outcome(&session(
+                json!({"status": "closed", "close_reason": "idle for more than 60 minutes"})
+            )),
+            Some(Outcome::Closed("idle for more than 60 minutes".into()))
         );
     }
 
     #[test]
     fn server_match_by_name_or_id() {
-        let s = json!({"server": "0b7c", "server_name": "web"});
+        let s = session(json!({"server": "0b7c", "server_name": "web"}));
         assert!(session_on_server(&s, "web"));
         assert!(session_on_server(&s, "0b7c"));
         assert!(!session_on_server(&s, "db"));
-        let s = json!({"server": {"id": "0b7c", "name": "web"}});
-        assert!(session_on_server(&s, "web"));
-        assert!(!session_on_server(&s, "db"));
-        assert!(session_on_server(&json!({"id": "x"}), "anything"));
+        // A deleted server is known by its ID only.
+        let s = session(json!({"server": "0b7c", "server_name": null}));
+        assert!(session_on_server(&s, "0b7c"));
+        assert!(!session_on_server(&s, "web"));
+        assert_eq!(server_shown(&s), "0b7c");
     }
 
     #[test]
     fn join_body_takes_link_or_id() {
         assert_eq!(
-            join_body("https://gw:8443/#/websh/join/abc", "pw"),
+            serde_json::to_value(join_body("https://gw:8443/#/websh/join/abc", "pw")).unwrap(),
             json!({"share": "https://gw:8443/#/websh/join/abc", "password": "pw"})
         );
         assert_eq!(
-            join_body("abc", "pw"),
+            serde_json::to_value(join_body("abc", "pw")).unwrap(),
             json!({"share": "abc", "password": "pw"})
         );
     }
 
     #[test]
     fn rows_and_records() {
-        let s = json!({"id": "s1", "server": "0b7c", "server_name": "web", "username": "deploy",
-                       "status": "open", "created_at": "not a time"});
+        let s = session(json!({"created_at": "not a time"}));
         assert_eq!(
             session_row(&s),
             ["s1", "web", "deploy", "not a time", "open"]
         );
+        let record = |t: &str, line: &str| WebshRecord {
+            timestamp: t.into(),
+            offset_secs: 0.0,
+            line: line.into(),
+        };
         let mut r = vec![
-            json!({"timestamp": "2024-05-01T12:00:02Z", "line": "b"}),
-            json!({"timestamp": "2024-05-01T12:00:01.5Z", "line": "a"}),
+            record("2024-05-01T12:00:02Z", "b"),
+            record("2024-05-01T12:00:01.5Z", "a"),
         ];
-        sort_by_time(&mut r, "timestamp");
-        assert_eq!(r[0]["line"], "a");
+        sort_by_time(&mut r);
+        assert_eq!(r[0].line, "a");
+    }
+
+    #[test]
+    fn a_session_prints_as_it_came() {
+        // `--json` and `describe` show what the gateway sent, field for field.
+        let v = json!({"id": "s1", "server": "0b7c", "server_name": "web", "user": "alice",
+            "username": "deploy", "groupname": null, "rows": 24, "cols": 80, "status": "open",
+            "created_at": "2024-05-01T12:00:00Z", "closed_at": null, "exit_code": null,
+            "close_reason": null, "output_bytes": 7, "agent_connected": true});
+        let s: WebshSession = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&s).unwrap(), v);
+        let mut v = v;
+        v.as_object_mut().unwrap().remove("agent_connected");
+        let s: WebshSession = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&s).unwrap(), v);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use alpacon_api::websh::{WebshSession, WebshStatus};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::Url;
 use tokio::net::TcpStream;
@@ -51,7 +52,7 @@ impl<'a> WsTransport<'a> {
     /// not an error: the gateway may not attach closed sessions.
     async fn refused(&self, err: CliError) -> ConnectError {
         let path = [SESSIONS, &[self.session.as_str()]].concat();
-        if let Ok(s) = self.client.get::<serde_json::Value>(&path, &[]).await {
+        if let Ok(s) = self.client.get::<WebshSession>(&path, &[]).await {
             if let Some(outcome) = session_outcome(&s) {
                 return ConnectError::Ended(outcome);
             }
@@ -129,8 +130,8 @@ impl Transport for WsTransport<'_> {
 
     async fn still_open(&self) -> bool {
         let path = [SESSIONS, &[self.session.as_str()]].concat();
-        match self.client.get::<serde_json::Value>(&path, &[]).await {
-            Ok(s) => s.get("status").and_then(serde_json::Value::as_str) == Some("open"),
+        match self.client.get::<WebshSession>(&path, &[]).await {
+            Ok(s) => s.status == WebshStatus::Open,
             Err(_) => false,
         }
     }

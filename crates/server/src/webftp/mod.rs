@@ -5,42 +5,33 @@
 //! grants credit, and a download's response body is fed from the stream as
 //! the client reads it. The agent hashes what it writes or reads; the
 //! gateway records the sha256 with the transfer so the client can compare.
+//!
+//! `http.rs` has the routes, `store.rs` the `transfers` rows.
 
+mod http;
+mod store;
+
+use alpacon_api::webftp as api;
 use alpacon_api::ErrorCode as Code;
-use std::collections::HashMap;
 
 use crate::relay::Link;
 use alpacon_mux::{Event, Stream};
 use alpacon_proto::{
     Account, Close, EntryKind, ErrorCode, Open, StreamError, StreamInfo, StreamResult, MAX_DATA,
 };
-use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
+use axum::http::StatusCode;
+use bytes::Bytes;
 use futures_util::StreamExt;
-use serde::Deserialize;
-use serde_json::{json, Value};
-use sqlx::Row;
+use serde_json::json;
 
-use crate::api::{Json, Path, Query};
 use crate::app::AppState;
 use crate::audit::{self, Event as AuditEvent};
 use crate::auth::Caller;
-use crate::db::{new_id, now_ms, rfc3339, rfc3339_opt, Db};
+use crate::db::{new_id, Db};
 use crate::error::ApiError;
 use crate::servers::ServerRow;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/webftp/upload/", post(upload))
-        .route("/api/webftp/download/", get(download))
-        .route("/api/webftp/mkdir/", post(mkdir))
-        .route("/api/webftp/stat/", get(stat))
-        .route("/api/webftp/transfers/{id}/", get(transfer))
-}
+pub use http::router;
 
 /// Maps an agent's refusal to the API's error.
 pub fn agent_error(e: StreamError) -> ApiError {
@@ -64,16 +55,6 @@ pub fn agent_error(e: StreamError) -> ApiError {
     ApiError::new(status, code, e.detail)
 }
 
-#[derive(Debug, Deserialize)]
-struct Target {
-    server: String,
-    path: String,
-    #[serde(default)]
-    username: Option<String>,
-    #[serde(default)]
-    groupname: Option<String>,
-}
-
 /// Everything checked before a transfer touches the agent.
 struct Checked {
     server: ServerRow,
@@ -89,7 +70,7 @@ struct Checked {
 async fn check(
     state: &AppState,
     caller: &Caller,
-    t: &Target,
+    t: &api::FileTarget,
     op: crate::acl::FileOp,
 ) -> Result<Checked, ApiError> {
     if !t.path.starts_with('/') || t.path.contains('\0') {
@@ -168,40 +149,47 @@ async fn finish(s: &mut alpacon_mux::StreamReceiver) -> Result<StreamResult, Api
     }
 }
 
+/// A transfer under way, for its row and audit event.
 struct Transfer<'a> {
     id: String,
-    direction: &'static str,
+    direction: api::TransferDirection,
     c: &'a Checked,
     caller: &'a Caller,
 }
 
 impl Transfer<'_> {
     async fn begin(&self, db: &Db) -> Result<(), ApiError> {
-        sqlx::query(
-            "INSERT INTO transfers (id, server_id, direction, path, username, requested_by,
-                 token_id, client_ip, status, bytes, created_at, work_session_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', 0, $9, $10)",
+        store::insert(
+            db,
+            &store::NewTransfer {
+                id: &self.id,
+                server_id: &self.c.server.id,
+                direction: self.direction,
+                path: &self.c.path,
+                username: &self.c.account.username,
+                requested_by: &self.caller.user_id,
+                token_id: self.caller.token_id.as_deref(),
+                client_ip: &self.caller.client_ip,
+                work_session: self.c.work_session.as_deref(),
+            },
         )
-        .bind(&self.id)
-        .bind(&self.c.server.id)
-        .bind(self.direction)
-        .bind(&self.c.path)
-        .bind(&self.c.account.username)
-        .bind(&self.caller.user_id)
-        .bind(&self.caller.token_id)
-        .bind(&self.caller.client_ip)
-        .bind(now_ms())
-        .bind(&self.c.work_session)
-        .execute(&db.pool)
-        .await?;
-        Ok(())
+        .await
     }
 
     fn audit(&self) -> AuditEvent {
-        AuditEvent::new(format!("file.{}", self.direction))
+        AuditEvent::new(format!("file.{}", self.direction.as_str()))
             .by(self.caller)
             .server(&self.c.server.id, &self.c.server.name)
             .work_session(self.c.work_session.as_deref())
+    }
+
+    /// Registered with revocation while the transfer runs.
+    fn guard(&self, state: &AppState) -> crate::revoke::OpGuard {
+        state.ops.register(
+            crate::revoke::Owner::of(self.caller, self.c.work_session.as_deref())
+                .acting_as(self.caller, &self.c.account.username),
+            &self.c.server.id,
+        )
     }
 }
 
@@ -215,36 +203,20 @@ async fn end_transfer(
     outcome: &Result<(u64, String), ApiError>,
 ) -> Result<(), ApiError> {
     let (status, bytes, sha, err) = match outcome {
-        Ok((b, s)) => ("completed", *b as i64, Some(s.clone()), None),
-        Err(e) => ("failed", 0, None, Some(e.detail.clone())),
+        Ok((b, s)) => (
+            api::TransferStatus::Completed,
+            *b as i64,
+            Some(s.clone()),
+            None,
+        ),
+        Err(e) => (api::TransferStatus::Failed, 0, None, Some(e.detail.clone())),
     };
-    sqlx::query(
-        "UPDATE transfers SET status = $1, bytes = $2, sha256 = $3, error = $4, finished_at = $5
-         WHERE id = $6",
-    )
-    .bind(status)
-    .bind(bytes)
-    .bind(&sha)
-    .bind(&err)
-    .bind(now_ms())
-    .bind(id)
-    .execute(&db.pool)
-    .await?;
+    store::finish(db, id, status, bytes, sha.as_deref(), err.as_deref()).await?;
     let ev = ev.result(outcome.is_ok()).detail(json!({
         "transfer_id": id, "path": path, "username": username,
         "bytes": bytes, "sha256": sha, "error": err,
     }));
     audit::record(db, ev).await
-}
-
-#[derive(Debug, Deserialize)]
-struct UploadQuery {
-    #[serde(flatten)]
-    target: Target,
-    #[serde(default)]
-    overwrite: Option<String>,
-    #[serde(default)]
-    mode: Option<String>,
 }
 
 fn parse_bool(v: &Option<String>) -> Result<bool, ApiError> {
@@ -285,26 +257,33 @@ fn check_mode(is_admin: bool, own_account: bool, mode: Option<u32>) -> Result<()
     }
 }
 
-async fn upload(
-    State(state): State<AppState>,
-    caller: Caller,
-    Query(q): Query<UploadQuery>,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let overwrite = parse_bool(&q.overwrite)?;
-    let mode = parse_mode(&q.mode)?;
-    let own = q
-        .target
+/// Uploads a file: `data` (the request body) is relayed to the agent as
+/// fast as it grants credit, and the agent's byte count and sha256 are
+/// recorded with the transfer.
+async fn upload<S, E>(
+    state: &AppState,
+    caller: &Caller,
+    target: &api::FileTarget,
+    opts: &api::UploadOptions,
+    data: S,
+) -> Result<api::UploadedFile, ApiError>
+where
+    S: futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let overwrite = parse_bool(&opts.overwrite)?;
+    let mode = parse_mode(&opts.mode)?;
+    let own = target
         .username
         .as_deref()
         .is_none_or(|u| u.is_empty() || u == caller.username);
     check_mode(caller.is_admin(), own, mode)?;
-    let c = check(&state, &caller, &q.target, crate::acl::FileOp::Upload).await?;
+    let c = check(state, caller, target, crate::acl::FileOp::Upload).await?;
     let t = Transfer {
         id: new_id(),
-        direction: "upload",
+        direction: api::TransferDirection::Upload,
         c: &c,
-        caller: &caller,
+        caller,
     };
     let opened = open(
         &c.link,
@@ -318,13 +297,9 @@ async fn upload(
     )
     .await;
     t.begin(&state.db).await?;
-    let guard = state.ops.register(
-        crate::revoke::Owner::of(&caller, c.work_session.as_deref())
-            .acting_as(&caller, &c.account.username),
-        &c.server.id,
-    );
+    let guard = t.guard(state);
     let outcome = match opened {
-        Ok((s, _)) => pump_upload(s, body, &guard).await,
+        Ok((s, _)) => pump_upload(s, data, &guard).await,
         Err(e) => Err(e),
     };
     end_transfer(
@@ -337,14 +312,14 @@ async fn upload(
     )
     .await?;
     let (bytes, sha256) = outcome?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "id": t.id, "server": c.server.id, "path": c.path,
-            "username": c.account.username, "bytes": bytes, "sha256": sha256,
-        })),
-    )
-        .into_response())
+    Ok(api::UploadedFile {
+        id: t.id,
+        server: c.server.id.clone(),
+        path: c.path.clone(),
+        username: c.account.username.clone(),
+        bytes,
+        sha256,
+    })
 }
 
 fn revoked() -> ApiError {
@@ -354,13 +329,16 @@ fn revoked() -> ApiError {
     )
 }
 
-async fn pump_upload(
+async fn pump_upload<S, E>(
     s: Stream,
-    body: Body,
+    mut data: S,
     guard: &crate::revoke::OpGuard,
-) -> Result<(u64, String), ApiError> {
+) -> Result<(u64, String), ApiError>
+where
+    S: futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
     let (tx, mut rx) = s.split();
-    let mut data = body.into_data_stream();
     let mut sent = 0u64;
     // HTTP/2 delivers the body in pieces of 16 KiB at most; gathering them
     // into full frames quarters the frames and wake-ups per byte.
@@ -418,17 +396,28 @@ async fn pump_upload(
     }
 }
 
+/// A download under way: what the response says about the file, and the
+/// feed of its body.
+struct Download {
+    transfer_id: String,
+    size: u64,
+    mode: u32,
+    feed: DownloadFeed,
+}
+
+/// Starts a download: the file is open on the agent, and the transfer is
+/// recorded. A file the agent cannot open ends the transfer at once.
 async fn download(
-    State(state): State<AppState>,
-    caller: Caller,
-    Query(target): Query<Target>,
-) -> Result<Response, ApiError> {
-    let c = check(&state, &caller, &target, crate::acl::FileOp::Download).await?;
+    state: &AppState,
+    caller: &Caller,
+    target: &api::FileTarget,
+) -> Result<Download, ApiError> {
+    let c = check(state, caller, target, crate::acl::FileOp::Download).await?;
     let t = Transfer {
         id: new_id(),
-        direction: "download",
+        direction: api::TransferDirection::Download,
         c: &c,
-        caller: &caller,
+        caller,
     };
     let opened = open(
         &c.link,
@@ -464,11 +453,7 @@ async fn download(
     };
     let (_tx, rx) = s.split();
     let mut feed = DownloadFeed {
-        guard: state.ops.register(
-            crate::revoke::Owner::of(&caller, c.work_session.as_deref())
-                .acting_as(&caller, &c.account.username),
-            &c.server.id,
-        ),
+        guard: t.guard(state),
         db: state.db.clone(),
         id: t.id.clone(),
         audit: Some(t.audit()),
@@ -490,25 +475,12 @@ async fn download(
             ));
         }
     }
-    let body =
-        futures_util::stream::unfold(
-            feed,
-            |mut f| async move { f.next().await.map(|item| (item, f)) },
-        );
-    let mut resp = Response::new(Body::from_stream(body));
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
-    if let Ok(v) = HeaderValue::from_str(&t.id) {
-        h.insert("x-alpacon-transfer-id", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&format!("{mode:o}")) {
-        h.insert("x-alpacon-file-mode", v);
-    }
-    Ok(resp)
+    Ok(Download {
+        transfer_id: t.id,
+        size,
+        mode,
+        feed,
+    })
 }
 
 /// Feeds a download's response body from its stream, and records the
@@ -590,28 +562,19 @@ impl DownloadFeed {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct MkdirBody {
-    server: String,
-    path: String,
-    #[serde(default)]
-    username: Option<String>,
-    #[serde(default)]
-    groupname: Option<String>,
-}
-
-async fn mkdir(
-    State(state): State<AppState>,
-    caller: Caller,
-    Json(b): Json<MkdirBody>,
-) -> Result<Response, ApiError> {
-    let target = Target {
+/// Creates a directory (and its parents) on a server.
+async fn make_directory(
+    state: &AppState,
+    caller: &Caller,
+    b: api::MakeDirectory,
+) -> Result<api::DirectoryMade, ApiError> {
+    let target = api::FileTarget {
         server: b.server,
         path: b.path,
         username: b.username,
         groupname: b.groupname,
     };
-    let c = check(&state, &caller, &target, crate::acl::FileOp::Mkdir).await?;
+    let c = check(state, caller, &target, crate::acl::FileOp::Mkdir).await?;
     let res = async {
         let mut s = c
             .link
@@ -627,7 +590,7 @@ async fn mkdir(
     }
     .await;
     let ev = AuditEvent::new("file.mkdir")
-        .by(&caller)
+        .by(caller)
         .server(&c.server.id, &c.server.name)
         .work_session(c.work_session.as_deref())
         .result(res.is_ok())
@@ -635,28 +598,21 @@ async fn mkdir(
                        "error": res.as_ref().err().map(|e| e.detail.clone())}));
     audit::record(&state.db, ev).await?;
     res?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"server": c.server.id, "path": c.path})),
-    )
-        .into_response())
+    Ok(api::DirectoryMade {
+        server: c.server.id,
+        path: c.path,
+    })
 }
 
-#[derive(Debug, Deserialize)]
-struct StatQuery {
-    #[serde(flatten)]
-    target: Target,
-    #[serde(default)]
-    recursive: Option<String>,
-}
-
+/// Describes a path on a server (with `recursive`, a directory's tree).
 async fn stat(
-    State(state): State<AppState>,
-    caller: Caller,
-    Query(q): Query<StatQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let recursive = parse_bool(&q.recursive)?;
-    let c = check(&state, &caller, &q.target, crate::acl::FileOp::Stat).await?;
+    state: &AppState,
+    caller: &Caller,
+    target: &api::FileTarget,
+    opts: &api::StatOptions,
+) -> Result<api::FileListing, ApiError> {
+    let recursive = parse_bool(&opts.recursive)?;
+    let c = check(state, caller, target, crate::acl::FileOp::Stat).await?;
     let mut s = c
         .link
         .mux
@@ -671,7 +627,7 @@ async fn stat(
     let res = finish(&mut s.rx).await;
     // Looking is access too: a listing (or a refused one) is on the record.
     let ev = AuditEvent::new("file.stat")
-        .by(&caller)
+        .by(caller)
         .server(&c.server.id, &c.server.name)
         .work_session(c.work_session.as_deref())
         .result(res.is_ok())
@@ -680,61 +636,45 @@ async fn stat(
                        "error": res.as_ref().err().map(|e| e.detail.clone())}));
     audit::record(&state.db, ev).await?;
     match res? {
-        StreamResult::Listing { entries } => {
-            let entries: Vec<Value> = entries
+        StreamResult::Listing { entries } => Ok(api::FileListing {
+            path: c.path,
+            entries: entries
                 .into_iter()
-                .map(|e| {
-                    json!({"path": e.path, "kind": kind_str(e.kind), "size": e.size, "mode": e.mode})
+                .map(|e| api::FileEntry {
+                    path: e.path,
+                    kind: file_kind(e.kind),
+                    size: e.size,
+                    mode: e.mode,
                 })
-                .collect();
-            Ok(Json(json!({"path": c.path, "entries": entries})))
-        }
+                .collect(),
+        }),
         other => Err(ApiError::internal(format!(
             "unexpected stat result {other:?}"
         ))),
     }
 }
 
-fn kind_str(k: EntryKind) -> &'static str {
+fn file_kind(k: EntryKind) -> api::FileKind {
     match k {
-        EntryKind::File => "file",
-        EntryKind::Dir => "dir",
-        EntryKind::Symlink => "symlink",
-        EntryKind::Other => "other",
+        EntryKind::File => api::FileKind::File,
+        EntryKind::Dir => api::FileKind::Dir,
+        EntryKind::Symlink => api::FileKind::Symlink,
+        EntryKind::Other => api::FileKind::Other,
     }
 }
 
-async fn transfer(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let row = sqlx::query(
-        "SELECT id, server_id, direction, path, username, requested_by, token_id, status, bytes,
-                sha256, error, created_at, finished_at FROM transfers WHERE id = $1",
-    )
-    .bind(&id)
-    .fetch_optional(&state.db.pool)
-    .await?;
-    let Some(r) = row else {
-        return Err(ApiError::not_found(Code::NotFound, "no such transfer"));
+/// A transfer the caller may see (admins: all; others: their own; a token
+/// with an ACL: its own).
+async fn transfer(state: &AppState, caller: &Caller, id: &str) -> Result<api::Transfer, ApiError> {
+    let not_found = || ApiError::not_found(Code::NotFound, "no such transfer");
+    let Some(r) = store::get(&state.db, id).await? else {
+        return Err(not_found());
     };
-    let owner: Option<String> = r.try_get("requested_by")?;
-    let token: Option<String> = r.try_get("token_id")?;
-    let viewer = crate::acl::viewer(&state, &caller).await?;
-    if !viewer.sees(owner.as_deref(), token.as_deref()) {
-        return Err(ApiError::not_found(Code::NotFound, "no such transfer"));
+    let viewer = crate::acl::viewer(state, caller).await?;
+    if !viewer.sees(r.requested_by.as_deref(), r.token_id.as_deref()) {
+        return Err(not_found());
     }
-    let mut v: HashMap<&str, Value> = HashMap::new();
-    for k in ["id", "server_id", "direction", "path", "username", "status"] {
-        v.insert(k, json!(r.try_get::<String, _>(k)?));
-    }
-    v.insert("bytes", json!(r.try_get::<i64, _>("bytes")?));
-    v.insert("sha256", json!(r.try_get::<Option<String>, _>("sha256")?));
-    v.insert("error", json!(r.try_get::<Option<String>, _>("error")?));
-    v.insert("created_at", json!(rfc3339(r.try_get("created_at")?)));
-    v.insert("finished_at", json!(rfc3339_opt(r.try_get("finished_at")?)));
-    Ok(Json(json!(v)))
+    Ok(r.into())
 }
 
 #[cfg(test)]
