@@ -54,16 +54,16 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(iam::router())
         .merge(servers::router())
         .merge(audit::router())
-        .merge(relay::router().into())
-        .merge(commands::router().into())
-        .merge(websh::router().into())
+        .merge(relay::router())
+        .merge(commands::router())
+        .merge(websh::router())
         .merge(acl::router())
         .merge(crate::mfa::router().into())
         .merge(crate::work_sessions::router().into())
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
     OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
         .merge(limited)
-        .merge(webftp::router().into())
+        .merge(webftp::router())
 }
 
 pub fn router(state: AppState) -> Router {
