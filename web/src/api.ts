@@ -6,6 +6,11 @@ const USER = 'alpacon.user';
 const WORK_SESSION = 'alpacon.workSession';
 const WHOAMI = 'alpacon.whoami';
 
+import type { components } from './api.gen';
+
+/** The API's schemas, generated from its OpenAPI document (api.gen.ts). */
+type Schemas = components['schemas'];
+
 export interface Page<T> {
   count: number;
   next: string | null;
@@ -13,42 +18,10 @@ export interface Page<T> {
   results: T[];
 }
 
-export interface Server {
-  id: string;
-  name: string;
-  is_connected: boolean;
-  connected_at: string | null;
-  last_seen_at: string | null;
-  remote_ip: string | null;
-  hostname: string;
-  os: string;
-  kernel: string;
-  arch: string;
-  cpus: number;
-  memory_bytes: number;
-  agent_version: string;
-  created_at: string;
-}
+export type Server = Schemas['Server'];
 
-/** A terminal session. Only `id` is certain; the rest is read defensively. */
-export interface WebshSession {
-  id: string;
-  server?: string | { id?: string; name?: string } | null;
-  server_id?: string;
-  server_name?: string;
-  username?: string;
-  user?: string | { username?: string } | null;
-  owner?: string;
-  status?: string;
-  created_at?: string;
-  closed_at?: string | null;
-  exit_code?: number | null;
-  close_reason?: string | null;
-  rows?: number;
-  cols?: number;
-  output_bytes?: number;
-  [k: string]: unknown;
-}
+/** A terminal session. */
+export type WebshSession = Schemas['WebshSession'];
 
 export class ApiError extends Error {
   constructor(
@@ -157,14 +130,12 @@ export async function api<T>(
   return (text ? JSON.parse(text) : undefined) as T;
 }
 
-export interface LoginResult {
-  key: string;
-  expires_at: string;
-  user: { username?: string; [k: string]: unknown };
-}
+/** A session, or the second step of the login (MFA). */
+export type LoginResult = Schemas['LoginAnswer'];
 
 export function login(username: string, password: string): Promise<LoginResult> {
-  return api<LoginResult>('POST', '/api/auth/login/', { username, password }, { auth: false });
+  const body: Schemas['Login'] = { username, password };
+  return api<LoginResult>('POST', '/api/auth/login/', body, { auth: false });
 }
 
 export async function logout(): Promise<void> {
@@ -184,12 +155,7 @@ export function getServer(id: string, signal?: AbortSignal): Promise<Server> {
 }
 
 /** Opens a terminal; inside the work session in use, if any. */
-export function createSession(req: {
-  server: string;
-  rows: number;
-  cols: number;
-  username?: string;
-}): Promise<WebshSession> {
+export function createSession(req: Schemas['CreateWebshSession']): Promise<WebshSession> {
   return api<WebshSession>('POST', '/api/websh/sessions/', req, { headers: workSessionHeader() });
 }
 
@@ -222,47 +188,28 @@ export function sessionSocketUrl(id: string, offset: number, client: string): st
   return `${proto}//${location.host}/api/websh/sessions/${encodeURIComponent(id)}/ws/?${q}`;
 }
 
-// Helpers to read session objects whatever their exact shape.
 export function sessionServerName(s: WebshSession): string {
-  if (typeof s.server_name === 'string' && s.server_name) return s.server_name;
-  if (s.server && typeof s.server === 'object') return s.server.name ?? s.server.id ?? '';
-  if (typeof s.server === 'string') return s.server;
-  return s.server_id ?? '';
+  return s.server_name ?? s.server;
 }
 
 export function sessionServerId(s: WebshSession): string {
-  if (s.server && typeof s.server === 'object') return s.server.id ?? '';
-  if (typeof s.server_id === 'string') return s.server_id;
-  if (typeof s.server === 'string') return s.server;
-  return '';
+  return s.server;
 }
 
 export function sessionUser(s: WebshSession): string {
-  if (typeof s.username === 'string') return s.username;
-  if (s.user && typeof s.user === 'object') return s.user.username ?? '';
-  if (typeof s.user === 'string') return s.user;
-  return s.owner ?? '';
+  return s.username;
 }
 
 /** Whether the session can still be attached to. */
 export function sessionIsLive(s: WebshSession): boolean {
-  if (s.closed_at) return false;
-  if (typeof s.exit_code === 'number') return false;
-  const st = (s.status ?? '').toLowerCase();
-  return !['closed', 'exited', 'ended', 'finished', 'terminated', 'expired', 'error'].includes(st);
+  return s.status === 'open';
 }
 
 // ---------------------------------------------------------------------------
 // Who we are
 // ---------------------------------------------------------------------------
 
-export interface Whoami {
-  id: string;
-  username: string;
-  is_superuser: boolean;
-  is_staff: boolean;
-  [k: string]: unknown;
-}
+export type Whoami = Schemas['WhoAmI'];
 
 /** The signed-in user (cached for the tab's session). */
 export async function whoami(signal?: AbortSignal): Promise<Whoami> {

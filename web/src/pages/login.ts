@@ -47,7 +47,12 @@ export const loginPage: Page = (ctx) => {
         submit.textContent = 'Signing in…';
         try {
           const r = await login(u, password.value);
-          setSession(r.key, r.user?.username ?? u);
+          if (!('key' in r)) {
+            // The second step (TOTP or a security key) is not in the console yet.
+            showError('This account signs in with a second factor: use `alpacon login` for now.');
+            return;
+          }
+          setSession(r.key, r.user.username);
           const next = ctx.query.get('next');
           navigate(next && next.startsWith('#/') && !next.startsWith('#/login') ? next : '#/servers', true);
         } catch (e) {
