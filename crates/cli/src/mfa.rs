@@ -6,12 +6,13 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 
+use alpacon_api::mfa as api;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde_json::{json, Value};
 
 use crate::error::CliError;
-use crate::output::{self, print_json, text};
+use crate::output::{self, print_json};
 use crate::Ctx;
 
 #[derive(Debug, Subcommand)]
@@ -124,13 +125,33 @@ pub fn looks_like_totp(code: &str) -> bool {
     c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// The body of a verification: `{code}` or `{recovery_code}`.
-pub fn proof_body(code: &str) -> Value {
+/// A verification from what was typed: a TOTP code or a recovery code.
+pub fn proof(code: &str) -> api::MfaProof {
     let c: String = code.chars().filter(|c| !c.is_whitespace()).collect();
     if looks_like_totp(&c) {
-        json!({ "code": c })
+        api::MfaProof {
+            code: Some(c),
+            ..api::MfaProof::default()
+        }
     } else {
-        json!({ "recovery_code": code.trim() })
+        api::MfaProof {
+            recovery_code: Some(code.trim().to_string()),
+            ..api::MfaProof::default()
+        }
+    }
+}
+
+/// The body of a verification: `{code}` or `{recovery_code}`.
+pub fn proof_body(code: &str) -> Value {
+    serde_json::to_value(proof(code)).unwrap_or_else(|_| json!({}))
+}
+
+/// Text from the gateway as shown: "-" when empty.
+fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".to_string()
+    } else {
+        s.to_string()
     }
 }
 
@@ -150,41 +171,39 @@ pub fn qr_text(data: &str) -> Option<String> {
 
 async fn status(ctx: &Ctx) -> Result<u8> {
     let client = ctx.client()?;
-    let v: Value = client.get(&["api", "iam", "mfa"], &[]).await?;
+    let v: api::MfaStatus = client.get(&["api", "iam", "mfa"], &[]).await?;
     if ctx.json() {
         print_json(&v)?;
         return Ok(0);
     }
-    let keys = v["webauthn"].as_array().cloned().unwrap_or_default();
-    let key_names: Vec<String> = keys.iter().map(|k| text(k, &["name"])).collect();
-    let totp = if v["totp"]["enabled"].as_bool() == Some(true) {
+    let key_names: Vec<String> = v.webauthn.iter().map(|k| or_dash(&k.name)).collect();
+    let totp = if v.totp.enabled {
         "enabled"
-    } else if v["totp"]["pending"].as_bool() == Some(true) {
+    } else if v.totp.pending {
         "pending confirmation (`alpacon mfa totp verify CODE`)"
     } else {
         "no"
     };
-    let session = if v["session"]["enroll_only"].as_bool() == Some(true) {
+    let session = if v.session.enroll_only {
         "enrollment only (enroll a second factor)".to_string()
-    } else if v["session"]["verified"].as_bool() == Some(true) {
+    } else if v.session.verified {
         format!(
             "verified until {}",
-            output::time(&v, &["session.valid_until"])
+            output::local_time(v.session.valid_until.as_deref())
         )
     } else {
         "not verified (`alpacon mfa verify`)".to_string()
     };
-    let methods: Vec<String> = v["policy"]["allowed_methods"]
-        .as_array()
-        .map(|a| a.iter().map(output::value_text).collect())
-        .unwrap_or_default();
+    let methods: Vec<&str> = v
+        .policy
+        .allowed_methods
+        .iter()
+        .map(|m| m.as_str())
+        .collect();
     print!(
         "{}",
         output::record(&[
-            (
-                "mfa",
-                output::yes_no(v["enrolled"].as_bool() == Some(true)).to_string()
-            ),
+            ("mfa", output::yes_no(v.enrolled).to_string()),
             ("totp", totp.to_string()),
             (
                 "security keys",
@@ -196,16 +215,16 @@ async fn status(ctx: &Ctx) -> Result<u8> {
             ),
             (
                 "recovery codes left",
-                output::text(&v, &["recovery_codes_remaining"])
+                v.recovery_codes_remaining.to_string()
             ),
             ("this session", session),
             (
                 "policy",
                 format!(
                     "enforce at login: {}, methods: {}, verification valid {} min",
-                    output::yes_no(v["policy"]["enforce_at_login"].as_bool() == Some(true)),
+                    output::yes_no(v.policy.enforce_at_login),
                     methods.join(", "),
-                    output::text(&v, &["policy.validity_minutes"])
+                    v.policy.validity_minutes
                 )
             ),
         ])
@@ -216,11 +235,14 @@ async fn status(ctx: &Ctx) -> Result<u8> {
 async fn verify(ctx: &Ctx, code: Option<String>, recovery: Option<String>) -> Result<u8> {
     let client = ctx.client()?;
     let body = match (code, recovery) {
-        (_, Some(r)) => json!({ "recovery_code": r }),
-        (Some(c), None) => proof_body(&c),
-        (None, None) => proof_body(&read_code("Authentication code (or recovery code): ")?),
+        (_, Some(r)) => api::MfaProof {
+            recovery_code: Some(r),
+            ..api::MfaProof::default()
+        },
+        (Some(c), None) => proof(&c),
+        (None, None) => proof(&read_code("Authentication code (or recovery code): ")?),
     };
-    let v: Value = client
+    let v: api::MfaVerified = client
         .post(&["api", "auth", "mfa", "verify"], &body)
         .await?;
     if ctx.json() {
@@ -228,7 +250,7 @@ async fn verify(ctx: &Ctx, code: Option<String>, recovery: Option<String>) -> Re
     } else {
         println!(
             "Verified; valid until {}.",
-            output::time(&v, &["valid_until"])
+            output::local_time(Some(&v.valid_until))
         );
     }
     Ok(0)
@@ -236,27 +258,29 @@ async fn verify(ctx: &Ctx, code: Option<String>, recovery: Option<String>) -> Re
 
 async fn totp_enroll(ctx: &Ctx) -> Result<u8> {
     let client = ctx.client()?;
-    let mut v: Value = client
+    let e: api::TotpEnrollment = client
         .post(&["api", "iam", "mfa", "totp"], &json!({}))
         .await?;
     if ctx.json() {
+        // The QR code as SVG is for the console.
+        let mut v = serde_json::to_value(&e)?;
         if let Some(o) = v.as_object_mut() {
             o.remove("qr_svg");
         }
         print_json(&v)?;
         return Ok(0);
     }
-    let uri = text(&v, &["otpauth_uri"]);
+    let uri = or_dash(&e.otpauth_uri);
     println!("Scan this QR code with an authenticator app:\n");
     if let Some(qr) = qr_text(&uri) {
         println!("{qr}");
     }
-    println!("or enter the secret by hand: {}", text(&v, &["secret"]));
+    println!("or enter the secret by hand: {}", or_dash(&e.secret));
     println!("URI: {uri}\n");
-    if let Some(codes) = v["recovery_codes"].as_array() {
+    if let Some(codes) = &e.recovery_codes {
         println!("Recovery codes (each works once; shown only now, keep them safe):");
         for c in codes {
-            println!("  {}", output::value_text(c));
+            println!("  {c}");
         }
         println!();
     }
@@ -270,10 +294,12 @@ async fn totp_verify(ctx: &Ctx, code: Option<String>) -> Result<u8> {
         Some(c) => c,
         None => read_code("Code from the authenticator app: ")?,
     };
-    let v: Value = client
+    let v: api::TotpConfirmed = client
         .post(
             &["api", "iam", "mfa", "totp", "verify"],
-            &json!({ "code": code.trim() }),
+            &api::TotpConfirm {
+                code: code.trim().to_string(),
+            },
         )
         .await?;
     if ctx.json() {
@@ -288,7 +314,7 @@ async fn totp_remove(ctx: &Ctx) -> Result<u8> {
     let client = ctx.client()?;
     client.delete(&["api", "iam", "mfa", "totp"]).await?;
     if ctx.json() {
-        print_json(&json!({ "removed": true }))?;
+        print_json(&api::TotpRemoved { removed: true })?;
     } else {
         println!("TOTP authenticator removed.");
     }
@@ -297,7 +323,7 @@ async fn totp_remove(ctx: &Ctx) -> Result<u8> {
 
 async fn recovery_regenerate(ctx: &Ctx) -> Result<u8> {
     let client = ctx.client()?;
-    let v: Value = client
+    let v: api::RecoveryCodes = client
         .post(&["api", "iam", "mfa", "recovery-codes"], &json!({}))
         .await?;
     if ctx.json() {
@@ -305,8 +331,8 @@ async fn recovery_regenerate(ctx: &Ctx) -> Result<u8> {
         return Ok(0);
     }
     println!("New recovery codes (the old ones no longer work; shown only now):");
-    for c in v["recovery_codes"].as_array().cloned().unwrap_or_default() {
-        println!("  {}", output::value_text(&c));
+    for c in &v.recovery_codes {
+        println!("  {c}");
     }
     Ok(0)
 }
@@ -318,34 +344,38 @@ async fn policy(
     validity: Option<i64>,
 ) -> Result<u8> {
     let client = ctx.client()?;
-    let mut p: Value = client.get(&["api", "iam", "mfa-policy"], &[]).await?;
+    let mut p: api::MfaPolicy = client.get(&["api", "iam", "mfa-policy"], &[]).await?;
     if enforce.is_some() || methods.is_some() || validity.is_some() {
         if let Some(e) = enforce {
-            p["enforce_at_login"] = json!(e);
-        }
-        if let Some(m) = methods {
-            p["allowed_methods"] = json!(m);
+            p.enforce_at_login = e;
         }
         if let Some(v) = validity {
-            p["validity_minutes"] = json!(v);
+            p.validity_minutes = v;
+        }
+        let mut body = serde_json::to_value(&p)?;
+        // The method names go as given: the gateway says which it does not
+        // know.
+        if let Some(m) = methods {
+            body["allowed_methods"] = json!(m);
         }
         let url = client.endpoint(&["api", "iam", "mfa-policy"]);
         p = client
-            .send_json(client.request(reqwest::Method::PUT, url).json(&p))
+            .send_json(client.request(reqwest::Method::PUT, url).json(&body))
             .await?;
     }
     if ctx.json() {
         print_json(&p)?;
     } else {
+        let methods: Vec<&str> = p.allowed_methods.iter().map(|m| m.as_str()).collect();
         print!(
             "{}",
             output::record(&[
                 (
                     "enforce at login",
-                    output::yes_no(p["enforce_at_login"].as_bool() == Some(true)).to_string()
+                    output::yes_no(p.enforce_at_login).to_string()
                 ),
-                ("allowed methods", output::text(&p, &["allowed_methods"])),
-                ("validity minutes", output::text(&p, &["validity_minutes"])),
+                ("allowed methods", or_dash(&methods.join(","))),
+                ("validity minutes", p.validity_minutes.to_string()),
             ])
         );
     }

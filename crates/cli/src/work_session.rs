@@ -3,11 +3,13 @@
 
 use std::time::Duration;
 
+use alpacon_api::work_sessions::{self as api, TimelineItem, WorkSession, WorkSessionStatus};
 use anyhow::{anyhow, Result};
 use clap::Subcommand;
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{json, Value};
 
-use crate::output::{self, print_json, text, Table};
+use crate::output::{self, print_json, Table};
 use crate::{config, Ctx};
 
 const SESSIONS: &[&str] = &["api", "work-sessions", "sessions"];
@@ -98,45 +100,68 @@ fn seg<'a>(rest: &[&'a str]) -> Vec<&'a str> {
     [SESSIONS, rest].concat()
 }
 
-fn print_session(ctx: &Ctx, v: &Value, verb: &str) -> Result<()> {
+/// Text from the gateway as shown: "-" when empty or absent.
+fn or_dash(s: Option<&str>) -> String {
+    match s {
+        Some(s) if !s.is_empty() => s.to_string(),
+        _ => "-".to_string(),
+    }
+}
+
+/// A number as shown: "-" when absent.
+fn num_or_dash(n: Option<i64>) -> String {
+    n.map_or_else(|| "-".to_string(), |n| n.to_string())
+}
+
+/// The session's scopes, comma-separated; "-" when none.
+fn scopes_text(ws: &WorkSession) -> String {
+    let names: Vec<&str> = ws.scopes.iter().map(|s| s.as_str()).collect();
+    or_dash(Some(&names.join(",")))
+}
+
+/// The session's server names joined by `sep`.
+fn servers_text(ws: &WorkSession, sep: &str) -> String {
+    ws.servers
+        .iter()
+        .map(|s| or_dash(Some(&s.name)))
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+fn print_session(ctx: &Ctx, v: &WorkSession, verb: &str) -> Result<()> {
     if ctx.json() {
         return print_json(v);
     }
-    let servers = v["servers"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|s| text(s, &["name"]))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default();
+    let id = or_dash(Some(&v.id));
     if !verb.is_empty() {
-        println!("Work session {} {verb}.", text(v, &["id"]));
+        println!("Work session {id} {verb}.");
     }
     println!(
         "{}",
         output::record(&[
-            ("ID", text(v, &["id"])),
-            ("Status", text(v, &["status"])),
-            ("Requester", text(v, &["requester"])),
-            ("Purpose", text(v, &["purpose"])),
-            ("Servers", servers),
-            ("Scopes", text(v, &["scopes"])),
-            ("Duration", format!("{}s", text(v, &["duration_seconds"]))),
-            ("Active since", output::time(v, &["activated_at"])),
-            ("Expires", output::time(v, &["expires_at"])),
-            ("Decided by", text(v, &["decided_by"])),
-            ("Ended", output::time(v, &["ended_at"])),
-            ("End reason", text(v, &["end_reason"])),
+            ("ID", id),
+            ("Status", v.status.as_str().to_string()),
+            ("Requester", or_dash(Some(&v.requester))),
+            ("Purpose", or_dash(Some(&v.purpose))),
+            ("Servers", servers_text(v, ", ")),
+            ("Scopes", scopes_text(v)),
+            ("Duration", format!("{}s", v.duration_seconds)),
+            (
+                "Active since",
+                output::local_time(v.activated_at.as_deref())
+            ),
+            ("Expires", output::local_time(v.expires_at.as_deref())),
+            ("Decided by", or_dash(v.decided_by.as_deref())),
+            ("Ended", output::local_time(v.ended_at.as_deref())),
+            ("End reason", or_dash(v.end_reason.as_deref())),
         ])
     );
     Ok(())
 }
 
-async fn act(ctx: &Ctx, id: &str, action: &str, body: Value) -> Result<Value> {
+async fn act(ctx: &Ctx, id: &str, action: &str, body: &impl Serialize) -> Result<WorkSession> {
     let client = ctx.client()?;
-    client.post(&seg(&[id, action]), &body).await
+    client.post(&seg(&[id, action]), body).await
 }
 
 fn set_use(ctx: &Ctx, id: Option<String>) -> Result<()> {
@@ -157,52 +182,52 @@ pub async fn run(ctx: &Ctx, cmd: WorkSessionCommand) -> Result<u8> {
             wait,
         } => {
             let client = ctx.client()?;
-            let mut body = Map::new();
-            body.insert("purpose".into(), json!(purpose));
-            body.insert("servers".into(), json!(servers));
-            body.insert("scopes".into(), json!(scope));
-            body.insert("duration".into(), json!(expires_in));
-            if let Some(s) = starts_at {
-                body.insert("starts_at".into(), json!(s));
-            }
-            if !sudo_commands.is_empty() {
-                body.insert("sudo_commands".into(), json!(sudo_commands));
-            }
-            let mut v: Value = client.post(SESSIONS, &body).await?;
-            let id = text(&v, &["id"]);
+            let body = api::CreateWorkSession {
+                purpose,
+                servers,
+                scopes: scope,
+                duration: Value::String(expires_in),
+                starts_at,
+                sudo_commands,
+            };
+            let mut v: WorkSession = client.post(SESSIONS, &body).await?;
+            let id = or_dash(Some(&v.id));
             if wait {
                 if !ctx.json() {
                     eprintln!("Waiting for an admin to decide on work session {id}…");
                 }
-                while v["status"] == "pending" {
+                while v.status == WorkSessionStatus::Pending {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     v = client.get(&seg(&[&id]), &[]).await?;
                 }
-                if matches!(v["status"].as_str(), Some("active" | "approved")) {
+                if matches!(
+                    v.status,
+                    WorkSessionStatus::Active | WorkSessionStatus::Approved
+                ) {
                     set_use(ctx, Some(id.clone()))?;
                 }
             }
             print_session(ctx, &v, "requested")?;
             if !ctx.json() {
-                match v["status"].as_str() {
-                    Some("pending") => println!(
+                match v.status {
+                    WorkSessionStatus::Pending => println!(
                         "An admin approves it with `alpacon work-session approve {id}`; then run `alpacon work-session use {id}`."
                     ),
-                    Some("active" | "approved") if !wait => {
+                    WorkSessionStatus::Active | WorkSessionStatus::Approved if !wait => {
                         println!("Run `alpacon work-session use {id}` to act in it.")
                     }
                     _ => {}
                 }
             }
-            return Ok(match v["status"].as_str() {
-                Some("rejected" | "cancelled") => 3,
+            return Ok(match v.status {
+                WorkSessionStatus::Rejected | WorkSessionStatus::Cancelled => 3,
                 _ => 0,
             });
         }
         WorkSessionCommand::Ls { status } => {
             let client = ctx.client()?;
             let q: Vec<(&str, &str)> = status.iter().map(|s| ("status", s.as_str())).collect();
-            let items = client.list::<Value>(SESSIONS, &q, None).await?;
+            let items = client.list::<WorkSession>(SESSIONS, &q, None).await?;
             if ctx.json() {
                 print_json(&items)?;
                 return Ok(0);
@@ -217,29 +242,20 @@ pub async fn run(ctx: &Ctx, cmd: WorkSessionCommand) -> Result<u8> {
                 "PURPOSE",
             ]);
             for i in &items {
-                let servers = i["servers"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|s| text(s, &["name"]))
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default();
                 t.row(vec![
-                    text(i, &["id"]),
-                    text(i, &["status"]),
-                    text(i, &["requester"]),
-                    servers,
-                    text(i, &["scopes"]),
-                    output::time(i, &["expires_at"]),
-                    text(i, &["purpose"]),
+                    or_dash(Some(&i.id)),
+                    i.status.as_str().to_string(),
+                    or_dash(Some(&i.requester)),
+                    servers_text(i, ","),
+                    scopes_text(i),
+                    output::local_time(i.expires_at.as_deref()),
+                    or_dash(Some(&i.purpose)),
                 ]);
             }
             t.print()?;
         }
         WorkSessionCommand::Describe { id } => {
-            let v: Value = ctx.client()?.get(&seg(&[&id]), &[]).await?;
+            let v: WorkSession = ctx.client()?.get(&seg(&[&id]), &[]).await?;
             print_session(ctx, &v, "")?;
         }
         WorkSessionCommand::Approve {
@@ -249,47 +265,47 @@ pub async fn run(ctx: &Ctx, cmd: WorkSessionCommand) -> Result<u8> {
             expires_in,
             note,
         } => {
-            let mut body = Map::new();
-            if !servers.is_empty() {
-                body.insert("servers".into(), json!(servers));
-            }
-            if !scope.is_empty() {
-                body.insert("scopes".into(), json!(scope));
-            }
-            if let Some(e) = expires_in {
-                body.insert("duration".into(), json!(e));
-            }
-            if let Some(n) = note {
-                body.insert("note".into(), json!(n));
-            }
-            let v = act(ctx, &id, "approve", Value::Object(body)).await?;
+            let body = api::ApproveWorkSession {
+                servers: (!servers.is_empty()).then_some(servers),
+                scopes: (!scope.is_empty()).then_some(scope),
+                duration: expires_in.map_or(Value::Null, Value::String),
+                starts_at: None,
+                note,
+            };
+            let v = act(ctx, &id, "approve", &body).await?;
             print_session(ctx, &v, "approved")?;
         }
         WorkSessionCommand::Reject { id, reason } => {
-            let v = act(ctx, &id, "reject", json!({ "reason": reason })).await?;
+            let body = api::WorkSessionDecisionNote { note: None, reason };
+            let v = act(ctx, &id, "reject", &body).await?;
             print_session(ctx, &v, "rejected")?;
         }
         WorkSessionCommand::Cancel { id } => {
-            let v = act(ctx, &id, "cancel", json!({})).await?;
+            let v = act(ctx, &id, "cancel", &json!({})).await?;
             print_session(ctx, &v, "cancelled")?;
         }
         WorkSessionCommand::Revoke { id, reason } => {
-            let v = act(ctx, &id, "revoke", json!({ "reason": reason })).await?;
+            let body = api::WorkSessionDecisionNote { note: None, reason };
+            let v = act(ctx, &id, "revoke", &body).await?;
             print_session(ctx, &v, "revoked")?;
         }
         WorkSessionCommand::Complete { id } => {
-            let v = act(ctx, &id, "complete", json!({})).await?;
+            let v = act(ctx, &id, "complete", &json!({})).await?;
             if ctx.config().ok().and_then(|c| c.work_session) == Some(id.clone()) {
                 set_use(ctx, None)?;
             }
             print_session(ctx, &v, "completed")?;
         }
         WorkSessionCommand::Extend { id, by } => {
-            let v = act(ctx, &id, "extend", json!({ "duration": by })).await?;
+            let body = api::ExtendWorkSession {
+                duration: Value::String(by),
+            };
+            let v = act(ctx, &id, "extend", &body).await?;
             print_session(ctx, &v, "extension requested")?;
         }
         WorkSessionCommand::ApproveExtension { id } => {
-            let v = act(ctx, &id, "approve-extension", json!({})).await?;
+            let body = api::ApproveWorkSessionExtension::default();
+            let v = act(ctx, &id, "approve-extension", &body).await?;
             print_session(ctx, &v, "extended")?;
         }
         WorkSessionCommand::Use { id, clear } => {
@@ -301,61 +317,33 @@ pub async fn run(ctx: &Ctx, cmd: WorkSessionCommand) -> Result<u8> {
                 return Ok(0);
             }
             let id = id.ok_or_else(|| anyhow!("give a work session id"))?;
-            let v: Value = ctx.client()?.get(&seg(&[&id]), &[]).await?;
-            set_use(ctx, Some(text(&v, &["id"])))?;
+            let v: WorkSession = ctx.client()?.get(&seg(&[&id]), &[]).await?;
+            let id = or_dash(Some(&v.id));
+            set_use(ctx, Some(id.clone()))?;
             if ctx.json() {
                 print_json(&v)?;
             } else {
                 println!(
-                    "Later commands run in work session {} ({}, until {}).",
-                    text(&v, &["id"]),
-                    text(&v, &["status"]),
-                    output::time(&v, &["expires_at"])
+                    "Later commands run in work session {id} ({}, until {}).",
+                    v.status.as_str(),
+                    output::local_time(v.expires_at.as_deref())
                 );
             }
         }
         WorkSessionCommand::Timeline { id } => {
-            let v: Value = ctx.client()?.get(&seg(&[&id, "timeline"]), &[]).await?;
+            let v: api::WorkSessionTimeline =
+                ctx.client()?.get(&seg(&[&id, "timeline"]), &[]).await?;
             if ctx.json() {
                 print_json(&v)?;
                 return Ok(0);
             }
             let mut t = Table::new(&["TIME", "WHAT", "SERVER", "DETAIL"]);
-            for i in v["results"].as_array().into_iter().flatten() {
-                let (what, detail) = match i["kind"].as_str() {
-                    Some("terminal") => (
-                        "terminal".to_string(),
-                        format!(
-                            "{} as {} ({}, exit {}) recording {}",
-                            text(i, &["id"]),
-                            text(i, &["username"]),
-                            text(i, &["status"]),
-                            text(i, &["exit_code"]),
-                            text(i, &["recording"])
-                        ),
-                    ),
-                    Some("command") => (
-                        "command".to_string(),
-                        format!(
-                            "{} (as {}, exit {})",
-                            text(i, &["line"]),
-                            text(i, &["username"]),
-                            text(i, &["exit_code"])
-                        ),
-                    ),
-                    Some("transfer") => (
-                        format!("file {}", text(i, &["direction"])),
-                        format!("{} ({} bytes)", text(i, &["path"]), text(i, &["bytes"])),
-                    ),
-                    _ => (
-                        text(i, &["action"]),
-                        output::sanitize(&i["detail"].to_string()),
-                    ),
-                };
+            for i in &v.results {
+                let (what, server, detail) = timeline_row(i);
                 t.row(vec![
-                    output::time(i, &["timestamp"]),
+                    output::local_time(Some(i.timestamp())),
                     what,
-                    text(i, &["server_name"]),
+                    or_dash(server),
                     detail,
                 ]);
             }
@@ -363,4 +351,43 @@ pub async fn run(ctx: &Ctx, cmd: WorkSessionCommand) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// What a timeline entry was, its server and its detail, as the table shows
+/// them.
+fn timeline_row(i: &TimelineItem) -> (String, Option<&str>, String) {
+    match i {
+        TimelineItem::Terminal(x) => (
+            "terminal".to_string(),
+            x.server_name.as_deref(),
+            format!(
+                "{} as {} ({}, exit {}) recording {}",
+                or_dash(Some(&x.id)),
+                or_dash(Some(&x.username)),
+                or_dash(Some(&x.status)),
+                num_or_dash(x.exit_code),
+                or_dash(Some(&x.recording))
+            ),
+        ),
+        TimelineItem::Command(x) => (
+            "command".to_string(),
+            x.server_name.as_deref(),
+            format!(
+                "{} (as {}, exit {})",
+                or_dash(Some(&x.line)),
+                or_dash(Some(&x.username)),
+                num_or_dash(x.exit_code)
+            ),
+        ),
+        TimelineItem::Transfer(x) => (
+            format!("file {}", or_dash(Some(&x.direction))),
+            x.server_name.as_deref(),
+            format!("{} ({} bytes)", or_dash(Some(&x.path)), x.bytes),
+        ),
+        TimelineItem::Event(x) => (
+            or_dash(Some(&x.action)),
+            x.server_name.as_deref(),
+            output::sanitize(&x.detail.to_string()),
+        ),
+    }
 }

@@ -2,55 +2,26 @@
 //! correct password leads to ([`login_next`]) and whether a session's last
 //! verification still covers a decision point ([`recent_mfa`]).
 
-use serde::{Deserialize, Serialize};
-
 /// Key of the policy in `workspace_settings`.
 pub const SETTING_KEY: &str = "mfa.policy";
 
 pub const MAX_VALIDITY_MINUTES: i64 = 24 * 60;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    Totp,
-    Webauthn,
+/// The policy and its methods are the API's own types: the stored setting
+/// is the body of `GET/PUT /api/iam/mfa-policy/`.
+pub use alpacon_api::mfa::{MfaFactor as Factor, MfaMethod as Method, MfaPolicy as Policy};
+
+/// The rules of a [`Policy`].
+pub trait PolicyRules {
+    /// Why the policy cannot be stored, if it cannot.
+    fn validate(&self) -> Result<(), String>;
+    fn allows(&self, m: Method) -> bool;
+    /// How long a verification covers decision points, in ms.
+    fn validity_ms(&self) -> i64;
 }
 
-impl Method {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Method::Totp => "totp",
-            Method::Webauthn => "webauthn",
-        }
-    }
-}
-
-/// `GET/PUT /api/iam/mfa-policy/`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Policy {
-    /// Every login needs a second factor; users without one get a session
-    /// that can only enroll one.
-    pub enforce_at_login: bool,
-    /// Second factors users may enroll and use (recovery codes always work).
-    pub allowed_methods: Vec<Method>,
-    /// How long a verification covers decision points (token creation,
-    /// security settings, using another system account).
-    pub validity_minutes: i64,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            enforce_at_login: false,
-            allowed_methods: vec![Method::Totp, Method::Webauthn],
-            validity_minutes: 15,
-        }
-    }
-}
-
-impl Policy {
-    pub fn validate(&self) -> Result<(), String> {
+impl PolicyRules for Policy {
+    fn validate(&self) -> Result<(), String> {
         if !(1..=MAX_VALIDITY_MINUTES).contains(&self.validity_minutes) {
             return Err(format!(
                 "validity_minutes must be between 1 and {MAX_VALIDITY_MINUTES}"
@@ -62,11 +33,11 @@ impl Policy {
         Ok(())
     }
 
-    pub fn allows(&self, m: Method) -> bool {
+    fn allows(&self, m: Method) -> bool {
         self.allowed_methods.contains(&m)
     }
 
-    pub fn validity_ms(&self) -> i64 {
+    fn validity_ms(&self) -> i64 {
         self.validity_minutes * 60_000
     }
 }
@@ -93,8 +64,8 @@ impl Enrolled {
 pub enum LoginNext {
     /// A full session.
     Session,
-    /// A second factor first, by one of these methods.
-    SecondFactor(Vec<&'static str>),
+    /// A second factor first, by one of these.
+    SecondFactor(Vec<Factor>),
     /// The policy requires MFA the user cannot present: a session that can
     /// only enroll a second factor.
     EnrollOnly,
@@ -110,13 +81,13 @@ pub fn login_next(e: &Enrolled, p: &Policy) -> LoginNext {
     }
     let mut methods = Vec::new();
     if e.totp && p.allows(Method::Totp) {
-        methods.push("totp");
+        methods.push(Factor::Totp);
     }
     if e.webauthn && p.allows(Method::Webauthn) {
-        methods.push("webauthn");
+        methods.push(Factor::Webauthn);
     }
     if e.recovery_codes > 0 {
-        methods.push("recovery");
+        methods.push(Factor::Recovery);
     }
     if methods.is_empty() {
         // Enrolled only in methods the policy no longer allows, and no
@@ -264,7 +235,7 @@ mod tests {
         };
         assert_eq!(
             login_next(&e, &Policy::default()),
-            LoginNext::SecondFactor(vec!["totp", "webauthn", "recovery"])
+            LoginNext::SecondFactor(vec![Factor::Totp, Factor::Webauthn, Factor::Recovery])
         );
         let only_webauthn = Policy {
             allowed_methods: vec![Method::Webauthn],
@@ -272,7 +243,7 @@ mod tests {
         };
         assert_eq!(
             login_next(&e, &only_webauthn),
-            LoginNext::SecondFactor(vec!["webauthn", "recovery"])
+            LoginNext::SecondFactor(vec![Factor::Webauthn, Factor::Recovery])
         );
         let totp_only_user = Enrolled {
             totp: true,

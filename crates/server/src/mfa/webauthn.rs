@@ -4,7 +4,7 @@
 //! (browsers refuse IP addresses as RP ids).
 
 use alpacon_api::ErrorCode;
-use sqlx::Row;
+use sqlx::FromRow;
 use webauthn_rs::prelude::{Passkey, Url, Uuid, Webauthn, WebauthnBuilder};
 
 use crate::app::AppState;
@@ -48,6 +48,13 @@ pub fn credential_key(pk: &Passkey) -> String {
     hex::encode(pk.cred_id().as_ref() as &[u8])
 }
 
+/// A row of `mfa_webauthn`: its id and the passkey as JSON.
+#[derive(FromRow)]
+struct PasskeyRow {
+    id: String,
+    passkey: String,
+}
+
 /// A user's credentials: (row id, passkey).
 pub async fn passkeys(db: &Db, user_id: &str) -> Result<Vec<(String, Passkey)>, ApiError> {
     let rows = sqlx::query("SELECT id, passkey FROM mfa_webauthn WHERE user_id = $1")
@@ -56,9 +63,9 @@ pub async fn passkeys(db: &Db, user_id: &str) -> Result<Vec<(String, Passkey)>, 
         .await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        let json: String = r.try_get("passkey")?;
-        let pk: Passkey = serde_json::from_str(&json).map_err(ApiError::internal)?;
-        out.push((r.try_get("id")?, pk));
+        let r = PasskeyRow::from_row(&r)?;
+        let pk: Passkey = serde_json::from_str(&r.passkey).map_err(ApiError::internal)?;
+        out.push((r.id, pk));
     }
     Ok(out)
 }

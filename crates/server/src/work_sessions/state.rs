@@ -99,6 +99,35 @@ impl Scope {
     }
 }
 
+impl From<Status> for alpacon_api::work_sessions::WorkSessionStatus {
+    fn from(s: Status) -> Self {
+        use alpacon_api::work_sessions::WorkSessionStatus as A;
+        match s {
+            Status::Pending => A::Pending,
+            Status::Approved => A::Approved,
+            Status::Active => A::Active,
+            Status::Completed => A::Completed,
+            Status::Expired => A::Expired,
+            Status::Revoked => A::Revoked,
+            Status::Rejected => A::Rejected,
+            Status::Cancelled => A::Cancelled,
+        }
+    }
+}
+
+impl From<Scope> for alpacon_api::work_sessions::WorkSessionScope {
+    fn from(s: Scope) -> Self {
+        use alpacon_api::work_sessions::WorkSessionScope as A;
+        match s {
+            Scope::Websh => A::Websh,
+            Scope::Command => A::Command,
+            Scope::File => A::File,
+            Scope::Sudo => A::Sudo,
+            Scope::Tunnel => A::Tunnel,
+        }
+    }
+}
+
 /// The lifecycle part of a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Life {
@@ -355,44 +384,20 @@ pub fn check_use(
 // Policy
 // ---------------------------------------------------------------------------
 
-/// Who needs a work session.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Required {
-    /// Nobody (unless the server is in a listed group).
-    #[default]
-    Nobody,
-    /// Members but not staff or superusers.
-    Members,
-    Everyone,
+/// The policy is the API's own type: the stored setting
+/// (`work_session.policy`) is the body of `GET/PUT /api/work-sessions/policy/`.
+pub use alpacon_api::work_sessions::{
+    WorkSessionPolicy as Policy, WorkSessionRequiredFor as Required,
+};
+
+/// The rules of a [`Policy`].
+pub trait PolicyRules {
+    /// Why the policy cannot be stored, if it cannot.
+    fn validate(&self) -> Result<(), String>;
 }
 
-/// The workspace's work-session policy (settings key `work_session.policy`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Policy {
-    pub required_for: Required,
-    /// Servers in these groups need a session from everyone
-    /// ("production requires a work session").
-    pub required_groups: Vec<String>,
-    /// Superusers' own requests are approved at once.
-    pub auto_approve_superusers: bool,
-    pub max_duration_hours: u32,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            required_for: Required::Nobody,
-            required_groups: Vec::new(),
-            auto_approve_superusers: false,
-            max_duration_hours: 24,
-        }
-    }
-}
-
-impl Policy {
-    pub fn validate(&self) -> Result<(), String> {
+impl PolicyRules for Policy {
+    fn validate(&self) -> Result<(), String> {
         if !(1..=24 * 30).contains(&self.max_duration_hours) {
             return Err("max_duration_hours must be between 1 and 720".into());
         }
@@ -742,5 +747,16 @@ mod tests {
             assert_eq!(Scope::parse(s.as_str()), Some(s));
         }
         assert_eq!(Scope::parse("root"), None);
+    }
+
+    #[test]
+    fn names_are_the_api_names() {
+        use alpacon_api::work_sessions::{WorkSessionScope, WorkSessionStatus};
+        for s in Status::ALL {
+            assert_eq!(WorkSessionStatus::from(s).as_str(), s.as_str());
+        }
+        for s in Scope::ALL {
+            assert_eq!(WorkSessionScope::from(s).as_str(), s.as_str());
+        }
     }
 }
