@@ -58,8 +58,8 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(commands::router())
         .merge(websh::router())
         .merge(acl::router())
-        .merge(crate::mfa::router().into())
-        .merge(crate::work_sessions::router().into())
+        .merge(crate::mfa::router())
+        .merge(crate::work_sessions::router())
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
     OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
         .merge(limited)
