@@ -642,8 +642,10 @@ async fn get_mfa_policy(
     Ok(Json(load_policy(&st.db).await?))
 }
 
-/// Replaces the workspace MFA policy (admins; a recent verification when
-/// they have MFA).
+/// Replaces the workspace MFA policy.
+///
+/// Replaces the workspace MFA policy (admins; a recent verification when they
+/// have MFA).
 #[utoipa::path(put, path = "/api/iam/mfa-policy/", tag = "mfa",
     request_body = api::MfaPolicy,
     responses((status = 200, body = api::MfaPolicy), Errors))]

@@ -209,8 +209,10 @@ async fn require_approver(
     crate::mfa::require_recent_mfa(st, caller, action).await
 }
 
-/// Approves a request, optionally narrowing it (staff and superusers, not
-/// the requester; a recent second factor when they have one).
+/// Approves a request, optionally narrowing it.
+///
+/// Approves a request, optionally narrowing it (staff and superusers, not the
+/// requester; a recent second factor when they have one).
 ///
 /// Servers and scopes can only be narrowed; the duration and start can be
 /// changed. It becomes active now, or at its start. The body may be left
@@ -336,6 +338,8 @@ async fn approve_work_session(
     Ok(Json(api::WorkSession::from(&ws)))
 }
 
+/// Rejects a pending request.
+///
 /// Rejects a pending request (staff and superusers, not the requester; a
 /// recent second factor when they have one). The body may be left out.
 #[utoipa::path(post, path = "/api/work-sessions/sessions/{id}/reject/", tag = "work_sessions",
@@ -397,6 +401,8 @@ async fn cancel_work_session(
     Ok(Json(api::WorkSession::from(&ws)))
 }
 
+/// Ends a session now.
+///
 /// Ends a session now (staff and superusers): every terminal, command and
 /// transfer in it ends and its sudo is withdrawn. The body may be left out.
 #[utoipa::path(post, path = "/api/work-sessions/sessions/{id}/revoke/", tag = "work_sessions",
@@ -429,8 +435,10 @@ async fn revoke_work_session(
     Ok(Json(api::WorkSession::from(&ws)))
 }
 
-/// Ends the caller's active session now (admins: anyone's): everything in
-/// it ends.
+/// Ends the caller's active session now.
+///
+/// Ends the caller's active session now (admins: anyone's): everything in it
+/// ends.
 #[utoipa::path(post, path = "/api/work-sessions/sessions/{id}/complete/", tag = "work_sessions",
     params(("id" = String, Path, description = "The work session's id")),
     responses((status = 200, body = api::WorkSession), Errors))]
@@ -448,8 +456,9 @@ async fn complete_work_session(
     Ok(Json(api::WorkSession::from(&ws)))
 }
 
-/// Asks for more time (the requester); an admin approves it like the
-/// request.
+/// Asks for more time.
+///
+/// Asks for more time (the requester); an admin approves it like the request.
 #[utoipa::path(post, path = "/api/work-sessions/sessions/{id}/extend/", tag = "work_sessions",
     params(("id" = String, Path, description = "The work session's id")),
     request_body = api::ExtendWorkSession,
@@ -485,9 +494,11 @@ async fn extend_work_session(
     Ok(Json(api::WorkSession::from(&ws)))
 }
 
-/// Approves a requested extension, possibly shorter (staff and
-/// superusers, not the requester; a recent second factor when they have
-/// one). The body may be left out.
+/// Approves a requested extension, possibly shorter.
+///
+/// Approves a requested extension, possibly shorter (staff and superusers,
+/// not the requester; a recent second factor when they have one). The body
+/// may be left out.
 #[utoipa::path(post, path = "/api/work-sessions/sessions/{id}/approve-extension/",
     tag = "work_sessions", params(("id" = String, Path, description = "The work session's id")),
     request_body = Option<api::ApproveWorkSessionExtension>,
@@ -517,8 +528,9 @@ async fn approve_work_session_extension(
     Ok(Json(api::WorkSession::from(&ws)))
 }
 
-/// Rejects a requested extension (staff and superusers, not the
-/// requester).
+/// Rejects a requested extension.
+///
+/// Rejects a requested extension (staff and superusers, not the requester).
 #[utoipa::path(post, path = "/api/work-sessions/sessions/{id}/reject-extension/",
     tag = "work_sessions", params(("id" = String, Path, description = "The work session's id")),
     responses((status = 200, body = api::WorkSession), Errors))]
@@ -570,6 +582,8 @@ async fn get_work_session_policy(
     Ok(Json(policy(&st.db).await?))
 }
 
+/// Replaces the workspace's work-session policy.
+///
 /// Replaces the workspace's work-session policy (admins signed in with a
 /// password, with a recent second factor when they have one).
 #[utoipa::path(put, path = "/api/work-sessions/policy/", tag = "work_sessions",
