@@ -50,7 +50,7 @@ impl Refusal {
 
     /// 403 `{code, detail}`.
     pub fn to_error(&self) -> ApiError {
-        ApiError::forbidden(self.code, self.detail.clone())
+        ApiError::new(self.code, self.detail.clone())
     }
 }
 

@@ -49,7 +49,7 @@ where
                     }
                     _ => rej.body_text(),
                 };
-                Err(ApiError::new(status, ErrorCode::Invalid, detail))
+                Err(ApiError::new(ErrorCode::Invalid, detail).with_status(status.as_u16()))
             }
         }
     }
@@ -311,7 +311,7 @@ mod tests {
             (None, Some("ten")),
         ] {
             let e = pp(p, s).page().unwrap_err();
-            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST);
             assert_eq!(e.code.as_str(), "invalid");
         }
         let p = pp(Some("3"), Some("20")).page().unwrap();

@@ -208,7 +208,7 @@ fn key_from_query(parts: &Parts) -> Option<String> {
 
 fn key_from_headers(headers: &HeaderMap) -> Result<&str, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Err(ApiError::unauthorized(
+        return Err(ApiError::new(
             ErrorCode::NotAuthenticated,
             "authentication required: pass Authorization: Token <key>",
         ));
@@ -218,7 +218,7 @@ fn key_from_headers(headers: &HeaderMap) -> Result<&str, ApiError> {
         .ok()
         .and_then(parse_authorization)
         .ok_or_else(|| {
-            ApiError::unauthorized(
+            ApiError::new(
                 ErrorCode::InvalidToken,
                 "malformed Authorization header: use Authorization: Token <key>",
             )
@@ -226,7 +226,7 @@ fn key_from_headers(headers: &HeaderMap) -> Result<&str, ApiError> {
 }
 
 fn invalid_token(detail: &str) -> ApiError {
-    ApiError::unauthorized(ErrorCode::InvalidToken, detail.to_string())
+    ApiError::new(ErrorCode::InvalidToken, detail.to_string())
 }
 
 /// What a request's API token (`alpat-`/`alpst-`) finds: the token and

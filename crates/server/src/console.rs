@@ -197,7 +197,7 @@ fn api_not_found(method: &Method, path: &str) -> Response {
     } else {
         ""
     };
-    ApiError::not_found(
+    ApiError::new(
         ErrorCode::NotFound,
         format!("no such endpoint: {method} {path}{hint}"),
     )

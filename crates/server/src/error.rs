@@ -7,47 +7,43 @@ use axum::response::{IntoResponse, Response};
 
 /// An error as the API client sees it. `code` is a stable machine-readable
 /// word (clients branch on it); `detail` is a sentence for a person, ideally
-/// saying what to do next.
+/// saying what to do next. Domain code says *what* went wrong with a code;
+/// which HTTP status answers it is the contract's (`ErrorCode::status`),
+/// applied here, at the edge.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{code}: {detail}")]
 pub struct ApiError {
-    pub status: StatusCode,
     pub code: ErrorCode,
     pub detail: String,
+    /// Another status than the code's, for the few answers whose door
+    /// differs (a body too large is 413, not 400).
+    status: Option<u16>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: ErrorCode, detail: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
         ApiError {
-            status,
             code,
             detail: detail.into(),
+            status: None,
         }
+    }
+
+    /// Answers with `status` instead of the code's own.
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.status.unwrap_or(self.code.status()))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     /// 400 with code `invalid`: the request itself is malformed.
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, ErrorCode::Invalid, detail)
-    }
-
-    pub fn not_found(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, code, detail)
-    }
-
-    pub fn forbidden(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, code, detail)
-    }
-
-    pub fn unauthorized(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, code, detail)
-    }
-
-    pub fn conflict(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, code, detail)
-    }
-
-    pub fn unavailable(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
+        Self::new(ErrorCode::Invalid, detail)
     }
 
     /// Internal server error: the cause goes to the log, never to the
@@ -55,7 +51,6 @@ impl ApiError {
     pub fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!("internal error: {e}");
         Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Internal,
             "internal error; the gateway log has the cause",
         )
@@ -63,7 +58,7 @@ impl ApiError {
 
     /// 403 `permission_denied` for admin-only endpoints.
     pub fn admin_only() -> Self {
-        Self::forbidden(
+        Self::new(
             ErrorCode::PermissionDenied,
             "only superusers and staff may do this",
         )
@@ -73,7 +68,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "code": self.code.as_str(), "detail": self.detail });
-        (self.status, axum::Json(body)).into_response()
+        (self.status(), axum::Json(body)).into_response()
     }
 }
 
@@ -81,9 +76,7 @@ impl IntoResponse for ApiError {
 /// Nothing was changed; the request can be retried once space is freed.
 pub fn storage_full() -> ApiError {
     tracing::error!("storage full: a write failed for lack of space");
-    ApiError::new(
-        StatusCode::INSUFFICIENT_STORAGE,
-        ErrorCode::StorageFull,
+    ApiError::new(ErrorCode::StorageFull,
         "the gateway's storage is full; nothing was changed. Free disk space on the gateway and retry",
     )
 }
@@ -120,7 +113,7 @@ impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         if let Some(db) = e.as_database_error() {
             if db.is_unique_violation() {
-                return ApiError::conflict(
+                return ApiError::new(
                     ErrorCode::Conflict,
                     "an object with this name already exists",
                 );
@@ -136,7 +129,7 @@ impl From<sqlx::Error> for ApiError {
         }
         if matches!(e, sqlx::Error::PoolTimedOut) {
             tracing::warn!("database pool timed out");
-            return ApiError::unavailable(
+            return ApiError::new(
                 ErrorCode::DatabaseBusy,
                 "the database is busy; retry shortly",
             );
@@ -168,7 +161,7 @@ mod tests {
 
     #[tokio::test]
     async fn renders_code_and_detail_as_json() {
-        let r = ApiError::not_found(ErrorCode::ServerNotFound, "no server named x").into_response();
+        let r = ApiError::new(ErrorCode::ServerNotFound, "no server named x").into_response();
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
         let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -179,7 +172,7 @@ mod tests {
     #[test]
     fn no_space_is_storage_full() {
         let e = ApiError::from(std::io::Error::from_raw_os_error(libc::ENOSPC));
-        assert_eq!(e.status, StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(e.status(), StatusCode::INSUFFICIENT_STORAGE);
         assert_eq!(e.code.as_str(), "storage_full");
         let e = ApiError::from(std::io::Error::from_raw_os_error(libc::EACCES));
         assert_eq!(e.code.as_str(), "internal");
@@ -213,14 +206,14 @@ mod tests {
             }
         }
         let e = ApiError::from(err.expect("the database filled up"));
-        assert_eq!(e.status, StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(e.status(), StatusCode::INSUFFICIENT_STORAGE);
         assert_eq!(e.code.as_str(), "storage_full");
     }
 
     #[test]
     fn internal_hides_the_cause() {
         let e = ApiError::internal("secret path /etc/shadow");
-        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!e.detail.contains("shadow"));
     }
 }

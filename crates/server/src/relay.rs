@@ -185,18 +185,10 @@ async fn agent_link(
 ) -> Response {
     let accept = match websocket_accept(req.headers()) {
         Ok(a) => a,
-        Err(detail) => {
-            return ApiError::new(
-                StatusCode::UPGRADE_REQUIRED,
-                Code::WebsocketRequired,
-                detail,
-            )
-            .into_response()
-        }
+        Err(detail) => return ApiError::new(Code::WebsocketRequired, detail).into_response(),
     };
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return ApiError::new(
-            StatusCode::UPGRADE_REQUIRED,
             Code::WebsocketRequired,
             "this connection cannot be upgraded (agent links use HTTP/1.1)",
         )
@@ -297,7 +289,9 @@ fn refuse_handshake(peer: SocketAddr, r: Refusal, limits: &crate::conn::Limits) 
     if let Some(held) = conn::log_now(reason) {
         tracing::warn!(held, %ip, "agent link refused: {detail}");
     }
-    let mut resp = ApiError::new(status, Code::TooManyHandshakes, detail).into_response();
+    let mut resp = ApiError::new(Code::TooManyHandshakes, detail)
+        .with_status(status.as_u16())
+        .into_response();
     resp.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     resp

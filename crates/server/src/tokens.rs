@@ -70,7 +70,7 @@ pub const MANAGED: &str = "(user_id = $1 OR ($2 = 1 AND user_id IN
 /// 404 `token_not_found`, alike for a token that does not exist and one
 /// the caller does not manage.
 fn no_such_token(ident: &str) -> ApiError {
-    ApiError::not_found(
+    ApiError::new(
         ErrorCode::TokenNotFound,
         format!("you have no token {ident:?}; see `alpacon token ls`"),
     )
@@ -176,7 +176,7 @@ async fn create_token(
 ) -> Result<(StatusCode, Json<api::NewApiToken>), ApiError> {
     // A token that could mint tokens would outlive its own revocation.
     if caller.token_id.is_some() {
-        return Err(ApiError::forbidden(
+        return Err(ApiError::new(
             ErrorCode::TokenNotAllowed,
             "API tokens cannot create tokens; log in with a password (`alpacon login -u USER`)",
         ));
@@ -227,7 +227,7 @@ async fn create_token(
     match res {
         Ok(_) => {}
         Err(e) if is_unique_violation(&e) => {
-            return Err(ApiError::conflict(
+            return Err(ApiError::new(
                 ErrorCode::TokenNameTaken,
                 format!("you already have a token named {name:?}; pick another name or delete it with `alpacon token delete {name}`"),
             ))
@@ -275,7 +275,7 @@ async fn delete_token(
     // never another: a narrowly scoped token must not wipe out its owner's
     // other tokens or the service tokens of pipelines.
     if caller.token_id.as_ref().is_some_and(|t| *t != id) {
-        return Err(ApiError::forbidden(
+        return Err(ApiError::new(
             ErrorCode::TokenNotAllowed,
             "an API token can delete only itself; log in with a password (`alpacon login`) to delete others",
         ));
@@ -320,7 +320,7 @@ async fn update_token(
     Json(body): Json<api::UpdateApiToken>,
 ) -> Result<Json<api::ApiToken>, ApiError> {
     if caller.token_id.is_some() {
-        return Err(ApiError::forbidden(
+        return Err(ApiError::new(
             ErrorCode::TokenNotAllowed,
             "API tokens cannot change tokens; log in with a password (`alpacon login -u USER`)",
         ));

@@ -74,7 +74,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// could lift its own.
 fn refuse_token_caller(caller: &Caller) -> Result<(), ApiError> {
     if caller.token_id.is_some() {
-        return Err(ApiError::forbidden(
+        return Err(ApiError::new(
             ErrorCode::TokenNotAllowed,
             "API tokens cannot change tokens or ACLs; log in with a password (`alpacon login`)",
         ));
@@ -143,7 +143,7 @@ async fn delete_kind<E: Entry>(
     refuse_token_caller(&caller)?;
     crate::mfa::require_recent_mfa(&state, &caller, "acl.change").await?;
     let not_found = || {
-        ApiError::not_found(
+        ApiError::new(
             ErrorCode::AclNotFound,
             format!(
                 "no {} ACL {id:?}; see `alpacon token acl {} ls TOKEN`",
@@ -248,7 +248,7 @@ async fn create_server_acl(
     match res {
         Ok(()) => {}
         Err(e) if crate::error::is_unique_violation(&e) => {
-            return Err(ApiError::conflict(
+            return Err(ApiError::new(
                 ErrorCode::AclExists,
                 format!("this token may already reach {}", server.name),
             ))

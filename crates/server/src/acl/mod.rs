@@ -77,14 +77,14 @@ pub(super) async fn load_scopes(
     let raw = store::stored_scopes(&state.db, token_id).await?;
     // Deleted since the request was authenticated: nothing to go on.
     let Some(raw) = raw else {
-        return Err(ApiError::unauthorized(
+        return Err(ApiError::new(
             ErrorCode::InvalidToken,
             "this token no longer exists",
         ));
     };
     parse_stored_scopes(&raw).map_err(|e| {
         tracing::error!(token = %token_id, "refusing a token whose policy cannot be read: {e}");
-        ApiError::forbidden(
+        ApiError::new(
             ErrorCode::TokenPolicyInvalid,
             "this token's stored scopes cannot be read, so it is refused; delete it and create another",
         )

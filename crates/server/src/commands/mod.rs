@@ -18,7 +18,6 @@ use alpacon_api::ErrorCode;
 use std::collections::BTreeMap;
 
 use alpacon_proto::{CommandResult, CommandSpec, Control};
-use axum::http::StatusCode;
 use serde_json::json;
 use sqlx::FromRow;
 
@@ -104,9 +103,7 @@ async fn replay(
         env: &env,
     };
     if stored != *wanted {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::IdempotencyKeyReused,
+        return Err(ApiError::new(ErrorCode::IdempotencyKeyReused,
             "this Idempotency-Key was used for a different command; use a new key for a new command",
         ));
     }
@@ -420,7 +417,7 @@ pub async fn store_result(
 }
 
 fn not_found() -> ApiError {
-    ApiError::not_found(ErrorCode::NotFound, "no such command")
+    ApiError::new(ErrorCode::NotFound, "no such command")
 }
 
 /// Loads a command the caller may see (admins: all; others: their own; a

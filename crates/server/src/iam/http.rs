@@ -82,7 +82,7 @@ async fn update_user(
     let u = find_user(&st.db, &ident)
         .await?
         .ok_or_else(|| no_such_user(&ident))?;
-    let refuse = |why: &'static str| ApiError::forbidden(ErrorCode::PermissionDenied, why);
+    let refuse = |why: &'static str| ApiError::new(ErrorCode::PermissionDenied, why);
     if (b.is_superuser.is_some() || b.is_staff.is_some()) && !caller.is_superuser {
         return Err(refuse("only a superuser can change workspace roles"));
     }
@@ -180,13 +180,13 @@ async fn delete_user(
         .await?
         .ok_or_else(|| no_such_user(&ident))?;
     if u.id == caller.user_id {
-        return Err(ApiError::forbidden(
+        return Err(ApiError::new(
             ErrorCode::PermissionDenied,
             "you cannot delete yourself",
         ));
     }
     if u.is_superuser && !caller.is_superuser {
-        return Err(ApiError::forbidden(
+        return Err(ApiError::new(
             ErrorCode::PermissionDenied,
             "only a superuser can delete a superuser",
         ));
@@ -233,7 +233,7 @@ async fn create_user(
     // As with updates and invitations: staff reach every server, so only
     // a superuser makes more of them.
     if (b.is_superuser || b.is_staff) && !caller.is_superuser {
-        return Err(ApiError::forbidden(
+        return Err(ApiError::new(
             ErrorCode::PermissionDenied,
             "only a superuser can create staff or superusers",
         ));
@@ -286,7 +286,7 @@ async fn create_user(
     match r {
         Ok(_) => {}
         Err(e) if crate::error::is_unique_violation(&e) => {
-            return Err(ApiError::conflict(
+            return Err(ApiError::new(
                 ErrorCode::UsernameTaken,
                 format!("a user named {:?} exists", b.username),
             ))

@@ -265,7 +265,7 @@ pub async fn assign_uid(db: &Db, user_id: &str) -> Result<i64, ApiError> {
             Err(e) => return Err(e.into()),
         }
     }
-    Err(ApiError::unavailable(
+    Err(ApiError::new(
         ErrorCode::Busy,
         "could not allocate a UID; try again",
     ))
@@ -295,7 +295,7 @@ pub async fn find_user(db: &Db, ident: &str) -> Result<Option<User>, ApiError> {
 }
 
 pub fn no_such_user(ident: &str) -> ApiError {
-    ApiError::not_found(
+    ApiError::new(
         ErrorCode::UserNotFound,
         format!("no user {ident:?}; see `alpacon user ls`"),
     )

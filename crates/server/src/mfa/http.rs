@@ -65,7 +65,7 @@ async fn login_mfa(
     let proof = Proof::try_from(body.proof)?;
     let ch = store::login_challenge(&st.db, &body.mfa_token).await?;
     let Some(username) = store::active_username(&st.db, &ch.user_id).await? else {
-        return Err(ApiError::unauthorized(
+        return Err(ApiError::new(
             ErrorCode::InvalidCredentials,
             "this account is disabled",
         ));
@@ -96,7 +96,7 @@ async fn login_mfa(
                     .detail(json!({ "reason": reason, "stage": "mfa" })),
             )
             .await?;
-            Err(ApiError::unauthorized(
+            Err(ApiError::new(
                 ErrorCode::InvalidMfaCode,
                 format!("{reason}; try again"),
             ))
@@ -104,7 +104,7 @@ async fn login_mfa(
         Ok(method) => {
             // Single use: of two requests with the same token, one wins.
             if !store::take_challenge(&st.db, &ch.id).await? {
-                return Err(ApiError::unauthorized(
+                return Err(ApiError::new(
                     ErrorCode::InvalidMfaToken,
                     "this login step was already used; log in again with your password",
                 ));
@@ -213,10 +213,12 @@ async fn verify_mfa(
                     .detail(json!({ "reason": reason })),
             )
             .await?;
-            Err(ApiError::forbidden(
-                ErrorCode::InvalidMfaCode,
-                format!("{reason}; try again"),
-            ))
+            // A wrong code at step-up is a refusal (403), not a failed
+            // login (401): the caller is signed in.
+            Err(
+                ApiError::new(ErrorCode::InvalidMfaCode, format!("{reason}; try again"))
+                    .with_status(403),
+            )
         }
         Ok(method) => {
             attempt.succeeded().await?;
@@ -307,7 +309,7 @@ async fn enroll_totp(
     }
     let e = store::enrolled(&st.db, &caller.user_id).await?;
     if e.totp {
-        return Err(ApiError::conflict(
+        return Err(ApiError::new(
             ErrorCode::TotpAlreadyEnrolled,
             "a TOTP authenticator is already enrolled; remove it first (`alpacon mfa totp remove`)",
         ));
@@ -366,13 +368,13 @@ async fn confirm_totp(
     let row = store::any_totp(&st.db, &caller.user_id)
         .await?
         .ok_or_else(|| {
-            ApiError::not_found(
+            ApiError::new(
                 ErrorCode::TotpNotEnrolled,
                 "no TOTP enrollment is pending; start one with `alpacon mfa totp enroll`",
             )
         })?;
     if row.confirmed != 0 {
-        return Err(ApiError::conflict(
+        return Err(ApiError::new(
             ErrorCode::TotpAlreadyEnrolled,
             "this TOTP authenticator is already confirmed",
         ));
@@ -399,7 +401,7 @@ async fn confirm_totp(
         }
     };
     if !store::confirm_totp(&st.db, &caller.user_id, now, step).await? {
-        return Err(ApiError::conflict(
+        return Err(ApiError::new(
             ErrorCode::TotpAlreadyEnrolled,
             "this TOTP authenticator was confirmed meanwhile",
         ));
@@ -423,7 +425,7 @@ async fn remove_totp(
     session_only(&caller)?;
     require_recent_mfa(&st, &caller, "mfa.totp.remove").await?;
     if !store::remove_totp(&st.db, &caller.user_id).await? {
-        return Err(ApiError::not_found(
+        return Err(ApiError::new(
             ErrorCode::TotpNotEnrolled,
             "no TOTP authenticator is enrolled",
         ));
@@ -585,7 +587,7 @@ async fn delete_webauthn_credential(
     session_only(&caller)?;
     require_recent_mfa(&st, &caller, "mfa.webauthn.remove").await?;
     if !store::remove_webauthn(&st.db, &id, &caller.user_id).await? {
-        return Err(ApiError::not_found(
+        return Err(ApiError::new(
             ErrorCode::CredentialNotFound,
             "no such security key or passkey; see `alpacon mfa status`",
         ));
@@ -615,7 +617,7 @@ async fn regenerate_recovery_codes(
 ) -> Result<Json<api::RecoveryCodes>, ApiError> {
     session_only(&caller)?;
     if !store::enrolled(&st.db, &caller.user_id).await?.any() {
-        return Err(ApiError::conflict(
+        return Err(ApiError::new(
             ErrorCode::MfaNotEnrolled,
             "recovery codes come with a second factor: enroll one first (`alpacon mfa totp enroll`)",
         ));

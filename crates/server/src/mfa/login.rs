@@ -50,7 +50,7 @@ pub async fn login(
                 .detail(json!({ "reason": "wrong username or password, or account disabled" })),
         )
         .await?;
-        return Err(ApiError::unauthorized(
+        return Err(ApiError::new(
             ErrorCode::InvalidCredentials,
             "wrong username or password",
         ));

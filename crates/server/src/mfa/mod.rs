@@ -60,7 +60,7 @@ pub async fn load_policy(db: &Db) -> Result<Policy, ApiError> {
 
 /// The refusal an enroll-only session gets outside the MFA endpoints.
 pub fn enrollment_required() -> ApiError {
-    ApiError::forbidden(
+    ApiError::new(
         ErrorCode::MfaEnrollmentRequired,
         "this workspace requires multi-factor authentication: enroll a second factor first \
          (`alpacon mfa totp enroll`), then log in again or run `alpacon mfa verify`",
@@ -109,14 +109,14 @@ pub async fn require_recent_mfa(
     .await?;
     Err(match refusal {
         Refusal::NotEnrolled => enrollment_required(),
-        Refusal::Token => ApiError::forbidden(
+        Refusal::Token => ApiError::new(
             ErrorCode::MfaRequired,
             format!(
                 "{action} needs a verified second factor, which an API token cannot present; \
                  do it from a login session (`alpacon login`, then `alpacon mfa verify`)"
             ),
         ),
-        Refusal::NotVerified | Refusal::Expired => ApiError::forbidden(
+        Refusal::NotVerified | Refusal::Expired => ApiError::new(
             ErrorCode::MfaRequired,
             format!(
                 "{action} needs a second factor verified within the last {} minutes; \
@@ -129,7 +129,7 @@ pub async fn require_recent_mfa(
 
 fn session_only(caller: &Caller) -> Result<&str, ApiError> {
     caller.session_id.as_deref().ok_or_else(|| {
-        ApiError::forbidden(
+        ApiError::new(
             ErrorCode::TokenNotAllowed,
             "API tokens cannot manage or present second factors; use a login session (`alpacon login`)",
         )
@@ -167,7 +167,7 @@ fn hash_recovery_code(code: &str) -> String {
 }
 
 fn method_not_allowed(m: Method) -> ApiError {
-    ApiError::forbidden(
+    ApiError::new(
         ErrorCode::MfaMethodNotAllowed,
         format!(
             "the workspace's MFA policy does not allow {}; see `alpacon mfa status`",

@@ -230,7 +230,7 @@ pub async fn insert_webauthn(
     .await
     .map_err(|e| {
         if is_unique_violation(&e) {
-            ApiError::conflict(
+            ApiError::new(
                 alpacon_api::ErrorCode::CredentialRegistered,
                 "this credential is already registered",
             )
@@ -458,7 +458,7 @@ pub async fn login_challenge(db: &Db, token: &str) -> Result<LoginChallenge, Api
     .fetch_optional(&db.pool)
     .await?
     .ok_or_else(|| {
-        ApiError::unauthorized(
+        ApiError::new(
             alpacon_api::ErrorCode::InvalidMfaToken,
             "this login step expired or was already used; log in again with your password",
         )

@@ -213,7 +213,7 @@ pub async fn reserve(db: &Db, username: &str, ip: &str, stage: &str) -> Result<A
     let slot = VERIFYING
         .acquire()
         .await
-        .map_err(|_| ApiError::unavailable(ErrorCode::Busy, "the gateway is shutting down"))?;
+        .map_err(|_| ApiError::new(ErrorCode::Busy, "the gateway is shutting down"))?;
     let now = now_ms();
     let subjects = subjects(username, ip);
     let ids: Vec<String> = subjects.iter().map(|_| new_id()).collect();
@@ -278,7 +278,6 @@ pub async fn reserve(db: &Db, username: &str, ip: &str, stage: &str) -> Result<A
     )
     .await?;
     Err(ApiError::new(
-        axum::http::StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::LoginThrottled,
         format!("too many failed logins {what}; try again in {secs} s"),
     ))

@@ -13,7 +13,7 @@ use crate::error::ApiError;
 
 pub fn webauthn(st: &AppState) -> Result<Webauthn, ApiError> {
     build(&st.config.public_url).map_err(|e| {
-        ApiError::conflict(
+        ApiError::new(
             ErrorCode::WebauthnUnavailable,
             format!(
                 "WebAuthn needs the gateway's public URL to be an https:// DNS name ({e}); \

@@ -192,7 +192,7 @@ async fn create_reg_token(
 }
 
 fn no_such_reg_token(ident: &str) -> ApiError {
-    ApiError::not_found(
+    ApiError::new(
         ErrorCode::TokenNotFound,
         format!("no registration token {ident:?}; see `alpacon server token ls`"),
     )
@@ -270,7 +270,7 @@ async fn register(
         }
         Err(e) => {
             let e: ApiError = e.into();
-            if e.status != StatusCode::INTERNAL_SERVER_ERROR {
+            if e.status() != StatusCode::INTERNAL_SERVER_ERROR {
                 audit::record(&st.db, fail(&e.detail)).await?;
             }
             Err(e)
@@ -347,7 +347,7 @@ async fn download_agent(State(st): State<AppState>) -> Result<Response, ApiError
     let path = &st.config.agent_binary;
     let file = tokio::fs::File::open(path).await.map_err(|e| {
         tracing::warn!("agent binary {}: {e}", path.display());
-        ApiError::not_found(
+        ApiError::new(
             ErrorCode::AgentBinaryMissing,
             "this gateway has no agent binary to serve; start alpacon-server with --agent-binary PATH",
         )
@@ -375,7 +375,7 @@ async fn download_agent(State(st): State<AppState>) -> Result<Response, ApiError
 async fn download_ca(State(st): State<AppState>) -> Result<Response, ApiError> {
     match ca_pem(&st.config) {
         Some(pem) => Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response()),
-        None => Err(ApiError::not_found(
+        None => Err(ApiError::new(
             ErrorCode::NoCa,
             "this gateway uses an operator-provided certificate (--tls-cert); trust the issuing CA instead",
         )),

@@ -183,14 +183,14 @@ pub async fn resolve_for(
         .detail(serde_json::json!({"reason": "server_not_found", "server": ident}));
     ev.server_name = Some(ident.chars().take(200).collect());
     crate::audit::record(&st.db, ev).await?;
-    Err(ApiError::not_found(
+    Err(ApiError::new(
         ErrorCode::ServerNotFound,
         format!("no server named {ident:?} that you can reach; see `alpacon server ls` (servers reach you through your groups)"),
     ))
 }
 
 fn not_found(ident: &str) -> ApiError {
-    ApiError::not_found(
+    ApiError::new(
         ErrorCode::ServerNotFound,
         format!("no server named {ident:?}; see `alpacon server ls`"),
     )
@@ -229,7 +229,7 @@ pub async fn create_registration_token(
     )
     .await?;
     if !inserted {
-        return Err(ApiError::conflict(
+        return Err(ApiError::new(
             ErrorCode::TokenNameTaken,
             format!("a registration token named {name:?} exists; pick another name or delete it with `alpacon server token delete {name}`"),
         ));
@@ -299,8 +299,8 @@ impl From<sqlx::Error> for RegisterError {
 impl From<RegisterError> for ApiError {
     fn from(e: RegisterError) -> Self {
         match e {
-            RegisterError::Token(d) => ApiError::unauthorized(ErrorCode::InvalidRegistrationToken, d),
-            RegisterError::NameTaken(n) => ApiError::conflict(
+            RegisterError::Token(d) => ApiError::new(ErrorCode::InvalidRegistrationToken, d),
+            RegisterError::NameTaken(n) => ApiError::new(
                 ErrorCode::NameTaken,
                 format!("a server named {n:?} is already registered; choose another --name, or delete the old one with `alpacon server delete {n}`"),
             ),

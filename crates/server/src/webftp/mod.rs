@@ -19,7 +19,6 @@ use alpacon_mux::{Event, Stream};
 use alpacon_proto::{
     Account, Close, EntryKind, ErrorCode, Open, StreamError, StreamInfo, StreamResult, MAX_DATA,
 };
-use axum::http::StatusCode;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::json;
@@ -35,24 +34,22 @@ pub use http::router;
 
 /// Maps an agent's refusal to the API's error.
 pub fn agent_error(e: StreamError) -> ApiError {
-    let (status, code) = match e.code {
-        ErrorCode::NotFound => (StatusCode::NOT_FOUND, Code::NotFound),
-        ErrorCode::PermissionDenied => (StatusCode::FORBIDDEN, Code::PermissionDenied),
-        ErrorCode::AlreadyExists => (StatusCode::CONFLICT, Code::AlreadyExists),
-        ErrorCode::IsADirectory => (StatusCode::BAD_REQUEST, Code::IsADirectory),
-        ErrorCode::NotADirectory => (StatusCode::BAD_REQUEST, Code::NotADirectory),
-        ErrorCode::NoSuchUser => (StatusCode::BAD_REQUEST, Code::NoSuchUser),
-        ErrorCode::NoSuchGroup => (StatusCode::BAD_REQUEST, Code::NoSuchGroup),
-        ErrorCode::Invalid => (StatusCode::BAD_REQUEST, Code::Invalid),
-        ErrorCode::AccountConflict => (StatusCode::CONFLICT, Code::AccountConflict),
-        ErrorCode::ProvisionFailed => (StatusCode::BAD_GATEWAY, Code::ProvisionFailed),
-        ErrorCode::OutsideAcl => (StatusCode::FORBIDDEN, crate::acl::CODE_FILE),
-        ErrorCode::Cancelled | ErrorCode::Io if e.detail.contains("link") => {
-            (StatusCode::SERVICE_UNAVAILABLE, Code::ServerOffline)
-        }
-        _ => (StatusCode::BAD_GATEWAY, Code::AgentError),
+    let code = match e.code {
+        ErrorCode::NotFound => Code::NotFound,
+        ErrorCode::PermissionDenied => Code::PermissionDenied,
+        ErrorCode::AlreadyExists => Code::AlreadyExists,
+        ErrorCode::IsADirectory => Code::IsADirectory,
+        ErrorCode::NotADirectory => Code::NotADirectory,
+        ErrorCode::NoSuchUser => Code::NoSuchUser,
+        ErrorCode::NoSuchGroup => Code::NoSuchGroup,
+        ErrorCode::Invalid => Code::Invalid,
+        ErrorCode::AccountConflict => Code::AccountConflict,
+        ErrorCode::ProvisionFailed => Code::ProvisionFailed,
+        ErrorCode::OutsideAcl => crate::acl::CODE_FILE,
+        ErrorCode::Cancelled | ErrorCode::Io if e.detail.contains("link") => Code::ServerOffline,
+        _ => Code::AgentError,
     };
-    ApiError::new(status, code, e.detail)
+    ApiError::new(code, e.detail)
 }
 
 /// Everything checked before a transfer touches the agent.
@@ -97,7 +94,7 @@ async fn check(
     )
     .await?;
     let link = state.relay.link(&server.id).ok_or_else(|| {
-        ApiError::unavailable(
+        ApiError::new(
             Code::ServerOffline,
             format!(
                 "server {} is not connected; file transfers need a live agent (see `alpacon server ls`)",
@@ -127,7 +124,7 @@ async fn open(link: &Link, open: Open) -> Result<(Stream, StreamInfo), ApiError>
         .mux
         .open(open)
         .await
-        .map_err(|e| ApiError::unavailable(Code::ServerOffline, e.to_string()))?;
+        .map_err(|e| ApiError::new(Code::ServerOffline, e.to_string()))?;
     let info = s.wait_accept().await.map_err(agent_error)?;
     Ok((s, info))
 }
@@ -140,7 +137,7 @@ async fn finish(s: &mut alpacon_mux::StreamReceiver) -> Result<StreamResult, Api
             Some(Event::Closed(Close::Err(e))) => return Err(agent_error(e)),
             Some(_) => continue,
             None => {
-                return Err(ApiError::unavailable(
+                return Err(ApiError::new(
                     Code::ServerOffline,
                     "the agent link dropped during the operation",
                 ))
@@ -323,7 +320,7 @@ where
 }
 
 fn revoked() -> ApiError {
-    ApiError::forbidden(
+    ApiError::new(
         Code::AccessRevoked,
         "the transfer was ended: access to this server was revoked",
     )
@@ -468,11 +465,7 @@ async fn download(
         // Nothing to stream: an HTTP/1.1 server may never poll an empty
         // body, so settle the transfer before answering.
         if let Some(Err(e)) = feed.next().await {
-            return Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                Code::AgentError,
-                e.to_string(),
-            ));
+            return Err(ApiError::new(Code::AgentError, e.to_string()));
         }
     }
     Ok(Download {
@@ -529,7 +522,6 @@ impl DownloadFeed {
                     continue;
                 }
                 Some(Event::Data(_)) => Err(ApiError::new(
-                    StatusCode::BAD_GATEWAY,
                     Code::AgentError,
                     "the file grew while it was being read",
                 )),
@@ -541,10 +533,7 @@ impl DownloadFeed {
                 ))),
                 Some(Event::Closed(Close::Err(e))) => Err(agent_error(e)),
                 Some(Event::Accepted(_) | Event::Eof) => continue,
-                None => Err(ApiError::unavailable(
-                    Code::ServerOffline,
-                    "agent link lost",
-                )),
+                None => Err(ApiError::new(Code::ServerOffline, "agent link lost")),
             };
             let failed = outcome.as_ref().err().map(|e| e.detail.clone());
             if let Err(e) =
@@ -585,7 +574,7 @@ async fn make_directory(
                 confine: c.confine.clone(),
             })
             .await
-            .map_err(|e| ApiError::unavailable(Code::ServerOffline, e.to_string()))?;
+            .map_err(|e| ApiError::new(Code::ServerOffline, e.to_string()))?;
         finish(&mut s.rx).await
     }
     .await;
@@ -623,7 +612,7 @@ async fn stat(
             confine: c.confine.clone(),
         })
         .await
-        .map_err(|e| ApiError::unavailable(Code::ServerOffline, e.to_string()))?;
+        .map_err(|e| ApiError::new(Code::ServerOffline, e.to_string()))?;
     let res = finish(&mut s.rx).await;
     // Looking is access too: a listing (or a refused one) is on the record.
     let ev = AuditEvent::new("file.stat")
@@ -666,7 +655,7 @@ fn file_kind(k: EntryKind) -> api::FileKind {
 /// A transfer the caller may see (admins: all; others: their own; a token
 /// with an ACL: its own).
 async fn transfer(state: &AppState, caller: &Caller, id: &str) -> Result<api::Transfer, ApiError> {
-    let not_found = || ApiError::not_found(Code::NotFound, "no such transfer");
+    let not_found = || ApiError::new(Code::NotFound, "no such transfer");
     let Some(r) = store::get(&state.db, id).await? else {
         return Err(not_found());
     };
@@ -680,6 +669,7 @@ async fn transfer(state: &AppState, caller: &Caller, id: &str) -> Result<api::Tr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
 
     #[test]
     fn setuid_and_setgid_only_for_admins_as_system_accounts() {
@@ -720,12 +710,12 @@ mod tests {
             ErrorCode::NotFound,
             "no such directory: /x",
         ));
-        assert_eq!(e.status, StatusCode::NOT_FOUND);
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
         let e = agent_error(StreamError::new(
             ErrorCode::PermissionDenied,
             "permission denied",
         ));
-        assert_eq!(e.status, StatusCode::FORBIDDEN);
+        assert_eq!(e.status(), StatusCode::FORBIDDEN);
         assert_eq!(e.code.as_str(), "permission_denied");
         let e = agent_error(StreamError::new(ErrorCode::Io, "agent link lost"));
         assert_eq!(e.code.as_str(), "server_offline");

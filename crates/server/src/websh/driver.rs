@@ -130,7 +130,7 @@ async fn drive(
             Err(_) => {
                 if !opened {
                     if let Some(tx) = first_open.take() {
-                        let _ = tx.send(Err(ApiError::unavailable(
+                        let _ = tx.send(Err(ApiError::new(
                             Code::ServerOffline,
                             "the agent did not answer in time",
                         )));

@@ -74,7 +74,7 @@ async fn create_websh_session(
     )
     .await?;
     if !state.relay.is_connected(&server.id) {
-        return Err(ApiError::unavailable(
+        return Err(ApiError::new(
             Code::ServerOffline,
             format!(
                 "server {} is not connected (see `alpacon server ls`)",
@@ -205,7 +205,7 @@ async fn close_websh_session(
     let row = store::fetch(&state, &id).await?;
     let a = store::access(&state, &caller, &row).await?;
     if !a.may_manage(caller.is_admin()) {
-        return Err(ApiError::forbidden(
+        return Err(ApiError::new(
             Code::ReadOnly,
             "only the session's owner or an admin can close it",
         ));
@@ -255,7 +255,7 @@ async fn get_websh_recording(
     readable_recording(&state, &caller, &row, "websh.recording").await?;
     let body = tokio::fs::read(cast_path(&state, &id))
         .await
-        .map_err(|_| ApiError::not_found(Code::NotFound, "this session has no recording"))?;
+        .map_err(|_| ApiError::new(Code::NotFound, "this session has no recording"))?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/x-asciicast"),
@@ -312,16 +312,13 @@ async fn share_websh_session(
     let row = store::fetch(&state, &id).await?;
     let a = store::access(&state, &caller, &row).await?;
     if !a.may_manage(caller.is_admin()) {
-        return Err(ApiError::forbidden(
+        return Err(ApiError::new(
             Code::ReadOnly,
             "only the session's owner or an admin can share it",
         ));
     }
     if row.status != api::WebshStatus::Open {
-        return Err(ApiError::conflict(
-            Code::SessionClosed,
-            "the session has ended",
-        ));
+        return Err(ApiError::new(Code::SessionClosed, "the session has ended"));
     }
     let Some(secs) = rules::share_lifetime_secs(b.expires_in_secs) else {
         return Err(ApiError::bad_request(
@@ -390,26 +387,23 @@ async fn join_websh_session(
     };
     let Some(r) = row else {
         audit::record(&state.db, refused("unknown_share")).await?;
-        return Err(ApiError::not_found(Code::NotFound, "no such share link"));
+        return Err(ApiError::new(Code::NotFound, "no such share link"));
     };
     let read_only = r.read_only != 0;
     if hash_key(&b.password) != r.password_hash {
         audit::record(&state.db, refused("bad_password")).await?;
-        return Err(ApiError::forbidden(
-            Code::InvalidPassword,
-            "wrong share password",
-        ));
+        return Err(ApiError::new(Code::InvalidPassword, "wrong share password"));
     }
     if r.expires_at <= now_ms() {
         audit::record(&state.db, refused("expired")).await?;
-        return Err(ApiError::forbidden(
+        return Err(ApiError::new(
             Code::ShareExpired,
             "this share link has expired",
         ));
     }
     let session = store::fetch(&state, &r.session_id).await?;
     if session.status != api::WebshStatus::Open {
-        return Err(ApiError::conflict(
+        return Err(ApiError::new(
             Code::SessionClosed,
             "the shared session has ended",
         ));

@@ -108,7 +108,7 @@ impl From<&SessionRow> for api::WebshSession {
 }
 
 pub(super) fn not_found() -> ApiError {
-    ApiError::not_found(Code::NotFound, "no such terminal session")
+    ApiError::new(Code::NotFound, "no such terminal session")
 }
 
 pub(super) async fn fetch(state: &AppState, id: &str) -> Result<SessionRow, ApiError> {

@@ -195,13 +195,13 @@ async fn require_approver(
     action: &str,
 ) -> Result<(), ApiError> {
     if !caller.is_admin() || caller.token_id.is_some() {
-        return Err(ApiError::forbidden(
+        return Err(ApiError::new(
             ErrorCode::PermissionDenied,
             "only staff and superusers, signed in with a password, decide on work sessions",
         ));
     }
     if ws.requester_id == caller.user_id {
-        return Err(ApiError::forbidden(
+        return Err(ApiError::new(
             ErrorCode::PermissionDenied,
             "you cannot approve your own work session; ask another admin",
         ));
@@ -290,7 +290,7 @@ async fn approve_work_session(
         },
     )
     .map_err(|state::Refused(why)| {
-        ApiError::conflict(
+        ApiError::new(
             ErrorCode::WorkSessionState,
             format!("{why} (it is {})", ws.life.status.as_str()),
         )
@@ -300,7 +300,7 @@ async fn approve_work_session(
     // approving at once one wins, and only the winner is recorded.
     let mut tx = st.db.pool.begin().await?;
     if !store::store_life(&mut *tx, &id, ws.life.status, &n).await? {
-        return Err(ApiError::conflict(
+        return Err(ApiError::new(
             ErrorCode::WorkSessionState,
             "the session was decided meanwhile; look again",
         ));
@@ -388,7 +388,7 @@ async fn cancel_work_session(
 ) -> Result<Json<api::WorkSession>, ApiError> {
     let ws = visible(&st, &caller, &id).await?;
     if ws.requester_id != caller.user_id {
-        return Err(ApiError::forbidden(
+        return Err(ApiError::new(
             ErrorCode::PermissionDenied,
             "only the requester cancels a request; admins reject or revoke",
         ));
@@ -418,7 +418,7 @@ async fn revoke_work_session(
     let b: api::WorkSessionDecisionNote = optional_body(&body)?;
     visible(&st, &caller, &id).await?;
     if !caller.is_admin() {
-        return Err(ApiError::forbidden(
+        return Err(ApiError::new(
             ErrorCode::PermissionDenied,
             "only staff and superusers revoke a work session; end your own with `alpacon work-session complete`",
         ));
@@ -471,7 +471,7 @@ async fn extend_work_session(
 ) -> Result<Json<api::WorkSession>, ApiError> {
     let ws = visible(&st, &caller, &id).await?;
     if ws.requester_id != caller.user_id {
-        return Err(ApiError::forbidden(
+        return Err(ApiError::new(
             ErrorCode::PermissionDenied,
             "only the requester asks for more time",
         ));
@@ -512,9 +512,10 @@ async fn approve_work_session_extension(
     let b: api::ApproveWorkSessionExtension = optional_body(&body)?;
     let ws = visible(&st, &caller, &id).await?;
     require_approver(&st, &caller, &ws, "work_session.approve").await?;
-    let asked = ws.life.extension_ms.ok_or_else(|| {
-        ApiError::conflict(ErrorCode::WorkSessionState, "no extension was requested")
-    })?;
+    let asked = ws
+        .life
+        .extension_ms
+        .ok_or_else(|| ApiError::new(ErrorCode::WorkSessionState, "no extension was requested"))?;
     let ms = parse_duration_field(&b.duration, "duration")?.unwrap_or(asked);
     let ws = transition(&st, &id, Ev::ApproveExtension { ms }, "extended").await?;
     record(
@@ -596,7 +597,7 @@ async fn update_work_session_policy(
 ) -> Result<Json<api::WorkSessionPolicy>, ApiError> {
     crate::audit::require_admin(&st, &caller, "work_session.policy").await?;
     if caller.token_id.is_some() {
-        return Err(ApiError::forbidden(
+        return Err(ApiError::new(
             ErrorCode::TokenNotAllowed,
             "security settings are changed by people signed in with a password",
         ));

@@ -333,7 +333,7 @@ async fn transition(st: &AppState, id: &str, e: Ev, reason: &str) -> Result<Sess
         .await?
         .ok_or_else(|| not_found(id))?;
     let n = state::apply(&ws.life, &e).map_err(|state::Refused(why)| {
-        ApiError::conflict(
+        ApiError::new(
             ErrorCode::WorkSessionState,
             format!("{why} (it is {})", ws.life.status.as_str()),
         )
@@ -342,7 +342,7 @@ async fn transition(st: &AppState, id: &str, e: Ev, reason: &str) -> Result<Sess
         return Ok(ws);
     }
     if !store::store_life(&st.db.pool, id, ws.life.status, &n).await? {
-        return Err(ApiError::conflict(
+        return Err(ApiError::new(
             ErrorCode::WorkSessionState,
             "the session changed meanwhile; look again",
         ));
@@ -413,7 +413,7 @@ async fn tick(st: &AppState) -> Result<(), ApiError> {
 }
 
 fn not_found(id: &str) -> ApiError {
-    ApiError::not_found(
+    ApiError::new(
         ErrorCode::WorkSessionNotFound,
         format!("no work session {id:?}; see `alpacon work-session ls`"),
     )

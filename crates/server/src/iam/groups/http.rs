@@ -117,7 +117,7 @@ async fn create_group(
             Err(e) if is_unique_violation(&e) => {
                 drop(tx);
                 if find_group(&st.db, &b.name).await?.is_some() {
-                    return Err(ApiError::conflict(
+                    return Err(ApiError::new(
                         ErrorCode::NameTaken,
                         format!("a group named {:?} exists", b.name),
                     ));
@@ -127,7 +127,7 @@ async fn create_group(
         }
     }
     if !inserted {
-        return Err(ApiError::unavailable(
+        return Err(ApiError::new(
             ErrorCode::Busy,
             "could not allocate a GID; try again",
         ));
@@ -314,7 +314,7 @@ async fn add_group_server(
     match r {
         Ok(_) => {}
         Err(e) if is_unique_violation(&e) => {
-            return Err(ApiError::conflict(
+            return Err(ApiError::new(
                 ErrorCode::AlreadyAssigned,
                 format!("server {} is already in group {}", s.name, g.name),
             ))
@@ -375,7 +375,7 @@ async fn remove_group_server(
         .await?
         .rows_affected();
     if n == 0 {
-        return Err(ApiError::not_found(
+        return Err(ApiError::new(
             ErrorCode::NotAssigned,
             format!("server {} is not in group {}", s.name, g.name),
         ));
@@ -483,7 +483,7 @@ async fn create_membership(
     let id = add_member(&mut tx, &g.id, &u.id, role, Some(&caller.user_id))
         .await
         .map_err(|e| match e {
-            ApiError { ref code, .. } if *code == ErrorCode::AlreadyMember => ApiError::conflict(
+            ApiError { ref code, .. } if *code == ErrorCode::AlreadyMember => ApiError::new(
                 ErrorCode::AlreadyMember,
                 format!("{} is already in group {}", u.username, g.name),
             ),
@@ -553,7 +553,7 @@ async fn update_membership(
         && !actor.is_admin
         && owners(&mut tx, &g.id).await? <= 1
     {
-        return Err(ApiError::conflict(
+        return Err(ApiError::new(
             ErrorCode::LastOwner,
             format!("group {} needs at least one owner", g.name),
         ));
@@ -566,7 +566,7 @@ async fn update_membership(
         .await?
         .rows_affected();
     if changed == 0 {
-        return Err(ApiError::conflict(
+        return Err(ApiError::new(
             ErrorCode::Conflict,
             "the membership changed meanwhile; look again and retry",
         ));
@@ -617,7 +617,7 @@ async fn delete_membership(
     }
     let mut tx = lock_group(&st.db, &g.id).await?;
     if role == Role::Owner && !actor.is_admin && owners(&mut tx, &g.id).await? <= 1 {
-        return Err(ApiError::conflict(
+        return Err(ApiError::new(
             ErrorCode::LastOwner,
             format!("group {} needs at least one owner", g.name),
         ));
@@ -628,7 +628,7 @@ async fn delete_membership(
         .await?
         .rows_affected();
     if gone == 0 {
-        return Err(ApiError::not_found(
+        return Err(ApiError::new(
             ErrorCode::MembershipNotFound,
             format!("no membership {id:?}"),
         ));

@@ -55,7 +55,7 @@ async fn allocate_id(db: &Db, kind: &str, base: i64) -> Result<i64, ApiError> {
             return Ok(id);
         }
     }
-    Err(ApiError::unavailable(
+    Err(ApiError::new(
         ErrorCode::Busy,
         format!("could not allocate a {}; try again", kind.to_uppercase()),
     ))
@@ -138,7 +138,7 @@ async fn role_in(db: &Db, group_id: &str, user_id: &str) -> Result<Option<Role>,
 }
 
 fn no_such_group(ident: &str) -> ApiError {
-    ApiError::not_found(
+    ApiError::new(
         ErrorCode::GroupNotFound,
         format!("no group {ident:?} that you can see; see `alpacon group ls`"),
     )
@@ -182,7 +182,7 @@ async fn check(
                 .detail(json!({"request": detail, "reason": why})),
         )
         .await?;
-        return Err(ApiError::forbidden(ErrorCode::PermissionDenied, why));
+        return Err(ApiError::new(ErrorCode::PermissionDenied, why));
     }
     Ok(())
 }
@@ -332,7 +332,7 @@ async fn load_membership(db: &Db, id: &str) -> Result<MembershipRow, ApiError> {
         .fetch_optional(&db.pool)
         .await?
         .ok_or_else(|| {
-            ApiError::not_found(
+            ApiError::new(
                 ErrorCode::MembershipNotFound,
                 format!("no membership {id:?}"),
             )
@@ -362,7 +362,7 @@ pub async fn add_member(
     .await;
     match r {
         Ok(_) => Ok(id),
-        Err(e) if is_unique_violation(&e) => Err(ApiError::conflict(
+        Err(e) if is_unique_violation(&e) => Err(ApiError::new(
             ErrorCode::AlreadyMember,
             "already a member of this group",
         )),

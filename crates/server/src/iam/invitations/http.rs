@@ -41,7 +41,7 @@ async fn create_invitation(
     // An invitation creates a person: that outlives any token, so only a
     // person signed in may send one (as only a person may create tokens).
     if caller.token_id.is_some() {
-        return Err(ApiError::forbidden(
+        return Err(ApiError::new(
             ErrorCode::TokenNotAllowed,
             "API tokens cannot invite people; log in with a password (`alpacon login`)",
         ));
@@ -57,7 +57,7 @@ async fn create_invitation(
                     .fetch_optional(&st.db.pool)
                     .await?;
             Some(row.ok_or_else(|| {
-                ApiError::not_found(ErrorCode::GroupNotFound, format!("no group {g:?}"))
+                ApiError::new(ErrorCode::GroupNotFound, format!("no group {g:?}"))
             })?)
         }
         None => None,
@@ -80,10 +80,10 @@ async fn create_invitation(
             return Err(ApiError::admin_only());
         }
         groups::may(actor, groups::GroupAction::Add(role))
-            .map_err(|why| ApiError::forbidden(ErrorCode::PermissionDenied, why))?;
+            .map_err(|why| ApiError::new(ErrorCode::PermissionDenied, why))?;
     }
     if b.is_staff && !caller.is_superuser {
-        return Err(ApiError::forbidden(
+        return Err(ApiError::new(
             ErrorCode::PermissionDenied,
             "only a superuser can invite staff",
         ));
@@ -186,7 +186,7 @@ async fn delete_invitation(
         .await?
         .rows_affected();
     if n == 0 {
-        return Err(ApiError::not_found(
+        return Err(ApiError::new(
             ErrorCode::InvitationNotFound,
             format!("no invitation {id:?}"),
         ));
@@ -268,7 +268,6 @@ async fn accept_invitation(
     .rows_affected();
     if claimed == 0 {
         return Err(ApiError::new(
-            StatusCode::GONE,
             ErrorCode::InvitationUnusable,
             "this invitation was already used",
         ));
@@ -290,7 +289,7 @@ async fn accept_invitation(
     .await;
     if let Err(e) = r {
         return Err(if crate::error::is_unique_violation(&e) {
-            ApiError::conflict(
+            ApiError::new(
                 ErrorCode::UsernameTaken,
                 format!("the username {username:?} is taken; choose another"),
             )

@@ -11,7 +11,6 @@ pub(crate) use http::router;
 
 use alpacon_api::iam as api;
 use alpacon_api::ErrorCode;
-use axum::http::StatusCode;
 use sqlx::FromRow;
 
 use super::groups::{self, Role};
@@ -80,7 +79,7 @@ fn public_url(st: &AppState) -> String {
 }
 
 fn bad_key() -> ApiError {
-    ApiError::not_found(
+    ApiError::new(
         ErrorCode::InvitationNotFound,
         "this invitation link is not valid; ask for a new one",
     )
@@ -97,11 +96,7 @@ async fn usable(st: &AppState, key: &str) -> Result<InvitationRow, ApiError> {
         .await?
         .ok_or_else(bad_key)?;
     if let Some(why) = unusable(now_ms(), row.expires_at, row.accepted_at) {
-        return Err(ApiError::new(
-            StatusCode::GONE,
-            ErrorCode::InvitationUnusable,
-            why,
-        ));
+        return Err(ApiError::new(ErrorCode::InvitationUnusable, why));
     }
     Ok(row)
 }
@@ -181,7 +176,6 @@ async fn inviter_still_may(st: &AppState, inv: &InvitationRow) -> Result<(), Api
     match role {
         Some(role) if inviter_allows(inviter, staff, inv.group_id.is_some(), role) => Ok(()),
         _ => Err(ApiError::new(
-            StatusCode::GONE,
             ErrorCode::InvitationUnusable,
             "whoever sent this invitation can no longer grant this access; ask for a new one",
         )),
