@@ -463,7 +463,7 @@ pub fn normalize_public_url(u: &str) -> Result<String, ConfigError> {
     {
         return Err(bad());
     }
-    let uri: axum::http::Uri = u.parse().map_err(|_| bad())?;
+    let uri: hyper::Uri = u.parse().map_err(|_| bad())?;
     if uri.host().unwrap_or("").is_empty() || uri.query().is_some() {
         return Err(bad());
     }
@@ -472,7 +472,7 @@ pub fn normalize_public_url(u: &str) -> Result<String, ConfigError> {
 
 /// The host part of a public URL, without IPv6 brackets.
 pub fn public_url_host(u: &str) -> Option<String> {
-    let uri: axum::http::Uri = u.parse().ok()?;
+    let uri: hyper::Uri = u.parse().ok()?;
     let h = uri.host()?;
     Some(h.trim_start_matches('[').trim_end_matches(']').to_string())
 }
