@@ -4,14 +4,15 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use alpacon_api::auth::{Login, LoginAnswer, LoginSession, WhoAmI};
 use anyhow::{Context, Result};
 use clap::Args;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::client::{Client, TlsOptions};
 use crate::config::{self, Config};
 use crate::error::CliError;
+use crate::iam::or_dash;
 use crate::output::{self, print_json};
 use crate::Ctx;
 
@@ -50,30 +51,6 @@ pub struct LoginArgs {
     /// Do not verify the gateway's certificate (testing only).
     #[arg(long)]
     pub insecure: bool,
-}
-
-#[derive(Deserialize)]
-struct LoginResponse {
-    key: String,
-    #[serde(default)]
-    user: Option<Value>,
-    /// The workspace enforces MFA and the account has none yet: the session
-    /// can only enroll one.
-    #[serde(default)]
-    mfa_enrollment_required: bool,
-}
-
-/// A correct password of an account with MFA answers the second step.
-#[derive(Deserialize)]
-struct MfaStep {
-    mfa_token: String,
-    #[serde(default)]
-    methods: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct WhoAmI {
-    username: String,
 }
 
 pub async fn login(ctx: &Ctx, args: LoginArgs) -> Result<u8> {
@@ -130,13 +107,12 @@ pub async fn login(ctx: &Ctx, args: LoginArgs) -> Result<u8> {
 
     let (token, username, user) = if let Some(token) = args.token {
         let client = Client::new(&url, Some(token.clone()), &tls)?;
-        let me: Value = client
+        let me: WhoAmI = client
             .get(&["api", "auth", "whoami"], &[])
             .await
             .map_err(|e| refused(e, "check the token"))?;
-        let who: WhoAmI =
-            serde_json::from_value(me.clone()).context("unexpected answer to whoami")?;
-        (token, who.username, me)
+        let user = serde_json::to_value(&me)?;
+        (token, me.username, user)
     } else {
         let username = match args.username {
             Some(u) => u,
@@ -148,17 +124,19 @@ pub async fn login(ctx: &Ctx, args: LoginArgs) -> Result<u8> {
                 .context("cannot read the password (no terminal?); pass -p PASSWORD")?,
         };
         let client = Client::new(&url, None, &tls)?;
-        let first: Value = client
+        let first: LoginAnswer = client
             .post(
                 &["api", "auth", "login"],
-                &json!({ "username": username, "password": password }),
+                &Login {
+                    username: username.clone(),
+                    password,
+                },
             )
             .await
             .map_err(|e| refused(e, "check the username and password"))?;
-        let resp: LoginResponse =
-            if first.get("mfa_required").and_then(Value::as_bool) == Some(true) {
-                let step: MfaStep =
-                    serde_json::from_value(first).context("unexpected answer to login")?;
+        // A correct password of an account with MFA answers the second step.
+        let resp: LoginSession = match first {
+            LoginAnswer::MfaChallenge(step) => {
                 let mut body = if let Some(code) = &args.recovery_code {
                     json!({ "recovery_code": code })
                 } else if let Some(code) = &args.totp {
@@ -182,27 +160,24 @@ pub async fn login(ctx: &Ctx, args: LoginArgs) -> Result<u8> {
                     .into());
                 };
                 body["mfa_token"] = json!(step.mfa_token);
-                let done: LoginResponse = client
+                let done: LoginSession = client
                     .post(&["api", "auth", "login", "mfa"], &body)
                     .await
                     .map_err(|e| refused(e, "check the code (a TOTP code works once)"))?;
                 done
-            } else {
-                serde_json::from_value(first).context("unexpected answer to login")?
-            };
-        if resp.mfa_enrollment_required {
+            }
+            LoginAnswer::Session(s) => s,
+        };
+        // The workspace enforces MFA and the account has none yet: the
+        // session can only enroll one.
+        if resp.mfa_enrollment_required == Some(true) {
             eprintln!(
                 "alpacon: this workspace requires multi-factor authentication; until you \
                  enroll a second factor (`alpacon mfa totp enroll`) this login can do nothing else"
             );
         }
-        let user = resp.user.unwrap_or_else(|| json!({ "username": username }));
-        let name = user
-            .get("username")
-            .and_then(Value::as_str)
-            .unwrap_or(&username)
-            .to_string();
-        (resp.key, name, user)
+        let user = serde_json::to_value(&resp.user)?;
+        (resp.key, resp.user.username, user)
     };
 
     let config = Config {
@@ -314,27 +289,27 @@ pub async fn logout(ctx: &Ctx) -> Result<u8> {
 pub async fn whoami(ctx: &Ctx) -> Result<u8> {
     let config = ctx.config()?;
     let client = Ctx::client_for(&config)?;
-    let me: Value = client.get(&["api", "auth", "whoami"], &[]).await?;
+    let me: WhoAmI = client.get(&["api", "auth", "whoami"], &[]).await?;
     if ctx.json() {
         print_json(&me)?;
         return Ok(0);
     }
-    let role = if me.get("is_superuser").and_then(Value::as_bool) == Some(true) {
+    let role = if me.is_superuser {
         "superuser"
-    } else if me.get("is_staff").and_then(Value::as_bool) == Some(true) {
+    } else if me.is_staff {
         "staff"
     } else {
         "member"
     };
-    let auth = match output::lookup(&me, "token.name") {
-        Some(name) => format!("token {}", output::value_text(name)),
-        None => output::text(&me, &["auth"]),
+    let auth = match &me.token {
+        Some(t) => format!("token {}", t.name),
+        None => me.auth.as_str().to_string(),
     };
     print!(
         "{}",
         output::record(&[
-            ("username", output::text(&me, &["username"])),
-            ("id", output::text(&me, &["id"])),
+            ("username", or_dash(&me.username)),
+            ("id", or_dash(&me.id)),
             ("role", role.to_string()),
             ("auth", auth),
             ("gateway", config.display_url()),
@@ -350,10 +325,12 @@ pub async fn version(ctx: &Ctx) -> Result<u8> {
         Ok(config) => {
             let status = async {
                 let client = Client::from_config(&config)?;
-                client.get::<Value>(&["api", "status"], &[]).await
+                client
+                    .get::<alpacon_api::Status>(&["api", "status"], &[])
+                    .await
             };
             match tokio::time::timeout(Duration::from_secs(5), status).await {
-                Ok(Ok(v)) => Some((config.display_url(), output::text(&v, &["version"]))),
+                Ok(Ok(v)) => Some((config.display_url(), or_dash(&v.version))),
                 _ => None,
             }
         }

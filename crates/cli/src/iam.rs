@@ -2,11 +2,14 @@
 //! The gateway identifies users and groups by id or name, so names are
 //! passed through as they are.
 
+use alpacon_api::iam as api;
 use anyhow::{anyhow, Result};
 use clap::Subcommand;
-use serde_json::{json, Map, Value};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::json;
 
-use crate::output::{self, print_json, text, yes_no, Table};
+use crate::output::{self, print_json, yes_no, Table};
 use crate::Ctx;
 
 const USERS: &[&str] = &["api", "iam", "users"];
@@ -145,60 +148,73 @@ fn seg<'a>(base: &[&'a str], rest: &[&'a str]) -> Vec<&'a str> {
     [base, rest].concat()
 }
 
+/// A text field for display: "-" when empty.
+pub(crate) fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+/// An optional text field for display: "-" when absent or empty.
+fn opt_dash(s: Option<&str>) -> String {
+    or_dash(s.unwrap_or(""))
+}
+
+/// An optional number for display: "-" when absent.
+fn num(n: Option<i64>) -> String {
+    n.map_or_else(|| "-".to_string(), |n| n.to_string())
+}
+
 fn read_new_password(prompt: &str) -> Result<String> {
     let p = rpassword::prompt_password(prompt)
         .map_err(|e| anyhow!("cannot read the password (no terminal?): {e}; pass --password"))?;
     Ok(p)
 }
 
-async fn patch(ctx: &Ctx, segs: &[&str], body: Value) -> Result<Value> {
+async fn patch<T: DeserializeOwned>(ctx: &Ctx, segs: &[&str], body: &impl Serialize) -> Result<T> {
     let client = ctx.client()?;
     let url = client.endpoint(segs);
     client
-        .send_json(client.request(reqwest::Method::PATCH, url).json(&body))
+        .send_json(client.request(reqwest::Method::PATCH, url).json(body))
         .await
 }
 
-fn print_user(u: &Value) {
+fn print_user(u: &api::UserDetail) {
     let groups = u
-        .get("groups")
-        .and_then(Value::as_array)
-        .map(|gs| {
-            gs.iter()
-                .map(|g| format!("{} ({})", text(g, &["group"]), text(g, &["role"])))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default();
+        .groups
+        .iter()
+        .map(|g| format!("{} ({})", or_dash(&g.group), or_dash(&g.role)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let user = &u.user;
     println!(
         "{}",
         output::record(&[
-            ("Username", text(u, &["username"])),
-            ("ID", text(u, &["id"])),
-            (
-                "UID/GID",
-                format!("{}/{}", text(u, &["uid"]), text(u, &["gid"]))
-            ),
-            ("Full name", text(u, &["full_name"])),
-            ("Email", text(u, &["email"])),
-            ("Shell", text(u, &["shell"])),
-            ("Role", role_of(u).to_string()),
-            (
-                "Active",
-                yes_no(u["is_active"].as_bool().unwrap_or(false)).to_string()
-            ),
+            ("Username", or_dash(&user.username)),
+            ("ID", or_dash(&user.id)),
+            ("UID/GID", format!("{}/{}", num(user.uid), num(user.gid))),
+            ("Full name", or_dash(&user.full_name)),
+            ("Email", or_dash(&user.email)),
+            ("Shell", or_dash(&user.shell)),
+            ("Role", role_of(user).to_string()),
+            ("Active", yes_no(user.is_active).to_string()),
             ("Groups", groups),
-            ("Created", output::time(u, &["created_at"])),
+            (
+                "Created",
+                output::local_time(Some(user.created_at.as_str()))
+            ),
         ])
     );
 }
 
-fn role_of(u: &Value) -> &'static str {
-    if u["is_service"].as_bool() == Some(true) {
+fn role_of(u: &api::User) -> &'static str {
+    if u.is_service {
         "service"
-    } else if u["is_superuser"].as_bool() == Some(true) {
+    } else if u.is_superuser {
         "superuser"
-    } else if u["is_staff"].as_bool() == Some(true) {
+    } else if u.is_staff {
         "staff"
     } else {
         "member"
@@ -209,7 +225,7 @@ pub async fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<u8> {
     let client = ctx.client()?;
     match cmd {
         UserCommand::Ls => {
-            let users = client.list(USERS, &[], None).await?;
+            let users: Vec<api::User> = client.list(USERS, &[], None).await?;
             if ctx.json() {
                 print_json(&users)?;
                 return Ok(0);
@@ -217,18 +233,18 @@ pub async fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<u8> {
             let mut t = Table::new(&["USERNAME", "UID", "ROLE", "ACTIVE", "EMAIL", "CREATED"]);
             for u in &users {
                 t.row(vec![
-                    text(u, &["username"]),
-                    text(u, &["uid"]),
+                    or_dash(&u.username),
+                    num(u.uid),
                     role_of(u).into(),
-                    yes_no(u["is_active"].as_bool().unwrap_or(false)).into(),
-                    text(u, &["email"]),
-                    output::time(u, &["created_at"]),
+                    yes_no(u.is_active).into(),
+                    or_dash(&u.email),
+                    output::local_time(Some(u.created_at.as_str())),
                 ]);
             }
             t.print()?;
         }
         UserCommand::Describe { user } => {
-            let u: Value = client.get(&seg(USERS, &[&user]), &[]).await?;
+            let u: api::UserDetail = client.get(&seg(USERS, &[&user]), &[]).await?;
             if ctx.json() {
                 print_json(&u)?;
             } else {
@@ -245,32 +261,32 @@ pub async fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<u8> {
             superuser,
             service,
         } => {
-            let mut body = Map::new();
-            body.insert("username".into(), json!(username));
-            if service {
-                body.insert("is_service".into(), json!(true));
+            let password = if service {
+                None
             } else {
-                let password = match password {
+                Some(match password {
                     Some(p) => p,
                     None => read_new_password(&format!("Password for {username}: "))?,
-                };
-                body.insert("password".into(), json!(password));
-            }
-            body.insert("is_staff".into(), json!(staff));
-            body.insert("is_superuser".into(), json!(superuser));
-            for (k, v) in [("email", email), ("full_name", full_name), ("shell", shell)] {
-                if let Some(v) = v {
-                    body.insert(k.into(), json!(v));
-                }
-            }
-            let u: Value = client.post(USERS, &body).await?;
+                })
+            };
+            let body = api::CreateUser {
+                username,
+                password,
+                is_service: service,
+                is_staff: staff,
+                is_superuser: superuser,
+                email: email.unwrap_or_default(),
+                full_name: full_name.unwrap_or_default(),
+                shell: shell.unwrap_or_else(|| api::DEFAULT_SHELL.to_string()),
+            };
+            let u: api::User = client.post(USERS, &body).await?;
             if ctx.json() {
                 print_json(&u)?;
             } else {
                 println!(
                     "User {} created (UID {}).",
-                    text(&u, &["username"]),
-                    text(&u, &["uid"])
+                    or_dash(&u.username),
+                    num(u.uid)
                 );
             }
         }
@@ -283,48 +299,52 @@ pub async fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<u8> {
             superuser,
             reset_password,
         } => {
-            let mut body = Map::new();
-            for (k, v) in [("email", email), ("full_name", full_name), ("shell", shell)] {
-                if let Some(v) = v {
-                    body.insert(k.into(), json!(v));
-                }
-            }
-            if let Some(s) = staff {
-                body.insert("is_staff".into(), json!(s));
-            }
-            if let Some(s) = superuser {
-                body.insert("is_superuser".into(), json!(s));
-            }
-            if reset_password {
-                body.insert(
-                    "password".into(),
-                    json!(read_new_password(&format!("New password for {user}: "))?),
-                );
-            }
-            let u = patch(ctx, &seg(USERS, &[&user]), Value::Object(body)).await?;
+            let password = if reset_password {
+                Some(read_new_password(&format!("New password for {user}: "))?)
+            } else {
+                None
+            };
+            let body = api::UpdateUser {
+                is_staff: staff,
+                is_superuser: superuser,
+                password,
+                shell,
+                email,
+                full_name,
+                ..Default::default()
+            };
+            let u: api::User = patch(ctx, &seg(USERS, &[&user]), &body).await?;
             if ctx.json() {
                 print_json(&u)?;
             } else {
-                println!("User {} updated.", text(&u, &["username"]));
+                println!("User {} updated.", or_dash(&u.username));
             }
         }
         UserCommand::Disable { user } => {
-            let u = patch(ctx, &seg(USERS, &[&user]), json!({"is_active": false})).await?;
+            let body = api::UpdateUser {
+                is_active: Some(false),
+                ..Default::default()
+            };
+            let u: api::User = patch(ctx, &seg(USERS, &[&user]), &body).await?;
             if ctx.json() {
                 print_json(&u)?;
             } else {
                 println!(
                     "User {} disabled: their sessions, terminals, commands and transfers ended.",
-                    text(&u, &["username"])
+                    or_dash(&u.username)
                 );
             }
         }
         UserCommand::Enable { user } => {
-            let u = patch(ctx, &seg(USERS, &[&user]), json!({"is_active": true})).await?;
+            let body = api::UpdateUser {
+                is_active: Some(true),
+                ..Default::default()
+            };
+            let u: api::User = patch(ctx, &seg(USERS, &[&user]), &body).await?;
             if ctx.json() {
                 print_json(&u)?;
             } else {
-                println!("User {} enabled.", text(&u, &["username"]));
+                println!("User {} enabled.", or_dash(&u.username));
             }
         }
         UserCommand::Delete { user } => {
@@ -343,30 +363,27 @@ pub async fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<u8> {
             staff,
             expires_in_hours,
         } => {
-            let mut body = Map::new();
-            body.insert("role".into(), json!(role));
-            body.insert("is_staff".into(), json!(staff));
-            for (k, v) in [("email", email), ("username", username), ("group", group)] {
-                if let Some(v) = v {
-                    body.insert(k.into(), json!(v));
-                }
-            }
-            if let Some(h) = expires_in_hours {
-                body.insert("expires_in_hours".into(), json!(h));
-            }
-            let inv: Value = client.post(INVITATIONS, &body).await?;
+            let body = api::CreateInvitation {
+                email: email.unwrap_or_default(),
+                username,
+                group,
+                role,
+                is_staff: staff,
+                expires_in_hours: expires_in_hours.map(i64::from),
+            };
+            let inv: api::NewInvitation = client.post(INVITATIONS, &body).await?;
             if ctx.json() {
                 print_json(&inv)?;
             } else {
                 println!(
                     "Invitation created; it works once, until {}.\nLink (shown only once): {}",
-                    text(&inv, &["expires_at"]),
-                    text(&inv, &["url"])
+                    or_dash(&inv.invitation.expires_at),
+                    or_dash(&inv.url)
                 );
             }
         }
         UserCommand::Invitations => {
-            let items = client.list(INVITATIONS, &[], None).await?;
+            let items: Vec<api::Invitation> = client.list(INVITATIONS, &[], None).await?;
             if ctx.json() {
                 print_json(&items)?;
                 return Ok(0);
@@ -374,12 +391,12 @@ pub async fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<u8> {
             let mut t = Table::new(&["ID", "EMAIL", "USERNAME", "GROUP", "EXPIRES", "ACCEPTED"]);
             for i in &items {
                 t.row(vec![
-                    text(i, &["id"]),
-                    text(i, &["email"]),
-                    text(i, &["username"]),
-                    text(i, &["group"]),
-                    output::time(i, &["expires_at"]),
-                    output::time(i, &["accepted_at"]),
+                    or_dash(&i.id),
+                    or_dash(&i.email),
+                    opt_dash(i.username.as_deref()),
+                    opt_dash(i.group.as_deref()),
+                    output::local_time(Some(i.expires_at.as_str())),
+                    output::local_time(i.accepted_at.as_deref()),
                 ]);
             }
             t.print()?;
@@ -392,12 +409,12 @@ pub async fn run_user(ctx: &Ctx, cmd: UserCommand) -> Result<u8> {
 async fn membership_id(ctx: &Ctx, group: &str, user: &str) -> Result<String> {
     let client = ctx.client()?;
     let items = client
-        .list::<Value>(MEMBERSHIPS, &[("group", group), ("user", user)], None)
+        .list::<api::Membership>(MEMBERSHIPS, &[("group", group), ("user", user)], None)
         .await?;
     items
-        .first()
-        .and_then(|m| m["id"].as_str())
-        .map(str::to_string)
+        .into_iter()
+        .next()
+        .map(|m| m.id)
         .ok_or_else(|| anyhow!("{user} is not a member of group {group}"))
 }
 
@@ -405,7 +422,7 @@ pub async fn run_group(ctx: &Ctx, cmd: GroupCommand) -> Result<u8> {
     let client = ctx.client()?;
     match cmd {
         GroupCommand::Ls => {
-            let groups = client.list(GROUPS, &[], None).await?;
+            let groups: Vec<api::GroupSummary> = client.list(GROUPS, &[], None).await?;
             if ctx.json() {
                 print_json(&groups)?;
                 return Ok(0);
@@ -413,62 +430,56 @@ pub async fn run_group(ctx: &Ctx, cmd: GroupCommand) -> Result<u8> {
             let mut t = Table::new(&["NAME", "GID", "MEMBERS", "SERVERS", "DISPLAY NAME"]);
             for g in &groups {
                 t.row(vec![
-                    text(g, &["name"]),
-                    text(g, &["gid"]),
-                    text(g, &["member_count"]),
-                    text(g, &["server_count"]),
-                    text(g, &["display_name"]),
+                    or_dash(&g.group.name),
+                    g.group.gid.to_string(),
+                    g.member_count.to_string(),
+                    g.server_count.to_string(),
+                    or_dash(&g.group.display_name),
                 ]);
             }
             t.print()?;
         }
         GroupCommand::Describe { group } => {
-            let g: Value = client.get(&seg(GROUPS, &[&group]), &[]).await?;
+            let g: api::GroupDetail = client.get(&seg(GROUPS, &[&group]), &[]).await?;
             if ctx.json() {
                 print_json(&g)?;
                 return Ok(0);
             }
-            let list = |key: &str, f: &dyn Fn(&Value) -> String| {
-                g[key]
-                    .as_array()
-                    .map(|a| a.iter().map(f).collect::<Vec<_>>().join(", "))
-                    .unwrap_or_default()
-            };
+            let members = g
+                .members
+                .iter()
+                .map(|m| format!("{} ({})", or_dash(&m.username), or_dash(&m.role)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let servers = g
+                .servers
+                .iter()
+                .map(|s| or_dash(&s.name))
+                .collect::<Vec<_>>()
+                .join(", ");
             println!(
                 "{}",
                 output::record(&[
-                    ("Name", text(&g, &["name"])),
-                    ("ID", text(&g, &["id"])),
-                    ("GID", text(&g, &["gid"])),
-                    ("Display name", text(&g, &["display_name"])),
-                    ("Your role", text(&g, &["your_role"])),
-                    (
-                        "Members",
-                        list("members", &|m| format!(
-                            "{} ({})",
-                            text(m, &["username"]),
-                            text(m, &["role"])
-                        ))
-                    ),
-                    ("Servers", list("servers", &|s| text(s, &["name"]))),
+                    ("Name", or_dash(&g.group.name)),
+                    ("ID", or_dash(&g.group.id)),
+                    ("GID", g.group.gid.to_string()),
+                    ("Display name", or_dash(&g.group.display_name)),
+                    ("Your role", opt_dash(g.your_role.as_deref())),
+                    ("Members", members),
+                    ("Servers", servers),
                 ])
             );
         }
         GroupCommand::Create { name, display_name } => {
-            let g: Value = client
-                .post(
-                    GROUPS,
-                    &json!({"name": name, "display_name": display_name.unwrap_or_default()}),
-                )
-                .await?;
+            let body = api::CreateGroup {
+                name,
+                display_name: display_name.unwrap_or_default(),
+            };
+            let g: api::Group = client.post(GROUPS, &body).await?;
             if ctx.json() {
                 print_json(&g)?;
             } else {
-                println!(
-                    "Group {} created (GID {}).",
-                    text(&g, &["name"]),
-                    text(&g, &["gid"])
-                );
+                println!("Group {} created (GID {}).", or_dash(&g.name), g.gid);
             }
         }
         GroupCommand::Delete { group } => {
@@ -481,11 +492,11 @@ pub async fn run_group(ctx: &Ctx, cmd: GroupCommand) -> Result<u8> {
         }
         GroupCommand::Member { op } => return run_member(ctx, &client, op).await,
         GroupCommand::AddServer { group, server } => {
-            let v: Value = client
-                .post(
-                    &seg(GROUPS, &[&group, "servers"]),
-                    &json!({"server": server}),
-                )
+            let body = api::AddGroupServer {
+                server: server.clone(),
+            };
+            let v: api::GroupServerAdded = client
+                .post(&seg(GROUPS, &[&group, "servers"]), &body)
                 .await?;
             if ctx.json() {
                 print_json(&v)?;
@@ -510,27 +521,23 @@ pub async fn run_group(ctx: &Ctx, cmd: GroupCommand) -> Result<u8> {
 async fn run_member(ctx: &Ctx, client: &crate::client::Client, op: MemberOp) -> Result<u8> {
     match op {
         MemberOp::Add { group, user, role } => {
-            let m: Value = client
-                .post(
-                    MEMBERSHIPS,
-                    &json!({"group": group, "user": user, "role": role}),
-                )
-                .await?;
+            let body = api::CreateMembership { group, user, role };
+            let m: api::Membership = client.post(MEMBERSHIPS, &body).await?;
             if ctx.json() {
                 print_json(&m)?;
             } else {
                 println!(
                     "Added {} to {} as {}.",
-                    text(&m, &["username"]),
-                    text(&m, &["group_name"]),
-                    text(&m, &["role"])
+                    or_dash(&m.username),
+                    or_dash(&m.group_name),
+                    or_dash(&m.role)
                 );
             }
         }
         MemberOp::Delete { group, user } => {
             let id = membership_id(ctx, &group, &user).await?;
             let url = client.endpoint(&seg(MEMBERSHIPS, &[&id]));
-            let v: Value = client
+            let v: api::MembershipRemoved = client
                 .send_json(client.request(reqwest::Method::DELETE, url))
                 .await?;
             if ctx.json() {
@@ -541,15 +548,16 @@ async fn run_member(ctx: &Ctx, client: &crate::client::Client, op: MemberOp) -> 
         }
         MemberOp::Role { group, user, role } => {
             let id = membership_id(ctx, &group, &user).await?;
-            let m = patch(ctx, &seg(MEMBERSHIPS, &[&id]), json!({"role": role})).await?;
+            let body = api::UpdateMembership { role };
+            let m: api::Membership = patch(ctx, &seg(MEMBERSHIPS, &[&id]), &body).await?;
             if ctx.json() {
                 print_json(&m)?;
             } else {
-                println!("{user} is now {} of {group}.", text(&m, &["role"]));
+                println!("{user} is now {} of {group}.", or_dash(&m.role));
             }
         }
         MemberOp::Ls { group } => {
-            let items = client
+            let items: Vec<api::Membership> = client
                 .list(MEMBERSHIPS, &[("group", group.as_str())], None)
                 .await?;
             if ctx.json() {
@@ -559,9 +567,9 @@ async fn run_member(ctx: &Ctx, client: &crate::client::Client, op: MemberOp) -> 
             let mut t = Table::new(&["USERNAME", "ROLE", "SINCE"]);
             for m in &items {
                 t.row(vec![
-                    text(m, &["username"]),
-                    text(m, &["role"]),
-                    output::time(m, &["created_at"]),
+                    or_dash(&m.username),
+                    or_dash(&m.role),
+                    output::local_time(Some(m.created_at.as_str())),
                 ]);
             }
             t.print()?;

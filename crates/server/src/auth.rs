@@ -6,25 +6,25 @@
 //! token). Only their SHA-256 is stored; a request's key is hashed and looked
 //! up by that hash, so there is no secret comparison to time.
 
+use alpacon_api::auth as api;
 use alpacon_api::ErrorCode;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
-use axum::routing::{get, post};
-use axum::Router;
 use rand::distributions::{Alphanumeric, DistString};
-use serde::Deserialize;
-use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use sqlx::Row;
+use sqlx::FromRow;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::Json;
 use crate::app::AppState;
 use crate::audit::{self, Event};
 use crate::db::{now_ms, rfc3339, Db};
 use crate::error::ApiError;
+use crate::openapi::Errors;
 
 pub const API_TOKEN_PREFIX: &str = "alpat-";
 pub const SESSION_PREFIX: &str = "alpses-";
@@ -229,6 +229,37 @@ fn invalid_token(detail: &str) -> ApiError {
     ApiError::unauthorized(ErrorCode::InvalidToken, detail.to_string())
 }
 
+/// What a request's API token (`alpat-`/`alpst-`) finds: the token and
+/// its owner.
+#[derive(FromRow)]
+struct TokenKeyRow {
+    id: String,
+    name: String,
+    enabled: i64,
+    expires_at: Option<i64>,
+    last_used_at: Option<i64>,
+    user_id: String,
+    username: String,
+    is_superuser: i64,
+    is_staff: i64,
+    is_active: i64,
+}
+
+/// What a request's session key (`alpses-`) finds: the session and its
+/// person.
+#[derive(FromRow)]
+struct SessionKeyRow {
+    id: String,
+    expires_at: i64,
+    last_used_at: i64,
+    mfa_enroll_only: i64,
+    user_id: String,
+    username: String,
+    is_superuser: i64,
+    is_staff: i64,
+    is_active: i64,
+}
+
 /// Resolves a key to its caller, or 401 `invalid_token`.
 pub async fn authenticate(db: &Db, key: &str, client_ip: String) -> Result<Caller, ApiError> {
     let now = now_ms();
@@ -246,11 +277,11 @@ pub async fn authenticate(db: &Db, key: &str, client_ip: String) -> Result<Calle
         .ok_or_else(|| {
             invalid_token("unknown or deleted API token; create one with `alpacon token create`")
         })?;
-        let token_id: String = row.try_get("id")?;
-        if row.try_get::<i64, _>("enabled")? == 0 {
+        let t = TokenKeyRow::from_row(&row)?;
+        if t.enabled == 0 {
             return Err(invalid_token("this API token is disabled"));
         }
-        if let Some(exp) = row.try_get::<Option<i64>, _>("expires_at")? {
+        if let Some(exp) = t.expires_at {
             if exp <= now {
                 return Err(invalid_token(&format!(
                     "this API token expired at {}; create a new one with `alpacon token create`",
@@ -258,26 +289,25 @@ pub async fn authenticate(db: &Db, key: &str, client_ip: String) -> Result<Calle
                 )));
             }
         }
-        if row.try_get::<i64, _>("is_active")? == 0 {
+        if t.is_active == 0 {
             return Err(invalid_token(
                 "the account that owns this token is disabled",
             ));
         }
-        let last: Option<i64> = row.try_get("last_used_at")?;
-        if !matches!(last, Some(l) if now - l < LAST_USED_GRANULARITY_MS) {
+        if !matches!(t.last_used_at, Some(l) if now - l < LAST_USED_GRANULARITY_MS) {
             sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE id = $2")
                 .bind(now)
-                .bind(&token_id)
+                .bind(&t.id)
                 .execute(&db.pool)
                 .await?;
         }
         Ok(Caller {
-            user_id: row.try_get("user_id")?,
-            username: row.try_get("username")?,
-            is_superuser: row.try_get::<i64, _>("is_superuser")? != 0,
-            is_staff: row.try_get::<i64, _>("is_staff")? != 0,
-            token_name: Some(row.try_get("name")?),
-            token_id: Some(token_id),
+            user_id: t.user_id,
+            username: t.username,
+            is_superuser: t.is_superuser != 0,
+            is_staff: t.is_staff != 0,
+            token_name: Some(t.name),
+            token_id: Some(t.id),
             session_id: None,
             client_ip,
             work_session: None,
@@ -296,33 +326,33 @@ pub async fn authenticate(db: &Db, key: &str, client_ip: String) -> Result<Calle
         .ok_or_else(|| {
             invalid_token("unknown or ended session; log in again with `alpacon login`")
         })?;
-        let session_id: String = row.try_get("id")?;
-        if row.try_get::<i64, _>("expires_at")? <= now {
+        let s = SessionKeyRow::from_row(&row)?;
+        if s.expires_at <= now {
             return Err(invalid_token(
                 "your session expired; log in again with `alpacon login`",
             ));
         }
-        if row.try_get::<i64, _>("is_active")? == 0 {
+        if s.is_active == 0 {
             return Err(invalid_token("this account is disabled"));
         }
-        if now - row.try_get::<i64, _>("last_used_at")? >= LAST_USED_GRANULARITY_MS {
+        if now - s.last_used_at >= LAST_USED_GRANULARITY_MS {
             sqlx::query("UPDATE sessions SET last_used_at = $1 WHERE id = $2")
                 .bind(now)
-                .bind(&session_id)
+                .bind(&s.id)
                 .execute(&db.pool)
                 .await?;
         }
         Ok(Caller {
-            user_id: row.try_get("user_id")?,
-            username: row.try_get("username")?,
-            is_superuser: row.try_get::<i64, _>("is_superuser")? != 0,
-            is_staff: row.try_get::<i64, _>("is_staff")? != 0,
+            user_id: s.user_id,
+            username: s.username,
+            is_superuser: s.is_superuser != 0,
+            is_staff: s.is_staff != 0,
             token_id: None,
             token_name: None,
-            session_id: Some(session_id),
+            session_id: Some(s.id),
             client_ip,
             work_session: None,
-            enroll_only: row.try_get::<i64, _>("mfa_enroll_only")? != 0,
+            enroll_only: s.mfa_enroll_only != 0,
         })
     } else {
         Err(invalid_token(
@@ -331,61 +361,88 @@ pub async fn authenticate(db: &Db, key: &str, client_ip: String) -> Result<Calle
     }
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/auth/login/", post(login))
-        .route("/api/auth/logout/", post(logout))
-        .route("/api/auth/whoami/", get(whoami))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(logout))
+        .routes(routes!(whoami))
 }
 
-#[derive(Deserialize)]
-struct LoginBody {
-    username: String,
-    password: String,
-}
-
-/// Throttled per account and address (429 `login_throttled`); with MFA the
-/// answer is the second step (`{"mfa_required": true, "mfa_token", ...}`,
-/// completed at `POST /api/auth/login/mfa/`). See crates/server/src/mfa/.
+/// Logs in with a username and password.
+///
+/// Answers a session, or, for an account with a second factor, the second
+/// step (`mfa_required`, `mfa_token`), completed at
+/// `POST /api/auth/login/mfa/`. Throttled per account and address (429
+/// `login_throttled`). See crates/server/src/mfa/.
+#[utoipa::path(post, path = "/api/auth/login/", tag = "auth", security(()),
+    request_body = api::Login,
+    responses((status = 200, body = api::LoginAnswer), Errors))]
 async fn login(
     State(st): State<AppState>,
     ClientIp(ip): ClientIp,
-    Json(body): Json<LoginBody>,
-) -> Result<Json<Value>, ApiError> {
-    crate::mfa::password_login(&st, &ip, &body.username, &body.password)
-        .await
+    Json(body): Json<api::Login>,
+) -> Result<Json<api::LoginAnswer>, ApiError> {
+    let answer = crate::mfa::password_login(&st, &ip, &body.username, &body.password).await?;
+    // The MFA module builds the answer; it is read back as the contract's
+    // type, which serializes to the same fields.
+    serde_json::from_value(answer)
         .map(Json)
+        .map_err(ApiError::internal)
 }
 
-async fn logout(State(st): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+/// Ends the caller's login session.
+///
+/// API tokens are not ended by logging out (`revoked: false`): delete them
+/// instead.
+#[utoipa::path(post, path = "/api/auth/logout/", tag = "auth",
+    responses((status = 200, body = api::LogoutAnswer), Errors))]
+async fn logout(
+    State(st): State<AppState>,
+    caller: Caller,
+) -> Result<Json<api::LogoutAnswer>, ApiError> {
     let Some(session_id) = &caller.session_id else {
         // Logging out must not silently "succeed" while the key stays valid.
-        return Ok(Json(json!({
-            "revoked": false,
-            "detail": "API tokens stay valid until deleted: `alpacon token delete NAME`",
-        })));
+        return Ok(Json(api::LogoutAnswer {
+            revoked: false,
+            detail: Some(
+                "API tokens stay valid until deleted: `alpacon token delete NAME`".to_string(),
+            ),
+        }));
     };
     sqlx::query("DELETE FROM sessions WHERE id = $1")
         .bind(session_id)
         .execute(&st.db.pool)
         .await?;
     audit::record(&st.db, Event::new("auth.logout").by(&caller)).await?;
-    Ok(Json(json!({ "revoked": true })))
+    Ok(Json(api::LogoutAnswer {
+        revoked: true,
+        detail: None,
+    }))
 }
 
-async fn whoami(caller: Caller) -> Json<Value> {
+/// Who the caller is, and how they authenticated.
+#[utoipa::path(get, path = "/api/auth/whoami/", tag = "auth",
+    responses((status = 200, body = api::WhoAmI), Errors))]
+async fn whoami(caller: Caller) -> Json<api::WhoAmI> {
     let token = match (&caller.token_id, &caller.token_name) {
-        (Some(id), Some(name)) => json!({ "id": id, "name": name }),
-        _ => Value::Null,
+        (Some(id), Some(name)) => Some(api::WhoAmIToken {
+            id: id.clone(),
+            name: name.clone(),
+        }),
+        _ => None,
     };
-    Json(json!({
-        "id": caller.user_id,
-        "username": caller.username,
-        "is_superuser": caller.is_superuser,
-        "is_staff": caller.is_staff,
-        "auth": caller.auth_kind(),
-        "token": token,
-    }))
+    Json(api::WhoAmI {
+        auth: if caller.token_id.is_some() {
+            api::AuthKind::Token
+        } else {
+            api::AuthKind::Session
+        },
+        id: caller.user_id,
+        username: caller.username,
+        is_superuser: caller.is_superuser,
+        is_staff: caller.is_staff,
+        token,
+    })
 }
 
 #[cfg(test)]
@@ -466,5 +523,31 @@ mod tests {
     #[test]
     fn auth_kind() {
         assert_eq!(caller(false).auth_kind(), "session");
+    }
+
+    /// The MFA module's login answers read back as the contract's type
+    /// without losing or adding a field.
+    #[test]
+    fn login_answers_read_back_unchanged() {
+        use serde_json::json;
+        let user = json!({
+            "id": "u", "username": "alice", "is_superuser": false, "is_staff": false,
+            "is_active": true, "created_at": "2024-05-01T12:00:00Z", "uid": 20000,
+            "gid": 20000, "shell": "/bin/bash", "email": "", "full_name": "",
+            "is_service": false,
+        });
+        let session =
+            json!({"key": "alpses-x", "expires_at": "2024-05-02T12:00:00Z", "user": user});
+        let mut enroll = session.clone();
+        enroll["mfa_enrollment_required"] = json!(true);
+        enroll["detail"] = json!("enroll a second factor");
+        let challenge = json!({
+            "mfa_required": true, "mfa_token": "alpmfa-x", "methods": ["totp", "recovery"],
+            "expires_at": "2024-05-01T12:05:00Z",
+        });
+        for v in [session, enroll, challenge] {
+            let a: api::LoginAnswer = serde_json::from_value(v.clone()).unwrap();
+            assert_eq!(serde_json::to_value(&a).unwrap(), v);
+        }
     }
 }

@@ -2,15 +2,14 @@
 //! `DELETE`/`PATCH {enabled}` `/api/auth/tokens/{id}/`. A token acts as its owner; the key is
 //! shown once, at creation, and only its SHA-256 is stored.
 
-use alpacon_api::ErrorCode;
+use alpacon_api::tokens as api;
+use alpacon_api::{ErrorCode, Page};
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
-use axum::routing::{delete, get};
-use axum::Router;
-use serde::Deserialize;
-use serde_json::{json, Value};
-use sqlx::any::AnyRow;
-use sqlx::Row;
+use serde_json::json;
+use sqlx::FromRow;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::{page_response, Bind, Json, Listing, PageParams, Path, Query};
 use crate::app::AppState;
@@ -18,14 +17,15 @@ use crate::audit::{self, Event};
 use crate::auth::{generate_key, hash_key, Caller, API_TOKEN_PREFIX};
 use crate::db::{new_id, now_ms, rfc3339, rfc3339_opt, Db};
 use crate::error::{is_unique_violation, ApiError};
+use crate::openapi::Errors;
 
 pub const MAX_EXPIRES_IN_DAYS: i64 = 3650;
 const DAY_MS: i64 = 86_400_000;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/auth/tokens/", get(list).post(create))
-        .route("/api/auth/tokens/{id}/", delete(remove).patch(update))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(delete_token, update_token))
 }
 
 /// Checks a token/registration-token name: 1–100 printable characters.
@@ -47,16 +47,6 @@ pub fn expiry_from_days(days: Option<i64>, now: i64) -> Result<Option<i64>, ApiE
             "expires_in_days must be between 1 and {MAX_EXPIRES_IN_DAYS}, not {d}"
         ))),
     }
-}
-
-#[derive(Deserialize)]
-struct CreateBody {
-    name: String,
-    expires_in_days: Option<i64>,
-    scopes: Option<Vec<String>>,
-    /// A service identity (by name or id) that will own the token; admins
-    /// only. Its key starts with `alpst-`.
-    service: Option<String>,
 }
 
 /// The one rule for which tokens a caller may list, enable or disable, give
@@ -94,7 +84,7 @@ pub async fn find_managed(
     caller: &Caller,
     ident: &str,
 ) -> Result<(String, String), ApiError> {
-    let row = sqlx::query(&format!(
+    sqlx::query_as::<_, (String, String)>(&format!(
         "SELECT id, name FROM api_tokens WHERE {MANAGED} AND (id = $3 OR name = $3)
          ORDER BY CASE WHEN id = $3 THEN 0 WHEN user_id = $1 THEN 1 ELSE 2 END, created_at
          LIMIT 1"
@@ -104,35 +94,55 @@ pub async fn find_managed(
     .bind(ident)
     .fetch_optional(&db.pool)
     .await?
-    .ok_or_else(|| no_such_token(ident))?;
-    Ok((row.try_get("id")?, row.try_get("name")?))
+    .ok_or_else(|| no_such_token(ident))
 }
 
-fn token_json(r: &AnyRow) -> Result<Value, ApiError> {
-    let scopes: String = r.try_get("scopes")?;
-    Ok(json!({
-        "id": r.try_get::<String, _>("id")?,
-        "name": r.try_get::<String, _>("name")?,
-        // Unreadable is shown as null, never as [] (which reads as
-        // unrestricted); such a token is refused (`acl::load_scopes`).
-        "scopes": crate::acl::parse_stored_scopes(&scopes).ok(),
-        "enabled": r.try_get::<i64, _>("enabled")? != 0,
-        "created_at": rfc3339(r.try_get("created_at")?),
-        "expires_at": rfc3339_opt(r.try_get("expires_at")?),
-        "last_used_at": rfc3339_opt(r.try_get("last_used_at")?),
-        "owner": r.try_get::<Option<String>, _>("owner")?,
-    }))
+/// A row of `api_tokens` ([`COLUMNS`]) with its owner's name.
+#[derive(FromRow)]
+struct TokenRow {
+    id: String,
+    name: String,
+    /// A JSON array of scope names.
+    scopes: String,
+    enabled: i64,
+    created_at: i64,
+    expires_at: Option<i64>,
+    last_used_at: Option<i64>,
+    owner: Option<String>,
+}
+
+impl From<TokenRow> for api::ApiToken {
+    fn from(r: TokenRow) -> Self {
+        api::ApiToken {
+            id: r.id,
+            name: r.name,
+            // Unreadable is shown as null, never as [] (which reads as
+            // unrestricted); such a token is refused (`acl::load_scopes`).
+            scopes: crate::acl::parse_stored_scopes(&r.scopes).ok(),
+            enabled: r.enabled != 0,
+            created_at: rfc3339(r.created_at),
+            expires_at: rfc3339_opt(r.expires_at),
+            last_used_at: rfc3339_opt(r.last_used_at),
+            owner: r.owner,
+        }
+    }
 }
 
 const COLUMNS: &str = "id, name, scopes, enabled, created_at, expires_at, last_used_at,
     (SELECT username FROM users u WHERE u.id = api_tokens.user_id) AS owner";
 
-async fn list(
+/// The tokens the caller manages.
+///
+/// Their own and, for staff and superusers, those of service identities.
+#[utoipa::path(get, path = "/api/auth/tokens/", tag = "tokens",
+    params(PageParams),
+    responses((status = 200, body = Page<api::ApiToken>), Errors))]
+async fn list_tokens(
     State(st): State<AppState>,
     caller: Caller,
     Query(pp): Query<PageParams>,
     uri: Uri,
-) -> Result<Json<alpacon_api::Page<Value>>, ApiError> {
+) -> Result<Json<Page<api::ApiToken>>, ApiError> {
     let page = pp.page()?;
     let admin = caller.is_admin() as i64;
     let (count, rows) = Listing {
@@ -144,15 +154,26 @@ async fn list(
     }
     .fetch(&st.db, page)
     .await?;
-    let results = rows.iter().map(token_json).collect::<Result<Vec<_>, _>>()?;
+    let results = rows
+        .iter()
+        .map(|r| TokenRow::from_row(r).map(api::ApiToken::from))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(page_response(count, results, page, &uri))
 }
 
-async fn create(
+/// Creates an API token; its key is shown only in this answer.
+///
+/// Needs a login session (not a token) and a recently verified second
+/// factor where the workspace asks for one. With `service`, staff and
+/// superusers create an `alpst-` token owned by that service identity.
+#[utoipa::path(post, path = "/api/auth/tokens/", tag = "tokens",
+    request_body = api::CreateApiToken,
+    responses((status = 201, body = api::NewApiToken), Errors))]
+async fn create_token(
     State(st): State<AppState>,
     caller: Caller,
-    Json(body): Json<CreateBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    Json(body): Json<api::CreateApiToken>,
+) -> Result<(StatusCode, Json<api::NewApiToken>), ApiError> {
     // A token that could mint tokens would outlive its own revocation.
     if caller.token_id.is_some() {
         return Err(ApiError::forbidden(
@@ -224,22 +245,27 @@ async fn create(
     tx.commit().await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "id": id,
-            "name": name,
-            "key": key,
-            "scopes": scopes,
-            "enabled": true,
-            "created_at": rfc3339(now),
-            "expires_at": rfc3339_opt(expires_at),
-            "last_used_at": null,
-        })),
+        Json(api::NewApiToken {
+            id,
+            name,
+            key,
+            scopes,
+            enabled: true,
+            created_at: rfc3339(now),
+            expires_at: rfc3339_opt(expires_at),
+            last_used_at: None,
+        }),
     ))
 }
 
-/// Deletes one of the caller's tokens, by id or by name. Revocation is
-/// immediate: the next request with that key fails.
-async fn remove(
+/// Deletes a token the caller manages, by id or by name.
+///
+/// Revocation is immediate: the next request with that key fails, and what
+/// the token has open ends. An API token may delete only itself.
+#[utoipa::path(delete, path = "/api/auth/tokens/{id}/", tag = "tokens",
+    params(("id" = String, Path, description = "The token's id or name")),
+    responses((status = 204, description = "Deleted"), Errors))]
+async fn delete_token(
     State(st): State<AppState>,
     caller: Caller,
     Path(ident): Path<String>,
@@ -279,21 +305,20 @@ async fn remove(
 
 // ---- token enable/disable (acl issue) ----
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UpdateBody {
-    enabled: bool,
-}
-
-/// `PATCH /api/auth/tokens/{id}/ {enabled}`: the owner (or an admin)
-/// enables or disables a token. A disabled token is refused at once (401
-/// `invalid_token`) and its open terminals end.
-async fn update(
+/// Enables or disables a token the caller manages, by id or by name.
+///
+/// A disabled token is refused at once (401 `invalid_token`) and its open
+/// terminals end. Needs a login session (not a token).
+#[utoipa::path(patch, path = "/api/auth/tokens/{id}/", tag = "tokens",
+    params(("id" = String, Path, description = "The token's id or name")),
+    request_body = api::UpdateApiToken,
+    responses((status = 200, body = api::ApiToken), Errors))]
+async fn update_token(
     State(st): State<AppState>,
     caller: Caller,
     Path(ident): Path<String>,
-    Json(body): Json<UpdateBody>,
-) -> Result<Json<Value>, ApiError> {
+    Json(body): Json<api::UpdateApiToken>,
+) -> Result<Json<api::ApiToken>, ApiError> {
     if caller.token_id.is_some() {
         return Err(ApiError::forbidden(
             ErrorCode::TokenNotAllowed,
@@ -312,19 +337,19 @@ async fn update(
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| no_such_token(&ident))?;
-    let v = token_json(&row)?;
+    let t = api::ApiToken::from(TokenRow::from_row(&row)?);
     audit::record_in(
         &mut tx,
         Event::new("token.update")
             .by(&caller)
-            .detail(json!({ "token_id": id, "name": v["name"], "enabled": body.enabled })),
+            .detail(json!({ "token_id": id, "name": t.name, "enabled": body.enabled })),
     )
     .await?;
     tx.commit().await?;
     if !body.enabled {
         end_open(&st, &id, "token disabled").await?;
     }
-    Ok(Json(v))
+    Ok(Json(t))
 }
 
 /// Ends everything a token has open (it was disabled or deleted).
@@ -339,6 +364,7 @@ async fn end_open(st: &AppState, token_id: &str, reason: &str) -> Result<(), Api
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn one_rule_for_whose_tokens_a_caller_manages() {
@@ -521,5 +547,111 @@ mod tests {
             )
             .await;
         assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    }
+
+    /// The fields of the tokens' and auth answers, as they were before the
+    /// bodies were typed: none lost, none added.
+    #[tokio::test]
+    async fn answers_keep_their_fields() {
+        use axum::http::{Method, StatusCode};
+        fn keys(v: &Value) -> Vec<&str> {
+            let mut k: Vec<&str> = v
+                .as_object()
+                .unwrap_or_else(|| panic!("not an object: {v}"))
+                .keys()
+                .map(String::as_str)
+                .collect();
+            k.sort_unstable();
+            k
+        }
+        let app = crate::testutil::TestApp::new().await;
+        let (s, v) = app
+            .try_login_from("127.0.0.1", "admin", &app.admin_password.clone())
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(keys(&v), ["expires_at", "key", "user"]);
+        let session = v["key"].as_str().unwrap().to_string();
+        let (_, v) = app
+            .call(
+                Method::POST,
+                "/api/auth/tokens/",
+                Some(&session),
+                Some(json!({"name": "ci", "scopes": ["command"]})),
+            )
+            .await;
+        assert_eq!(
+            keys(&v),
+            [
+                "created_at",
+                "enabled",
+                "expires_at",
+                "id",
+                "key",
+                "last_used_at",
+                "name",
+                "scopes"
+            ]
+        );
+        assert!(v["last_used_at"].is_null() && v["expires_at"].is_null());
+        let (token, id) = (v["key"].as_str().unwrap(), v["id"].as_str().unwrap());
+        let listed = [
+            "created_at",
+            "enabled",
+            "expires_at",
+            "id",
+            "last_used_at",
+            "name",
+            "owner",
+            "scopes",
+        ];
+        let (_, v) = app
+            .call(Method::GET, "/api/auth/tokens/", Some(&session), None)
+            .await;
+        assert_eq!(keys(&v["results"][0]), listed);
+        assert_eq!(v["results"][0]["owner"], "admin");
+        let (_, v) = app
+            .call(
+                Method::PATCH,
+                &format!("/api/auth/tokens/{id}/"),
+                Some(&session),
+                Some(json!({"enabled": true})),
+            )
+            .await;
+        assert_eq!(keys(&v), listed);
+
+        let who = [
+            "auth",
+            "id",
+            "is_staff",
+            "is_superuser",
+            "token",
+            "username",
+        ];
+        let (_, v) = app
+            .call(Method::GET, "/api/auth/whoami/", Some(token), None)
+            .await;
+        assert_eq!(keys(&v), who);
+        assert_eq!(
+            (v["auth"].as_str(), &v["token"]),
+            (Some("token"), &json!({"id": id, "name": "ci"}))
+        );
+        let (_, v) = app
+            .call(Method::GET, "/api/auth/whoami/", Some(&session), None)
+            .await;
+        assert_eq!(keys(&v), who);
+        assert_eq!(
+            (v["auth"].as_str(), &v["token"]),
+            (Some("session"), &Value::Null)
+        );
+
+        let (_, v) = app
+            .call(Method::POST, "/api/auth/logout/", Some(token), None)
+            .await;
+        assert_eq!(keys(&v), ["detail", "revoked"]);
+        assert_eq!(v["revoked"], false);
+        let (_, v) = app
+            .call(Method::POST, "/api/auth/logout/", Some(&session), None)
+            .await;
+        assert_eq!(v, json!({"revoked": true}));
     }
 }

@@ -1,101 +1,43 @@
-//! Invitations: a one-time link that lets someone create their own account.
-//!
-//! No mail server is needed: the link is returned once to whoever created
-//! the invitation, who passes it on. Only the hash of its key is stored; the
-//! link works once and until it expires. Accepting creates the user (with the
-//! workspace role and group the invitation names) and logs nothing else in.
+//! The invitations' routes and the invitation link's page.
 
-use alpacon_api::ErrorCode;
+use alpacon_api::iam as api;
+use alpacon_api::{ErrorCode, Page};
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
-use axum::Router;
-use serde::Deserialize;
-use serde_json::{json, Value};
-use sqlx::any::AnyRow;
-use sqlx::Row;
+use serde_json::json;
+use sqlx::FromRow;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::groups::{self, Role};
+use super::*;
 use crate::api::{page_response, Json, Listing, PageParams, Path, Query};
-use crate::app::AppState;
 use crate::audit::{self, Event};
-use crate::auth::{generate_key, hash_key, looks_like_key, Caller, ClientIp};
-use crate::db::{new_id, now_ms, rfc3339, rfc3339_opt};
-use crate::error::ApiError;
+use crate::auth::{generate_key, Caller, ClientIp};
+use crate::db::new_id;
+use crate::openapi::Errors;
 
-pub const KEY_PREFIX: &str = "alpinv-";
-const DEFAULT_HOURS: i64 = 72;
-const MAX_HOURS: i64 = 30 * 24;
-
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/api/iam/invitations/",
-            get(list_invitations).post(create_invitation),
-        )
-        .route("/api/iam/invitations/{id}/", delete(delete_invitation))
-        .route(
-            "/api/iam/invitations/accept/",
-            get(peek_invitation).post(accept_invitation),
-        )
-        .route("/invite/{key}", get(invite_page))
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_invitations, create_invitation))
+        .routes(routes!(delete_invitation))
+        .routes(routes!(peek_invitation, accept_invitation))
+        .routes(routes!(invite_page))
 }
 
-/// Why an invitation cannot be used, if it cannot.
-pub fn unusable(now: i64, expires_at: i64, accepted_at: Option<i64>) -> Option<&'static str> {
-    if accepted_at.is_some() {
-        Some("this invitation was already used")
-    } else if expires_at <= now {
-        Some("this invitation has expired; ask for a new one")
-    } else {
-        None
-    }
-}
-
-fn invitation_json(r: &AnyRow) -> Result<Value, ApiError> {
-    Ok(json!({
-        "id": r.try_get::<String, _>("id")?,
-        "email": r.try_get::<String, _>("email")?,
-        "username": r.try_get::<Option<String>, _>("username")?,
-        "is_staff": r.try_get::<i64, _>("is_staff")? != 0,
-        "group": r.try_get::<Option<String>, _>("group_name")?,
-        "role": r.try_get::<String, _>("role")?,
-        "invited_by": r.try_get::<Option<String>, _>("inviter")?,
-        "created_at": rfc3339(r.try_get("created_at")?),
-        "expires_at": rfc3339(r.try_get("expires_at")?),
-        "accepted_at": rfc3339_opt(r.try_get("accepted_at")?),
-    }))
-}
-
-const SELECT: &str = "SELECT i.id, i.email, i.username, i.is_staff, i.role, i.created_at,
-        i.expires_at, i.accepted_at, i.group_id, i.created_by, g.name AS group_name, u.username AS inviter
- FROM invitations i LEFT JOIN iam_groups g ON g.id = i.group_id
- LEFT JOIN users u ON u.id = i.created_by";
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateInvitation {
-    #[serde(default)]
-    email: String,
-    username: Option<String>,
-    group: Option<String>,
-    #[serde(default = "member")]
-    role: String,
-    #[serde(default)]
-    is_staff: bool,
-    expires_in_hours: Option<i64>,
-}
-
-fn member() -> String {
-    "member".into()
-}
-
+/// Creates a one-time invitation link.
+///
+/// Its key is shown only in this answer.
+/// Admins invite anyone (only superusers invite staff); a group's owners
+/// and managers invite into their group. Needs a login session.
+#[utoipa::path(post, path = "/api/iam/invitations/", tag = "iam",
+    request_body = api::CreateInvitation,
+    responses((status = 201, body = api::NewInvitation), Errors))]
 async fn create_invitation(
     State(st): State<AppState>,
     caller: Caller,
-    Json(b): Json<CreateInvitation>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    Json(b): Json<api::CreateInvitation>,
+) -> Result<(StatusCode, Json<api::NewInvitation>), ApiError> {
     // An invitation creates a person: that outlives any token, so only a
     // person signed in may send one (as only a person may create tokens).
     if caller.token_id.is_some() {
@@ -147,9 +89,9 @@ async fn create_invitation(
         ));
     }
     if let Some(u) = &b.username {
-        super::check_new_name("username", u)?;
+        crate::iam::check_new_name("username", u)?;
     }
-    super::check_email(&b.email)?;
+    crate::iam::check_email(&b.email)?;
     let hours = b.expires_in_hours.unwrap_or(DEFAULT_HOURS);
     if !(1..=MAX_HOURS).contains(&hours) {
         return Err(ApiError::bad_request(format!(
@@ -185,26 +127,31 @@ async fn create_invitation(
         })),
     )
     .await?;
-    let row = sqlx::query(&format!("{SELECT} WHERE i.id = $1"))
+    let row = sqlx::query_as::<_, InvitationRow>(&format!("{SELECT} WHERE i.id = $1"))
         .bind(&id)
         .fetch_one(&st.db.pool)
         .await?;
-    let mut v = invitation_json(&row)?;
-    v["key"] = json!(key);
-    v["url"] = json!(format!("{}/invite/{key}", public_url(&st)));
-    Ok((StatusCode::CREATED, Json(v)))
+    let url = format!("{}/invite/{key}", public_url(&st));
+    Ok((
+        StatusCode::CREATED,
+        Json(api::NewInvitation {
+            invitation: row.into(),
+            key,
+            url,
+        }),
+    ))
 }
 
-fn public_url(st: &AppState) -> String {
-    st.config.public_url.trim_end_matches('/').to_string()
-}
-
+/// Every invitation, used or not (staff and superusers).
+#[utoipa::path(get, path = "/api/iam/invitations/", tag = "iam",
+    params(PageParams),
+    responses((status = 200, body = Page<api::Invitation>), Errors))]
 async fn list_invitations(
     State(st): State<AppState>,
     caller: Caller,
     Query(pp): Query<PageParams>,
     uri: Uri,
-) -> Result<Json<alpacon_api::Page<Value>>, ApiError> {
+) -> Result<Json<Page<api::Invitation>>, ApiError> {
     crate::audit::require_admin(&st, &caller, "invitation.list").await?;
     let page = pp.page()?;
     let (count, rows) = Listing {
@@ -218,11 +165,15 @@ async fn list_invitations(
     .await?;
     let out = rows
         .iter()
-        .map(invitation_json)
+        .map(|r| InvitationRow::from_row(r).map(api::Invitation::from))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(page_response(count, out, page, &uri))
 }
 
+/// Deletes an invitation (staff and superusers): its link stops working.
+#[utoipa::path(delete, path = "/api/iam/invitations/{id}/", tag = "iam",
+    params(("id" = String, Path, description = "The invitation's id")),
+    responses((status = 204, description = "Deleted"), Errors))]
 async fn delete_invitation(
     State(st): State<AppState>,
     caller: Caller,
@@ -250,72 +201,36 @@ async fn delete_invitation(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn bad_key() -> ApiError {
-    ApiError::not_found(
-        ErrorCode::InvitationNotFound,
-        "this invitation link is not valid; ask for a new one",
-    )
-}
-
-/// The usable invitation for `key`, or the reason it is not.
-async fn usable(st: &AppState, key: &str) -> Result<AnyRow, ApiError> {
-    if !looks_like_key(key, KEY_PREFIX) {
-        return Err(bad_key());
-    }
-    let row = sqlx::query(&format!("{SELECT} WHERE i.key_hash = $1"))
-        .bind(hash_key(key))
-        .fetch_optional(&st.db.pool)
-        .await?
-        .ok_or_else(bad_key)?;
-    if let Some(why) = unusable(
-        now_ms(),
-        row.try_get("expires_at")?,
-        row.try_get("accepted_at")?,
-    ) {
-        return Err(ApiError::new(
-            StatusCode::GONE,
-            ErrorCode::InvitationUnusable,
-            why,
-        ));
-    }
-    Ok(row)
-}
-
-#[derive(Debug, Deserialize)]
-struct KeyQuery {
-    key: String,
-}
-
+/// What an invitation link offers, for the invitee (no credentials).
+///
+/// 404 `invitation_not_found` for an unknown key, 410
+/// `invitation_unusable` for a used or expired one.
+#[utoipa::path(get, path = "/api/iam/invitations/accept/", tag = "iam", security(()),
+    params(api::InvitationKeyQuery),
+    responses((status = 200, body = api::InvitationPreview), Errors))]
 async fn peek_invitation(
     State(st): State<AppState>,
-    Query(q): Query<KeyQuery>,
-) -> Result<Json<Value>, ApiError> {
+    Query(q): Query<api::InvitationKeyQuery>,
+) -> Result<Json<api::InvitationPreview>, ApiError> {
     let row = usable(&st, &q.key).await?;
-    let mut v = invitation_json(&row)?;
-    if let Some(o) = v.as_object_mut() {
-        o.remove("id");
-    }
-    Ok(Json(v))
+    Ok(Json(api::Invitation::from(row).into()))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Accept {
-    key: String,
-    username: Option<String>,
-    password: String,
-    #[serde(default)]
-    full_name: String,
-}
-
+/// Accepts an invitation: creates the invitee's account (no credentials).
+///
+/// The person gets the invitation's workspace role and joins its group.
+/// Nobody is logged in: they log in next with their new password.
+#[utoipa::path(post, path = "/api/iam/invitations/accept/", tag = "iam", security(()),
+    request_body = api::AcceptInvitation,
+    responses((status = 201, body = api::User), Errors))]
 async fn accept_invitation(
     State(st): State<AppState>,
     ClientIp(ip): ClientIp,
-    Json(b): Json<Accept>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    Json(b): Json<api::AcceptInvitation>,
+) -> Result<(StatusCode, Json<api::User>), ApiError> {
     let row = usable(&st, &b.key).await?;
-    let inv_id: String = row.try_get("id")?;
-    let fixed: Option<String> = row.try_get("username")?;
+    let inv_id = row.id.clone();
+    let fixed = row.username.clone();
     let username = match (&fixed, &b.username) {
         (Some(f), Some(u)) if f != u => {
             return Err(ApiError::bad_request(format!(
@@ -326,19 +241,19 @@ async fn accept_invitation(
         (None, Some(u)) => u.clone(),
         (None, None) => return Err(ApiError::bad_request("choose a `username`")),
     };
-    super::check_new_name("username", &username)?;
+    crate::iam::check_new_name("username", &username)?;
     if b.password.len() < 10 {
         return Err(ApiError::bad_request(
             "password must be at least 10 characters",
         ));
     }
-    super::check_full_name(&b.full_name)?;
+    crate::iam::check_full_name(&b.full_name)?;
     inviter_still_may(&st, &row).await?;
-    let hash = super::hash_password(&b.password).map_err(ApiError::internal)?;
+    let hash = crate::iam::hash_password(&b.password).map_err(ApiError::internal)?;
     let user_id = new_id();
-    let email: String = row.try_get("email")?;
+    let email = row.email.clone();
     // Taken first: one lost to a failed accept is never reused anyway.
-    let uid = super::groups::allocate_uid(&st.db).await?;
+    let uid = groups::allocate_uid(&st.db).await?;
     // Claim, person, membership and `invitation.accept` in one transaction:
     // nothing half-done survives a failure, and of two concurrent accepts
     // the claim lets one win.
@@ -366,7 +281,7 @@ async fn accept_invitation(
     .bind(&user_id)
     .bind(&username)
     .bind(&hash)
-    .bind(row.try_get::<i64, _>("is_staff")?)
+    .bind(row.is_staff)
     .bind(now_ms())
     .bind(&email)
     .bind(&b.full_name)
@@ -388,111 +303,32 @@ async fn accept_invitation(
         .bind(&inv_id)
         .execute(&mut *tx)
         .await?;
-    if let Some(gid) = row.try_get::<Option<String>, _>("group_id")? {
-        let role = Role::parse(&row.try_get::<String, _>("role")?).unwrap_or(Role::Member);
-        groups::add_member(
-            &mut tx,
-            &gid,
-            &user_id,
-            role,
-            row.try_get("created_by").ok(),
-        )
-        .await?;
+    if let Some(gid) = &row.group_id {
+        let role = Role::parse(&row.role).unwrap_or(Role::Member);
+        groups::add_member(&mut tx, gid, &user_id, role, row.created_by.as_deref()).await?;
     }
     audit::record_in(
         &mut tx,
         Event::new("invitation.accept")
             .actor(Some(&user_id), &username)
             .ip(&ip)
-            .detail(json!({"invitation_id": inv_id, "group": row.try_get::<Option<String>, _>("group_name")?})),
+            .detail(json!({"invitation_id": inv_id, "group": row.group_name})),
     )
     .await?;
     tx.commit().await?;
-    let u = super::find_user(&st.db, &user_id)
+    let u = crate::iam::find_user(&st.db, &user_id)
         .await?
         .ok_or_else(|| ApiError::internal("user vanished"))?;
-    Ok((StatusCode::CREATED, Json(u.to_json())))
+    Ok((StatusCode::CREATED, Json(u.to_api())))
 }
-
-/// What the inviter is now, for [`inviter_allows`].
-#[derive(Debug, Clone, Copy)]
-pub struct Inviter {
-    pub active: bool,
-    pub superuser: bool,
-    pub admin: bool,
-    /// Their role in the invitation's group, if any.
-    pub role: Option<Role>,
-}
-
-/// Whether an invitation may still be accepted: it grants what its inviter
-/// could grant *now*. Someone removed from the group, demoted or disabled
-/// since (or deleted: `None`) cannot bring people, or themselves under a new
-/// name, back in with a link they sent before.
-pub fn inviter_allows(inviter: Option<Inviter>, staff: bool, group: bool, role: Role) -> bool {
-    let Some(i) = inviter.filter(|i| i.active) else {
-        return false;
-    };
-    if staff {
-        return i.superuser;
-    }
-    if i.admin {
-        return true;
-    }
-    group
-        && groups::may(
-            groups::Actor {
-                is_admin: false,
-                role: i.role,
-            },
-            groups::GroupAction::Add(role),
-        )
-        .is_ok()
-}
-
-async fn inviter_still_may(st: &AppState, inv: &AnyRow) -> Result<(), ApiError> {
-    let created_by: Option<String> = inv.try_get("created_by")?;
-    let group: Option<String> = inv.try_get("group_id")?;
-    let role = Role::parse(&inv.try_get::<String, _>("role")?);
-    let inviter = match &created_by {
-        Some(uid) => {
-            let row = sqlx::query(
-                "SELECT u.is_active, u.is_superuser, u.is_staff, m.role
-                 FROM users u LEFT JOIN memberships m ON m.user_id = u.id AND m.group_id = $2
-                 WHERE u.id = $1",
-            )
-            .bind(uid)
-            .bind(&group)
-            .fetch_optional(&st.db.pool)
-            .await?;
-            match row {
-                Some(r) => Some(Inviter {
-                    active: r.try_get::<i64, _>("is_active")? != 0,
-                    superuser: r.try_get::<i64, _>("is_superuser")? != 0,
-                    admin: r.try_get::<i64, _>("is_superuser")? != 0
-                        || r.try_get::<i64, _>("is_staff")? != 0,
-                    role: r
-                        .try_get::<Option<String>, _>("role")?
-                        .as_deref()
-                        .and_then(Role::parse),
-                }),
-                None => None,
-            }
-        }
-        None => None,
-    };
-    let staff = inv.try_get::<i64, _>("is_staff")? != 0;
-    match role {
-        Some(role) if inviter_allows(inviter, staff, group.is_some(), role) => Ok(()),
-        _ => Err(ApiError::new(
-            StatusCode::GONE,
-            ErrorCode::InvitationUnusable,
-            "whoever sent this invitation can no longer grant this access; ask for a new one",
-        )),
-    }
-}
-
-/// A self-contained page for the link: shows the invitation and posts the
-/// chosen username and password to the accept endpoint.
+/// The invitation link's page (no credentials).
+///
+/// A self-contained page: it shows the invitation and posts the chosen
+/// username and password to `POST /api/iam/invitations/accept/`.
+#[utoipa::path(get, path = "/invite/{key}", tag = "iam", security(()),
+    params(("key" = String, Path, description = "The invitation's key (`alpinv-...`)")),
+    responses((status = 200, description = "The page", body = String,
+        content_type = "text/html"), Errors))]
 async fn invite_page(Path(key): Path<String>) -> Response {
     // The key is pasted into a script: only a well-formed key (letters,
     // digits, '-') ever is, so a crafted link cannot inject markup.
@@ -802,78 +638,5 @@ mod tests {
             )
             .await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
-    }
-
-    #[test]
-    fn an_invitation_grants_only_what_its_inviter_still_may() {
-        let person = |active, admin, role| {
-            Some(Inviter {
-                active,
-                superuser: false,
-                admin,
-                role,
-            })
-        };
-        let owner = Some(Role::Owner);
-        // (inviter, staff invitation, into a group, role) -> usable
-        let table = [
-            (person(true, false, owner), false, true, Role::Owner, true),
-            (
-                person(true, false, Some(Role::Manager)),
-                false,
-                true,
-                Role::Member,
-                true,
-            ),
-            (
-                person(true, false, Some(Role::Manager)),
-                false,
-                true,
-                Role::Owner,
-                false,
-            ),
-            // Removed from the group, disabled, deleted.
-            (person(true, false, None), false, true, Role::Member, false),
-            (
-                person(false, false, owner),
-                false,
-                true,
-                Role::Member,
-                false,
-            ),
-            (None, false, true, Role::Member, false),
-            // Admins invite anyone; staff invitations need a superuser.
-            (person(true, true, None), false, false, Role::Member, true),
-            (person(true, true, None), true, false, Role::Member, false),
-            (
-                Some(Inviter {
-                    active: true,
-                    superuser: true,
-                    admin: true,
-                    role: None,
-                }),
-                true,
-                false,
-                Role::Member,
-                true,
-            ),
-            // Demoted admin, no group.
-            (person(true, false, None), false, false, Role::Member, false),
-        ];
-        for (inviter, staff, group, role, want) in table {
-            assert_eq!(
-                inviter_allows(inviter, staff, group, role),
-                want,
-                "{inviter:?} staff={staff} group={group} {role:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn an_invitation_works_once_and_until_it_expires() {
-        assert_eq!(unusable(10, 20, None), None);
-        assert!(unusable(20, 20, None).is_some());
-        assert!(unusable(30, 20, None).is_some());
-        assert!(unusable(10, 20, Some(5)).is_some());
     }
 }
