@@ -56,12 +56,12 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// minutes; attempts are throttled like passwords. Answers the session.
 #[utoipa::path(post, path = "/api/auth/login/mfa/", tag = "mfa", security(()),
     request_body = api::MfaLogin,
-    responses((status = 200, body = api::LoginSession), Errors))]
+    responses((status = 200, body = alpacon_api::auth::LoginSession), Errors))]
 async fn login_mfa(
     State(st): State<AppState>,
     ClientIp(ip): ClientIp,
     Json(body): Json<api::MfaLogin>,
-) -> Result<Json<api::LoginSession>, ApiError> {
+) -> Result<Json<alpacon_api::auth::LoginSession>, ApiError> {
     let proof = Proof::try_from(body.proof)?;
     let ch = store::login_challenge(&st.db, &body.mfa_token).await?;
     let Some(username) = store::active_username(&st.db, &ch.user_id).await? else {
@@ -110,22 +110,22 @@ async fn login_mfa(
                 ));
             }
             attempt.succeeded().await?;
-            let user_json = ch
+            // The person as they were at the password step; looked up again
+            // if that cannot be read.
+            let stored = ch
                 .state
                 .get("user")
-                .cloned()
-                .unwrap_or_else(|| json!({ "id": ch.user_id, "username": username }));
-            create_session(
-                &st,
-                &ch.user_id,
-                &username,
-                user_json,
-                &ip,
-                Some(method),
-                false,
-            )
-            .await
-            .map(Json)
+                .and_then(|u| serde_json::from_value::<alpacon_api::iam::User>(u.clone()).ok());
+            let user = match stored {
+                Some(u) => u,
+                None => crate::iam::find_user(&st.db, &ch.user_id)
+                    .await?
+                    .ok_or_else(|| crate::iam::no_such_user(&ch.user_id))?
+                    .to_api(),
+            };
+            create_session(&st, &ch.user_id, &username, user, &ip, Some(method), false)
+                .await
+                .map(Json)
         }
     }
 }
