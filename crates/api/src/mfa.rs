@@ -99,7 +99,8 @@ pub struct MfaProof {
     pub webauthn: Option<Value>,
 }
 
-/// `POST /api/auth/login/mfa/`: the login's second step.
+/// `POST /api/auth/login/mfa/`: the login's second step (the password step
+/// answers `auth::MfaChallenge`; this one `auth::LoginSession`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct MfaLogin {
     /// The token the password step answered with (`alpmfa-...`).
@@ -113,48 +114,6 @@ pub struct MfaLogin {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct MfaLoginToken {
     pub mfa_token: String,
-}
-
-/// A correct password whose account has MFA: the login's second step
-/// (HTTP 200; complete it at `POST /api/auth/login/mfa/`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct LoginSecondStep {
-    /// Always `true`.
-    pub mfa_required: bool,
-    /// One-time token for the second step (5 minutes).
-    pub mfa_token: String,
-    /// The factors the account can present under the policy.
-    pub methods: Vec<MfaFactor>,
-    #[schema(format = DateTime)]
-    pub expires_at: String,
-}
-
-/// A login session: its key (shown once) and who it is for.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct LoginSession {
-    /// The session key (`alpses-...`) for `Authorization: Bearer`.
-    pub key: String,
-    #[schema(format = DateTime)]
-    pub expires_at: String,
-    /// The person, as `/api/iam/users/` shows them.
-    #[schema(value_type = Object)]
-    pub user: Value,
-    /// Present (`true`) when the workspace enforces MFA and the person has
-    /// no second factor: the session can only enroll one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mfa_enrollment_required: Option<bool>,
-    /// With `mfa_enrollment_required`: what to do next.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-}
-
-/// What a correct password leads to (`POST /api/auth/login/`): a session,
-/// or the second step when the account has MFA.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(untagged)]
-pub enum LoginOutcome {
-    SecondStep(LoginSecondStep),
-    Session(LoginSession),
 }
 
 /// WebAuthn options to pass to the browser's `navigator.credentials.get()`
@@ -323,20 +282,6 @@ mod tests {
         for f in [MfaFactor::Totp, MfaFactor::Webauthn, MfaFactor::Recovery] {
             assert_eq!(serde_json::to_value(f).unwrap(), f.as_str());
         }
-    }
-
-    #[test]
-    fn login_outcomes_are_told_apart() {
-        let step: LoginOutcome = serde_json::from_value(json!({
-            "mfa_required": true, "mfa_token": "alpmfa-x", "methods": ["totp", "recovery"],
-            "expires_at": "2026-01-01T00:00:00Z"
-        }))
-        .unwrap();
-        assert!(matches!(step, LoginOutcome::SecondStep(s) if s.methods.len() == 2));
-        let v = json!({"key": "alpses-x", "expires_at": "2026-01-01T00:00:00Z", "user": {"username": "a"}});
-        let s: LoginOutcome = serde_json::from_value(v.clone()).unwrap();
-        assert!(matches!(&s, LoginOutcome::Session(_)));
-        assert_eq!(serde_json::to_value(&s).unwrap(), v);
     }
 
     #[test]

@@ -121,26 +121,34 @@ pub struct WorkSession {
 }
 
 /// A duration: `"90m"`, `"2h"`, `"1d"`, `"30s"`, or a number of seconds.
+/// (`schema_with` replaces the field's doc comment, so the text is here.)
 fn duration_schema() -> OneOfBuilder {
-    OneOfBuilder::new()
-        .item(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .pattern(Some("^[0-9]+[smhd]?$")),
-        )
-        .item(
-            ObjectBuilder::new()
-                .schema_type(Type::Integer)
-                .minimum(Some(1)),
-        )
+    duration_items(OneOfBuilder::new()).description(Some(
+        "A duration: \"90m\", \"2h\", \"1d\", \"30s\", or a number of seconds",
+    ))
+}
+
+/// An optional duration: `null` or absent takes the default.
+fn optional_duration_schema() -> OneOfBuilder {
+    duration_items(OneOfBuilder::new())
+        .item(ObjectBuilder::new().schema_type(Type::Null))
         .description(Some(
-            "A duration: \"90m\", \"2h\", \"1d\", \"30s\", or a number of seconds",
+            "A duration: \"90m\", \"2h\", \"1d\", \"30s\", or a number of seconds; \
+             null or absent: the default (see the operation)",
         ))
 }
 
-/// An optional duration (`null` or absent: the default).
-fn optional_duration_schema() -> OneOfBuilder {
-    duration_schema().item(ObjectBuilder::new().schema_type(Type::Null))
+fn duration_items(b: OneOfBuilder) -> OneOfBuilder {
+    b.item(
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^[0-9]+[smhd]?$")),
+    )
+    .item(
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(1)),
+    )
 }
 
 fn is_null(v: &Value) -> bool {
@@ -157,8 +165,8 @@ pub struct CreateWorkSession {
     pub servers: Vec<String>,
     /// Scope names: `websh`, `command`, `file`, `sudo`, `tunnel`; at least one.
     pub scopes: Vec<String>,
-    /// How long it lasts once active; absent: 1 hour. At most the policy's
-    /// `max_duration_hours`.
+    /// How long it lasts once active (`"90m"`, `"2h"`, `"1d"`, `"30s"`, or
+    /// seconds); absent: 1 hour. At most the policy's `max_duration_hours`.
     #[serde(default, skip_serializing_if = "is_null")]
     #[schema(schema_with = optional_duration_schema)]
     pub duration: Value,
@@ -194,7 +202,7 @@ pub struct ApproveWorkSession {
     /// Narrow the scopes (a subset of those requested).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scopes: Option<Vec<String>>,
-    /// A different duration; absent: the one requested.
+    /// A different duration (`"2h"`, or seconds); absent: the one requested.
     #[serde(skip_serializing_if = "is_null")]
     #[schema(schema_with = optional_duration_schema)]
     pub duration: Value,
@@ -223,7 +231,7 @@ pub struct WorkSessionDecisionNote {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExtendWorkSession {
-    /// How much longer.
+    /// How much longer (`"1h"`, or seconds).
     #[schema(schema_with = duration_schema)]
     pub duration: Value,
 }
@@ -232,7 +240,7 @@ pub struct ExtendWorkSession {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApproveWorkSessionExtension {
-    /// Less than was asked for; absent: all of it.
+    /// Less than was asked for (`"30m"`, or seconds); absent: all of it.
     #[serde(skip_serializing_if = "is_null")]
     #[schema(schema_with = optional_duration_schema)]
     pub duration: Value,

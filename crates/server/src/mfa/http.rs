@@ -56,12 +56,12 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// minutes; attempts are throttled like passwords. Answers the session.
 #[utoipa::path(post, path = "/api/auth/login/mfa/", tag = "mfa", security(()),
     request_body = api::MfaLogin,
-    responses((status = 200, body = api::LoginSession), Errors))]
+    responses((status = 200, body = alpacon_api::auth::LoginSession), Errors))]
 async fn login_mfa(
     State(st): State<AppState>,
     ClientIp(ip): ClientIp,
     Json(body): Json<api::MfaLogin>,
-) -> Result<Json<api::LoginSession>, ApiError> {
+) -> Result<Json<alpacon_api::auth::LoginSession>, ApiError> {
     let proof = Proof::try_from(body.proof)?;
     let ch = store::login_challenge(&st.db, &body.mfa_token).await?;
     let Some(username) = store::active_username(&st.db, &ch.user_id).await? else {
@@ -110,22 +110,22 @@ async fn login_mfa(
                 ));
             }
             attempt.succeeded().await?;
-            let user_json = ch
+            // The person as they were at the password step; looked up again
+            // if that cannot be read.
+            let stored = ch
                 .state
                 .get("user")
-                .cloned()
-                .unwrap_or_else(|| json!({ "id": ch.user_id, "username": username }));
-            create_session(
-                &st,
-                &ch.user_id,
-                &username,
-                user_json,
-                &ip,
-                Some(method),
-                false,
-            )
-            .await
-            .map(Json)
+                .and_then(|u| serde_json::from_value::<alpacon_api::iam::User>(u.clone()).ok());
+            let user = match stored {
+                Some(u) => u,
+                None => crate::iam::find_user(&st.db, &ch.user_id)
+                    .await?
+                    .ok_or_else(|| crate::iam::no_such_user(&ch.user_id))?
+                    .to_api(),
+            };
+            create_session(&st, &ch.user_id, &username, user, &ip, Some(method), false)
+                .await
+                .map(Json)
         }
     }
 }
@@ -153,7 +153,7 @@ async fn login_mfa_webauthn_challenge(
 // ---------------------------------------------------------------------------
 // Session verification (decision points)
 
-/// The WebAuthn challenge for refreshing this session's verification.
+/// The WebAuthn challenge of a session verification.
 ///
 /// Answer it with `POST /api/auth/mfa/verify/ {webauthn}`.
 #[utoipa::path(post, path = "/api/auth/mfa/webauthn/", tag = "mfa",
@@ -169,7 +169,7 @@ async fn verify_mfa_webauthn_challenge(
     Ok(Json(options))
 }
 
-/// Refreshes this login session's second-factor verification.
+/// Refreshes this session's second-factor verification.
 ///
 /// Decision points (token creation, security settings, acting as another
 /// system account) pass for the policy's `validity_minutes` after it. Login
@@ -243,7 +243,9 @@ async fn verify_mfa(
 // ---------------------------------------------------------------------------
 // Status
 
-/// The caller's second factors, this session's verification and the policy.
+/// The caller's second factors and this session's verification.
+///
+/// With the workspace policy.
 #[utoipa::path(get, path = "/api/iam/mfa/", tag = "mfa",
     responses((status = 200, body = api::MfaStatus), Errors))]
 async fn get_mfa_status(
@@ -351,9 +353,9 @@ async fn enroll_totp(
     ))
 }
 
-/// Confirms the authenticator app being enrolled with one of its codes.
+/// Confirms an authenticator app being enrolled.
 ///
-/// Proving the new factor also verifies this session. Throttled like
+/// With one of its codes. Proving the new factor also verifies this session. Throttled like
 /// passwords.
 #[utoipa::path(post, path = "/api/iam/mfa/totp/verify/", tag = "mfa",
     request_body = api::TotpConfirm,
@@ -413,9 +415,9 @@ async fn confirm_totp(
     Ok(Json(api::TotpConfirmed { enabled: true }))
 }
 
-/// Removes the authenticator app (needs a recent verification).
+/// Removes the authenticator app.
 ///
-/// With no factor left, the recovery codes go too.
+/// Needs a recent verification. With no factor left, the recovery codes go too.
 #[utoipa::path(delete, path = "/api/iam/mfa/totp/", tag = "mfa",
     responses((status = 200, body = api::TotpRemoved), Errors))]
 async fn remove_totp(
@@ -573,9 +575,9 @@ async fn finish_webauthn_registration(
     ))
 }
 
-/// Removes a security key or passkey (needs a recent verification).
+/// Removes a security key or passkey.
 ///
-/// With no factor left, the recovery codes go too.
+/// Needs a recent verification. With no factor left, the recovery codes go too.
 #[utoipa::path(delete, path = "/api/iam/mfa/webauthn/{id}/", tag = "mfa",
     params(("id" = String, Path, description = "The credential's id")),
     responses((status = 204, description = "Removed"), Errors))]
@@ -606,9 +608,9 @@ async fn delete_webauthn_credential(
 // ---------------------------------------------------------------------------
 // Recovery codes and policy
 
-/// Replaces the caller's recovery codes with new ones, shown this once.
+/// Replaces the caller's recovery codes.
 ///
-/// Needs a second factor and a recent verification. Login sessions only.
+/// The new ones are shown this once. Needs a second factor and a recent verification. Login sessions only.
 #[utoipa::path(post, path = "/api/iam/mfa/recovery-codes/", tag = "mfa",
     responses((status = 200, body = api::RecoveryCodes), Errors))]
 async fn regenerate_recovery_codes(
@@ -634,7 +636,9 @@ async fn regenerate_recovery_codes(
     }))
 }
 
-/// The workspace MFA policy; anyone signed in may read it.
+/// The workspace MFA policy.
+///
+/// Anyone signed in may read it.
 #[utoipa::path(get, path = "/api/iam/mfa-policy/", tag = "mfa",
     responses((status = 200, body = api::MfaPolicy), Errors))]
 async fn get_mfa_policy(
@@ -646,8 +650,7 @@ async fn get_mfa_policy(
 
 /// Replaces the workspace MFA policy.
 ///
-/// Replaces the workspace MFA policy (admins; a recent verification when they
-/// have MFA).
+/// Admins only, with a recent verification when they have MFA.
 #[utoipa::path(put, path = "/api/iam/mfa-policy/", tag = "mfa",
     request_body = api::MfaPolicy,
     responses((status = 200, body = api::MfaPolicy), Errors))]
@@ -669,193 +672,4 @@ async fn update_mfa_policy(
     )
     .await?;
     Ok(Json(p))
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::testutil::TestApp;
-    use axum::http::{Method, StatusCode};
-    use serde_json::{json, Value};
-
-    fn keys(v: &Value) -> Vec<&str> {
-        let mut k: Vec<&str> = v
-            .as_object()
-            .unwrap_or_else(|| panic!("not an object: {v}"))
-            .keys()
-            .map(String::as_str)
-            .collect();
-        k.sort();
-        k
-    }
-
-    /// The answers keep the fields (and nulls) they had as hand-built JSON.
-    #[tokio::test]
-    async fn enrolling_verifying_and_logging_in_keep_their_shapes() {
-        let app = TestApp::new().await;
-        let alice = app.user_key("alice").await;
-        let (s, v) = app
-            .call(Method::GET, "/api/iam/mfa/", Some(&alice), None)
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        assert_eq!(
-            keys(&v),
-            [
-                "enrolled",
-                "policy",
-                "recovery_codes_remaining",
-                "session",
-                "totp",
-                "webauthn"
-            ]
-        );
-        assert_eq!(v["totp"], json!({"enabled": false, "pending": false}));
-        assert_eq!(
-            v["session"],
-            json!({"mfa_verified_at": null, "valid_until": null, "verified": false, "enroll_only": false})
-        );
-        assert_eq!(v["webauthn"], json!([]));
-
-        let (s, e) = app
-            .call(
-                Method::POST,
-                "/api/iam/mfa/totp/",
-                Some(&alice),
-                Some(json!({})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{e}");
-        assert_eq!(
-            keys(&e),
-            [
-                "confirmed",
-                "detail",
-                "otpauth_uri",
-                "qr_svg",
-                "recovery_codes",
-                "secret"
-            ]
-        );
-        assert_eq!(e["confirmed"], false);
-        assert_eq!(e["recovery_codes"].as_array().unwrap().len(), 10);
-
-        let secret = super::totp::decode_secret(e["secret"].as_str().unwrap()).unwrap();
-        let gen = super::totp::generator(&secret, "alice").unwrap();
-        let now = crate::db::now_ms() as u64 / 1000;
-        let (s, v) = app
-            .call(
-                Method::POST,
-                "/api/iam/mfa/totp/verify/",
-                Some(&alice),
-                Some(json!({"code": gen.generate(now)})),
-            )
-            .await;
-        assert_eq!((s, v), (StatusCode::OK, json!({"enabled": true})));
-
-        let code = e["recovery_codes"][0].as_str().unwrap();
-        let (s, v) = app
-            .call(
-                Method::POST,
-                "/api/auth/mfa/verify/",
-                Some(&alice),
-                Some(json!({"recovery_code": code})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        assert_eq!(keys(&v), ["method", "mfa_verified_at", "valid_until"]);
-        assert_eq!(v["method"], "recovery");
-
-        // A malformed assertion is a malformed request, as before.
-        let (s, v) = app
-            .call(
-                Method::POST,
-                "/api/auth/mfa/verify/",
-                Some(&alice),
-                Some(json!({"webauthn": {"id": 1}})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-        assert_eq!(v["code"], "invalid");
-
-        let (s, step) = app
-            .try_login_from(
-                crate::testutil::TEST_CLIENT_IP,
-                "alice",
-                "correct horse battery staple",
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{step}");
-        assert_eq!(
-            keys(&step),
-            ["expires_at", "methods", "mfa_required", "mfa_token"]
-        );
-        assert_eq!(step["methods"], json!(["totp", "recovery"]));
-        let (s, v) = app
-            .call(
-                Method::POST,
-                "/api/auth/login/mfa/",
-                None,
-                Some(json!({"mfa_token": step["mfa_token"], "recovery_code": e["recovery_codes"][1]})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        assert_eq!(keys(&v), ["expires_at", "key", "user"]);
-        assert_eq!(v["user"]["username"], "alice");
-        let fresh = v["key"].as_str().unwrap().to_string();
-
-        let (s, v) = app
-            .call(
-                Method::POST,
-                "/api/iam/mfa/recovery-codes/",
-                Some(&alice),
-                None,
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        assert_eq!(keys(&v), ["recovery_codes"]);
-        let (s, v) = app
-            .call(Method::DELETE, "/api/iam/mfa/totp/", Some(&fresh), None)
-            .await;
-        // The fresh session verified at login.
-        assert_eq!((s, v), (StatusCode::OK, json!({"removed": true})));
-        let (s, v) = app
-            .call(Method::GET, "/api/iam/mfa/webauthn/", Some(&alice), None)
-            .await;
-        assert_eq!((s, v), (StatusCode::OK, json!([])));
-    }
-
-    #[tokio::test]
-    async fn the_policy_round_trips_and_refuses_unknown_fields() {
-        let app = TestApp::new().await;
-        let admin = app.admin_key().await;
-        let (s, v) = app
-            .call(Method::GET, "/api/iam/mfa-policy/", Some(&admin), None)
-            .await;
-        assert_eq!(s, StatusCode::OK);
-        assert_eq!(
-            v,
-            json!({"enforce_at_login": false, "allowed_methods": ["totp", "webauthn"], "validity_minutes": 15})
-        );
-        let p =
-            json!({"enforce_at_login": false, "allowed_methods": ["totp"], "validity_minutes": 30});
-        let (s, v) = app
-            .call(
-                Method::PUT,
-                "/api/iam/mfa-policy/",
-                Some(&admin),
-                Some(p.clone()),
-            )
-            .await;
-        assert_eq!((s, v), (StatusCode::OK, p));
-        for bad in [
-            json!({"enforce_at_login": false, "allowed_methods": ["sms"], "validity_minutes": 30}),
-            json!({"enforce_at_login": false, "allowed_methods": ["totp"]}),
-            json!({"enforce_at_login": false, "allowed_methods": ["totp"], "validity_minutes": 0}),
-        ] {
-            let (s, v) = app
-                .call(Method::PUT, "/api/iam/mfa-policy/", Some(&admin), Some(bad))
-                .await;
-            assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-            assert_eq!(v["code"], "invalid");
-        }
-    }
 }

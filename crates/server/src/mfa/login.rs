@@ -2,6 +2,8 @@
 //! proving a factor, for the login's second step and for refreshing a
 //! session's verification alike.
 
+use alpacon_api::auth::{LoginAnswer, LoginSession, MfaChallenge};
+use alpacon_api::iam::User;
 use alpacon_api::mfa as api;
 use alpacon_api::ErrorCode;
 use serde_json::{json, Value};
@@ -17,7 +19,7 @@ use crate::db::{new_id, now_ms, rfc3339};
 use crate::error::ApiError;
 
 /// `POST /api/auth/login/` (the handler is in auth.rs): throttle, password,
-/// then a session or the second step, as JSON.
+/// then a session or the second step, as JSON ([`login`] typed).
 pub async fn password_login(
     st: &AppState,
     ip: &str,
@@ -34,7 +36,7 @@ pub async fn login(
     ip: &str,
     username: &str,
     password: &str,
-) -> Result<api::LoginOutcome, ApiError> {
+) -> Result<LoginAnswer, ApiError> {
     let attempt = throttle::reserve(&st.db, username, ip, "password").await?;
     let user = crate::iam::verify_password(&st.db, username, password).await?;
     let Some(user) = user else {
@@ -60,30 +62,21 @@ pub async fn login(
     match policy::login_next(&e, &policy) {
         LoginNext::Session => {
             attempt.succeeded().await?;
-            let s = create_session(
-                st,
-                &user.id,
-                &user.username,
-                user.to_json(),
-                ip,
-                None,
-                false,
-            )
-            .await?;
-            Ok(api::LoginOutcome::Session(s))
+            let s = create_session(st, &user.id, &user.username, user.to_api(), ip, None, false)
+                .await?;
+            Ok(LoginAnswer::Session(s))
         }
         LoginNext::EnrollOnly => {
             attempt.succeeded().await?;
             let mut s =
-                create_session(st, &user.id, &user.username, user.to_json(), ip, None, true)
-                    .await?;
+                create_session(st, &user.id, &user.username, user.to_api(), ip, None, true).await?;
             s.mfa_enrollment_required = Some(true);
             s.detail = Some(
                 "this workspace requires multi-factor authentication: this session can only \
                  enroll a second factor (`alpacon mfa totp enroll`)"
                     .to_string(),
             );
-            Ok(api::LoginOutcome::Session(s))
+            Ok(LoginAnswer::Session(s))
         }
         LoginNext::SecondFactor(methods) => {
             attempt.passed().await?;
@@ -101,10 +94,10 @@ pub async fn login(
                     .detail(json!({ "mfa_required": true, "methods": methods })),
             )
             .await?;
-            Ok(api::LoginOutcome::SecondStep(api::LoginSecondStep {
+            Ok(LoginAnswer::MfaChallenge(MfaChallenge {
                 mfa_required: true,
                 mfa_token: token,
-                methods,
+                methods: methods.iter().map(|m| m.as_str().to_string()).collect(),
                 expires_at: rfc3339(expires_at),
             }))
         }
@@ -116,11 +109,11 @@ pub(super) async fn create_session(
     st: &AppState,
     user_id: &str,
     username: &str,
-    user_json: Value,
+    user: User,
     ip: &str,
     mfa_method: Option<Factor>,
     enroll_only: bool,
-) -> Result<api::LoginSession, ApiError> {
+) -> Result<LoginSession, ApiError> {
     let key = generate_key(SESSION_PREFIX);
     let now = now_ms();
     let expires_at = now + st.config.session_ttl_secs * 1000;
@@ -148,10 +141,10 @@ pub(super) async fn create_session(
             })),
     )
     .await?;
-    Ok(api::LoginSession {
+    Ok(LoginSession {
         key,
         expires_at: rfc3339(expires_at),
-        user: user_json,
+        user,
         mfa_enrollment_required: None,
         detail: None,
     })

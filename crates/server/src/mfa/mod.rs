@@ -18,6 +18,8 @@
 //!   `mfa_enrollment_required`.
 
 mod http;
+#[cfg(test)]
+mod http_tests;
 pub mod login;
 pub mod policy;
 mod store;

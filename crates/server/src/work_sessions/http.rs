@@ -149,7 +149,9 @@ async fn create_work_session(
     Ok((StatusCode::CREATED, Json(api::WorkSession::from(&ws))))
 }
 
-/// Work sessions, newest first: the caller's own; everyone's for admins.
+/// Work sessions, newest first.
+///
+/// The caller's own; everyone's for admins (unless `requester=mine`).
 #[utoipa::path(get, path = "/api/work-sessions/sessions/", tag = "work_sessions",
     params(PageParams, api::WorkSessionFilters),
     responses((status = 200, body = Page<api::WorkSession>), Errors))]
@@ -172,7 +174,9 @@ async fn list_work_sessions(
     Ok(page_response(count, results, page, &uri))
 }
 
-/// One work session (the caller's own; any for admins).
+/// One work session.
+///
+/// The caller's own; any for admins.
 #[utoipa::path(get, path = "/api/work-sessions/sessions/{id}/", tag = "work_sessions",
     params(("id" = String, Path, description = "The work session's id")),
     responses((status = 200, body = api::WorkSession), Errors))]
@@ -211,10 +215,8 @@ async fn require_approver(
 
 /// Approves a request, optionally narrowing it.
 ///
-/// Approves a request, optionally narrowing it (staff and superusers, not the
-/// requester; a recent second factor when they have one).
-///
-/// Servers and scopes can only be narrowed; the duration and start can be
+/// Staff and superusers, not the requester, with a recent second factor
+/// when they have one. Servers and scopes can only be narrowed; the duration and start can be
 /// changed. It becomes active now, or at its start. The body may be left
 /// out.
 #[utoipa::path(post, path = "/api/work-sessions/sessions/{id}/approve/", tag = "work_sessions",
@@ -340,8 +342,8 @@ async fn approve_work_session(
 
 /// Rejects a pending request.
 ///
-/// Rejects a pending request (staff and superusers, not the requester; a
-/// recent second factor when they have one). The body may be left out.
+/// Staff and superusers, not the requester, with a recent second factor
+/// when they have one. The body may be left out.
 #[utoipa::path(post, path = "/api/work-sessions/sessions/{id}/reject/", tag = "work_sessions",
     params(("id" = String, Path, description = "The work session's id")),
     request_body = Option<api::WorkSessionDecisionNote>,
@@ -377,7 +379,9 @@ async fn reject_work_session(
     Ok(Json(api::WorkSession::from(&ws)))
 }
 
-/// Withdraws the caller's own request before it is active.
+/// Withdraws the caller's own request.
+///
+/// Only before it is active.
 #[utoipa::path(post, path = "/api/work-sessions/sessions/{id}/cancel/", tag = "work_sessions",
     params(("id" = String, Path, description = "The work session's id")),
     responses((status = 200, body = api::WorkSession), Errors))]
@@ -401,10 +405,10 @@ async fn cancel_work_session(
     Ok(Json(api::WorkSession::from(&ws)))
 }
 
-/// Ends a session now.
+/// Revokes a session now (admins).
 ///
-/// Ends a session now (staff and superusers): every terminal, command and
-/// transfer in it ends and its sudo is withdrawn. The body may be left out.
+/// Staff and superusers. Every terminal, command and transfer in it ends
+/// and its sudo is withdrawn. The body may be left out.
 #[utoipa::path(post, path = "/api/work-sessions/sessions/{id}/revoke/", tag = "work_sessions",
     params(("id" = String, Path, description = "The work session's id")),
     request_body = Option<api::WorkSessionDecisionNote>,
@@ -435,10 +439,9 @@ async fn revoke_work_session(
     Ok(Json(api::WorkSession::from(&ws)))
 }
 
-/// Ends the caller's active session now.
+/// Ends an active session now (its requester).
 ///
-/// Ends the caller's active session now (admins: anyone's): everything in it
-/// ends.
+/// Admins may end anyone's. Everything opened in it ends.
 #[utoipa::path(post, path = "/api/work-sessions/sessions/{id}/complete/", tag = "work_sessions",
     params(("id" = String, Path, description = "The work session's id")),
     responses((status = 200, body = api::WorkSession), Errors))]
@@ -458,7 +461,7 @@ async fn complete_work_session(
 
 /// Asks for more time.
 ///
-/// Asks for more time (the requester); an admin approves it like the request.
+/// The requester asks; an admin approves it like the request.
 #[utoipa::path(post, path = "/api/work-sessions/sessions/{id}/extend/", tag = "work_sessions",
     params(("id" = String, Path, description = "The work session's id")),
     request_body = api::ExtendWorkSession,
@@ -494,11 +497,11 @@ async fn extend_work_session(
     Ok(Json(api::WorkSession::from(&ws)))
 }
 
-/// Approves a requested extension, possibly shorter.
+/// Approves a requested extension.
 ///
-/// Approves a requested extension, possibly shorter (staff and superusers,
-/// not the requester; a recent second factor when they have one). The body
-/// may be left out.
+/// Possibly shorter than asked. Staff and superusers, not the requester,
+/// with a recent second factor when they have one. The body may be left
+/// out.
 #[utoipa::path(post, path = "/api/work-sessions/sessions/{id}/approve-extension/",
     tag = "work_sessions", params(("id" = String, Path, description = "The work session's id")),
     request_body = Option<api::ApproveWorkSessionExtension>,
@@ -531,7 +534,7 @@ async fn approve_work_session_extension(
 
 /// Rejects a requested extension.
 ///
-/// Rejects a requested extension (staff and superusers, not the requester).
+/// Staff and superusers, not the requester.
 #[utoipa::path(post, path = "/api/work-sessions/sessions/{id}/reject-extension/",
     tag = "work_sessions", params(("id" = String, Path, description = "The work session's id")),
     responses((status = 200, body = api::WorkSession), Errors))]
@@ -573,7 +576,9 @@ async fn get_work_session_timeline(
     }))
 }
 
-/// The workspace's work-session policy; anyone signed in may read it.
+/// The workspace's work-session policy.
+///
+/// Anyone signed in may read it.
 #[utoipa::path(get, path = "/api/work-sessions/policy/", tag = "work_sessions",
     responses((status = 200, body = api::WorkSessionPolicy), Errors))]
 async fn get_work_session_policy(
@@ -585,8 +590,8 @@ async fn get_work_session_policy(
 
 /// Replaces the workspace's work-session policy.
 ///
-/// Replaces the workspace's work-session policy (admins signed in with a
-/// password, with a recent second factor when they have one).
+/// Admins signed in with a password, with a recent second factor when they
+/// have one.
 #[utoipa::path(put, path = "/api/work-sessions/policy/", tag = "work_sessions",
     request_body = api::WorkSessionPolicy,
     responses((status = 200, body = api::WorkSessionPolicy), Errors))]
@@ -613,304 +618,4 @@ async fn update_work_session_policy(
     )
     .await?;
     Ok(Json(p))
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::testutil::TestApp;
-    use axum::http::{Method, StatusCode};
-    use serde_json::json;
-
-    #[tokio::test]
-    async fn of_two_racing_approvals_one_wins_and_only_it_is_recorded() {
-        let app = TestApp::new().await;
-        let admin = app.admin_key().await;
-        let web = app.add_server("web-1", 1).await;
-        let alice = app.user_key("alice").await;
-        app.reach("alice", &web).await;
-        let staff = app.user_key("carol").await;
-        sqlx::query("UPDATE users SET is_staff = 1 WHERE username = 'carol'")
-            .execute(&app.state.db.pool)
-            .await
-            .unwrap();
-        let (s, v) = app
-            .call(
-                Method::POST,
-                "/api/work-sessions/sessions/",
-                Some(&alice),
-                Some(
-                    json!({"purpose": "INC-1", "servers": ["web-1"], "scopes": ["command"],
-                            "duration": "1h"}),
-                ),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        let path = format!(
-            "/api/work-sessions/sessions/{}/approve/",
-            v["id"].as_str().unwrap()
-        );
-        let (a, b) = tokio::join!(
-            app.call(
-                Method::POST,
-                &path,
-                Some(&admin),
-                Some(json!({"note": "a"}))
-            ),
-            app.call(
-                Method::POST,
-                &path,
-                Some(&staff),
-                Some(json!({"note": "b"}))
-            ),
-        );
-        let mut statuses = [a.0, b.0];
-        statuses.sort();
-        assert_eq!(
-            statuses,
-            [StatusCode::OK, StatusCode::CONFLICT],
-            "{a:?} {b:?}"
-        );
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM audit_events WHERE action = 'work_session.approve' AND result = 'ok'",
-        )
-        .fetch_one(&app.state.db.pool)
-        .await
-        .unwrap();
-        assert_eq!(n, 1);
-        let winner = if a.0 == StatusCode::OK { "a" } else { "b" };
-        let note: Option<String> = sqlx::query_scalar("SELECT decision_note FROM work_sessions")
-            .fetch_one(&app.state.db.pool)
-            .await
-            .unwrap();
-        assert_eq!(
-            note.as_deref(),
-            Some(winner),
-            "the loser overwrote the decision"
-        );
-    }
-
-    #[tokio::test]
-    async fn an_agent_cannot_write_sudo_or_account_events_at_will() {
-        let app = TestApp::new().await;
-        let web = app.add_server("web-1", 1).await;
-        let forged = alpacon_proto::Control::SudoUsed {
-            grant_id: "nonexistent".into(),
-            username: "admin".into(),
-            entry: "COMMAND=/usr/bin/rm -rf /var/lib/important".into(),
-        };
-        super::super::on_sudo_report(&app.state, &web, &forged).await;
-        crate::accounts::on_locked(&app.state, &web, "alice", 20001, true, None).await;
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM audit_events WHERE action IN ('sudo.use', 'account.remove', 'account.lock')",
-        )
-        .fetch_one(&app.state.db.pool)
-        .await
-        .unwrap();
-        assert_eq!(n, 0);
-    }
-
-    #[tokio::test]
-    async fn a_huge_numeric_duration_is_refused_not_wrapped() {
-        let app = TestApp::new().await;
-        let web = app.add_server("web-1", 1).await;
-        let alice = app.user_key("alice").await;
-        app.reach("alice", &web).await;
-        let (s, v) = app
-            .call(
-                Method::POST,
-                "/api/work-sessions/sessions/",
-                Some(&alice),
-                Some(
-                    json!({"purpose": "x", "servers": ["web-1"], "scopes": ["command"],
-                            "duration": i64::MAX}),
-                ),
-            )
-            .await;
-        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    }
-
-    fn keys(v: &serde_json::Value) -> Vec<&str> {
-        let mut k: Vec<&str> = v
-            .as_object()
-            .unwrap_or_else(|| panic!("not an object: {v}"))
-            .keys()
-            .map(String::as_str)
-            .collect();
-        k.sort();
-        k
-    }
-
-    const SESSION_KEYS: [&str; 18] = [
-        "activated_at",
-        "created_at",
-        "decided_at",
-        "decided_by",
-        "decision_note",
-        "duration_seconds",
-        "end_reason",
-        "ended_at",
-        "expires_at",
-        "extension_requested_seconds",
-        "id",
-        "purpose",
-        "requester",
-        "scopes",
-        "servers",
-        "starts_at",
-        "status",
-        "sudo_commands",
-    ];
-
-    /// The answers keep the fields (and nulls) they had as hand-built JSON.
-    #[tokio::test]
-    async fn sessions_timelines_and_the_policy_keep_their_shapes() {
-        let app = TestApp::new().await;
-        let admin = app.admin_key().await;
-        let web = app.add_server("web-1", 1).await;
-        let alice = app.user_key("alice").await;
-        app.reach("alice", &web).await;
-        let (s, v) = app
-            .call(
-                Method::POST,
-                "/api/work-sessions/sessions/",
-                Some(&alice),
-                Some(json!({"purpose": " INC-7 ", "servers": ["web-1"], "scopes": ["sudo", "command"],
-                            "duration": 5400})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        assert_eq!(keys(&v), SESSION_KEYS);
-        let id = v["id"].as_str().unwrap().to_string();
-        assert_eq!(v["status"], "pending");
-        assert_eq!(v["purpose"], "INC-7");
-        assert_eq!(v["scopes"], json!(["command", "sudo"]));
-        assert_eq!(v["servers"], json!([{"id": web, "name": "web-1"}]));
-        assert_eq!(v["duration_seconds"], 5400);
-        assert_eq!(v["sudo_commands"], json!([]));
-        for k in [
-            "starts_at",
-            "activated_at",
-            "expires_at",
-            "decided_by",
-            "ended_at",
-        ] {
-            assert!(v[k].is_null(), "{k}: {v}");
-        }
-
-        let (s, v) = app
-            .call(
-                Method::GET,
-                "/api/work-sessions/sessions/?status=pending",
-                Some(&admin),
-                None,
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        assert_eq!(v["count"], 1);
-        assert_eq!(keys(&v["results"][0]), SESSION_KEYS);
-
-        // No body at all approves as requested.
-        let (s, v) = app
-            .call(
-                Method::POST,
-                &format!("/api/work-sessions/sessions/{id}/approve/"),
-                Some(&admin),
-                None,
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        assert_eq!(v["status"], "active");
-        assert_eq!(v["decided_by"], "admin");
-        let (s, v) = app
-            .call(
-                Method::POST,
-                &format!("/api/work-sessions/sessions/{id}/extend/"),
-                Some(&alice),
-                Some(json!({"duration": "1h"})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        assert_eq!(v["extension_requested_seconds"], 3600);
-        let (s, v) = app
-            .call(
-                Method::POST,
-                &format!("/api/work-sessions/sessions/{id}/extend/"),
-                Some(&alice),
-                Some(json!({})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-
-        let (s, v) = app
-            .call(
-                Method::GET,
-                &format!("/api/work-sessions/sessions/{id}/timeline/"),
-                Some(&alice),
-                None,
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        assert_eq!(keys(&v), ["results", "session"]);
-        assert_eq!(keys(&v["session"]), SESSION_KEYS);
-        let items = v["results"].as_array().unwrap();
-        let actions: Vec<&str> = items
-            .iter()
-            .map(|i| i["action"].as_str().unwrap())
-            .collect();
-        assert!(actions.contains(&"work_session.request"), "{actions:?}");
-        assert!(actions.contains(&"sudo.grant"), "{actions:?}");
-        for i in items {
-            assert_eq!(
-                keys(i),
-                [
-                    "action",
-                    "detail",
-                    "kind",
-                    "result",
-                    "server_name",
-                    "timestamp",
-                    "user"
-                ]
-            );
-            assert_eq!(i["kind"], "event");
-        }
-
-        let (s, v) = app
-            .call(
-                Method::GET,
-                "/api/work-sessions/policy/",
-                Some(&alice),
-                None,
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        assert_eq!(
-            v,
-            json!({"required_for": "nobody", "required_groups": [],
-                   "auto_approve_superusers": false, "max_duration_hours": 24})
-        );
-        let (s, v) = app
-            .call(
-                Method::PUT,
-                "/api/work-sessions/policy/",
-                Some(&admin),
-                Some(json!({"required_for": "members"})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        assert_eq!(
-            v,
-            json!({"required_for": "members", "required_groups": [],
-                   "auto_approve_superusers": false, "max_duration_hours": 24})
-        );
-        let (s, v) = app
-            .call(
-                Method::PUT,
-                "/api/work-sessions/policy/",
-                Some(&admin),
-                Some(json!({"required_for": "members", "x": 1})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    }
 }

@@ -14,6 +14,8 @@
 //!   servers (`SyncSudo`).
 
 mod http;
+#[cfg(test)]
+mod http_tests;
 mod rules;
 pub mod state;
 mod store;
