@@ -32,4 +32,6 @@ pub mod work_sessions;
 #[cfg(test)]
 mod api_tests;
 #[cfg(test)]
+mod layout_tests;
+#[cfg(test)]
 mod testutil;
