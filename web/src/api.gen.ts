@@ -47,6 +47,50 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/auth/login/mfa/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Completes a login with a second factor.
+         * @description Give the password step's `mfa_token` and exactly one of `code`,
+         *     `recovery_code` or `webauthn` (answering the challenge from
+         *     `POST /api/auth/login/mfa/webauthn/`). The token works once and lives 5
+         *     minutes; attempts are throttled like passwords. Answers the session.
+         */
+        post: operations["login_mfa"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/auth/login/mfa/webauthn/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * The WebAuthn challenge of a login's second step.
+         * @description Pass the options to `navigator.credentials.get()` and send the
+         *     assertion to `POST /api/auth/login/mfa/` as `webauthn`.
+         */
+        post: operations["login_mfa_webauthn_challenge"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/auth/logout/": {
         parameters: {
             query?: never;
@@ -62,6 +106,48 @@ export interface paths {
          *     instead.
          */
         post: operations["logout"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/auth/mfa/verify/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Refreshes this session's second-factor verification.
+         * @description Decision points (token creation, security settings, acting as another
+         *     system account) pass for the policy's `validity_minutes` after it. Login
+         *     sessions only; throttled like passwords.
+         */
+        post: operations["verify_mfa"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/auth/mfa/webauthn/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * The WebAuthn challenge of a session verification.
+         * @description Answer it with `POST /api/auth/mfa/verify/ {webauthn}`.
+         */
+        post: operations["verify_mfa_webauthn_challenge"];
         delete?: never;
         options?: never;
         head?: never;
@@ -407,6 +493,198 @@ export interface paths {
          *     keeps at least one owner (409 `last_owner`).
          */
         patch: operations["update_membership"];
+        trace?: never;
+    };
+    "/api/iam/mfa-policy/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The workspace MFA policy.
+         * @description Anyone signed in may read it.
+         */
+        get: operations["get_mfa_policy"];
+        /**
+         * Replaces the workspace MFA policy.
+         * @description Admins only, with a recent verification when they have MFA.
+         */
+        put: operations["update_mfa_policy"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/iam/mfa/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The caller's second factors and this session's verification.
+         * @description With the workspace policy.
+         */
+        get: operations["get_mfa_status"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/iam/mfa/recovery-codes/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Replaces the caller's recovery codes.
+         * @description The new ones are shown this once. Needs a second factor and a recent verification. Login sessions only.
+         */
+        post: operations["regenerate_recovery_codes"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/iam/mfa/totp/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Starts enrolling an authenticator app.
+         * @description Answers its secret (also as an `otpauth://` URI and a QR code) and, with
+         *     a first factor, the recovery codes, shown this once. Confirm with
+         *     `POST /api/iam/mfa/totp/verify/`. A further factor needs a recent
+         *     verification. Login sessions only.
+         */
+        post: operations["enroll_totp"];
+        /**
+         * Removes the authenticator app.
+         * @description Needs a recent verification. With no factor left, the recovery codes go too.
+         */
+        delete: operations["remove_totp"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/iam/mfa/totp/verify/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Confirms an authenticator app being enrolled.
+         * @description With one of its codes. Proving the new factor also verifies this session. Throttled like
+         *     passwords.
+         */
+        post: operations["confirm_totp"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/iam/mfa/webauthn/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The caller's security keys and passkeys. */
+        get: operations["list_webauthn_credentials"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/iam/mfa/webauthn/register/finish/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Finishes registering a security key or passkey.
+         * @description With a first factor, the answer carries the recovery codes, shown this
+         *     once. Registering verifies this session.
+         */
+        post: operations["finish_webauthn_registration"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/iam/mfa/webauthn/register/start/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Starts registering a security key or passkey.
+         * @description Pass the options to `navigator.credentials.create()` and send the answer
+         *     to `POST /api/iam/mfa/webauthn/register/finish/`. A further factor needs
+         *     a recent verification. Login sessions only.
+         */
+        post: operations["start_webauthn_registration"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/iam/mfa/webauthn/{id}/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Removes a security key or passkey.
+         * @description Needs a recent verification. With no factor left, the recovery codes go too.
+         */
+        delete: operations["delete_webauthn_credential"];
+        options?: never;
+        head?: never;
+        patch?: never;
         trace?: never;
     };
     "/api/iam/users/": {
@@ -1008,6 +1286,266 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/work-sessions/policy/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The workspace's work-session policy.
+         * @description Anyone signed in may read it.
+         */
+        get: operations["get_work_session_policy"];
+        /**
+         * Replaces the workspace's work-session policy.
+         * @description Admins signed in with a password, with a recent second factor when they
+         *     have one.
+         */
+        put: operations["update_work_session_policy"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/work-sessions/sessions/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Work sessions, newest first.
+         * @description The caller's own; everyone's for admins (unless `requester=mine`).
+         */
+        get: operations["list_work_sessions"];
+        put?: never;
+        /**
+         * Requests a work session.
+         * @description It waits for an admin's approval (the policy may approve superusers' own
+         *     requests at once); its clock starts when it becomes active. Every server
+         *     must be one the requester reaches.
+         */
+        post: operations["create_work_session"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/work-sessions/sessions/{id}/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * One work session.
+         * @description The caller's own; any for admins.
+         */
+        get: operations["get_work_session"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/work-sessions/sessions/{id}/approve-extension/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Approves a requested extension.
+         * @description Possibly shorter than asked. Staff and superusers, not the requester,
+         *     with a recent second factor when they have one. The body may be left
+         *     out.
+         */
+        post: operations["approve_work_session_extension"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/work-sessions/sessions/{id}/approve/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Approves a request, optionally narrowing it.
+         * @description Staff and superusers, not the requester, with a recent second factor
+         *     when they have one. Servers and scopes can only be narrowed; the duration and start can be
+         *     changed. It becomes active now, or at its start. The body may be left
+         *     out.
+         */
+        post: operations["approve_work_session"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/work-sessions/sessions/{id}/cancel/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Withdraws the caller's own request.
+         * @description Only before it is active.
+         */
+        post: operations["cancel_work_session"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/work-sessions/sessions/{id}/complete/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Ends an active session now (its requester).
+         * @description Admins may end anyone's. Everything opened in it ends.
+         */
+        post: operations["complete_work_session"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/work-sessions/sessions/{id}/extend/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Asks for more time.
+         * @description The requester asks; an admin approves it like the request.
+         */
+        post: operations["extend_work_session"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/work-sessions/sessions/{id}/reject-extension/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Rejects a requested extension.
+         * @description Staff and superusers, not the requester.
+         */
+        post: operations["reject_work_session_extension"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/work-sessions/sessions/{id}/reject/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Rejects a pending request.
+         * @description Staff and superusers, not the requester, with a recent second factor
+         *     when they have one. The body may be left out.
+         */
+        post: operations["reject_work_session"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/work-sessions/sessions/{id}/revoke/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Revokes a session now (admins).
+         * @description Staff and superusers. Every terminal, command and transfer in it ends
+         *     and its sudo is withdrawn. The body may be left out.
+         */
+        post: operations["revoke_work_session"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/work-sessions/sessions/{id}/timeline/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Everything that happened in a session, in order of time.
+         * @description Its own events (request, approval, activation, sudo grants and uses, the
+         *     end) and every terminal (with its recording), command (with its exit
+         *     code) and transfer done in it.
+         */
+        get: operations["get_work_session_timeline"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/workspace/settings/": {
         parameters: {
             query?: never;
@@ -1176,6 +1714,40 @@ export interface components {
              *     (`token_policy_invalid`), never taken as unrestricted.
              */
             scopes?: string[] | null;
+        };
+        /**
+         * @description `POST .../{id}/approve/` (the body may be left out): the decision,
+         *     optionally narrowing the request.
+         */
+        ApproveWorkSession: {
+            /** @description A duration: "90m", "2h", "1d", "30s", or a number of seconds; null or absent: the default (see the operation) */
+            duration?: string | number | null;
+            /**
+             * @description Shown to the requester with the decision.
+             * @default null
+             */
+            note: string | null;
+            /**
+             * @description Narrow the scopes (a subset of those requested).
+             * @default null
+             */
+            scopes: string[] | null;
+            /**
+             * @description Narrow the servers (a subset of those requested, by name or id).
+             * @default null
+             */
+            servers: string[] | null;
+            /**
+             * Format: date-time
+             * @description A different start (RFC 3339); absent: the one requested.
+             * @default null
+             */
+            starts_at: string | null;
+        };
+        /** @description `POST .../{id}/approve-extension/` (the body may be left out). */
+        ApproveWorkSessionExtension: {
+            /** @description A duration: "90m", "2h", "1d", "30s", or a number of seconds; null or absent: the default (see the operation) */
+            duration?: string | number | null;
         };
         /** @description One audit event. */
         AuditEvent: {
@@ -1519,6 +2091,27 @@ export interface components {
             /** @description Whoever joins may watch but not type. */
             read_only?: boolean;
         };
+        /** @description `POST /api/work-sessions/sessions/`: a request for access. */
+        CreateWorkSession: {
+            /** @description A duration: "90m", "2h", "1d", "30s", or a number of seconds; null or absent: the default (see the operation) */
+            duration?: string | number | null;
+            /** @description Why: 1 to 500 printable characters (a ticket, an incident). */
+            purpose: string;
+            /** @description Scope names: `websh`, `command`, `file`, `sudo`, `tunnel`; at least one. */
+            scopes: string[];
+            /** @description Servers by name or id, 1 to 100, each one the requester reaches. */
+            servers: string[];
+            /**
+             * Format: date-time
+             * @description When it should start (RFC 3339); absent: as soon as it is approved.
+             */
+            starts_at?: string | null;
+            /**
+             * @description With the `sudo` scope: limit sudo to these commands (absolute paths
+             *     with plain arguments).
+             */
+            sudo_commands?: string[];
+        };
         /** @description A directory as created. */
         DirectoryMade: {
             path: string;
@@ -1539,6 +2132,11 @@ export interface components {
          * @enum {string}
          */
         ErrorCode: "access_revoked" | "account_conflict" | "account_not_allowed" | "acl_command_denied" | "acl_exists" | "acl_file_denied" | "acl_not_found" | "acl_server_denied" | "agent_binary_missing" | "agent_error" | "already_assigned" | "already_exists" | "already_member" | "busy" | "conflict" | "credential_not_found" | "credential_registered" | "database_busy" | "group_not_allowed" | "group_not_found" | "idempotency_key_reused" | "internal" | "invalid" | "invalid_credentials" | "invalid_mfa_code" | "invalid_mfa_token" | "invalid_password" | "invalid_registration_token" | "invalid_token" | "invitation_not_found" | "invitation_unusable" | "is_a_directory" | "last_owner" | "login_throttled" | "membership_not_found" | "method_not_allowed" | "mfa_enrollment_required" | "mfa_method_not_allowed" | "mfa_not_enrolled" | "mfa_required" | "name_taken" | "no_ca" | "no_such_group" | "no_such_user" | "not_a_directory" | "not_assigned" | "not_authenticated" | "not_found" | "permission_denied" | "provision_failed" | "read_only" | "scope_denied" | "server_not_found" | "server_offline" | "session_closed" | "share_expired" | "storage_full" | "token_name_taken" | "token_not_allowed" | "token_not_found" | "token_policy_invalid" | "too_many_handshakes" | "totp_already_enrolled" | "totp_not_enrolled" | "user_not_found" | "username_taken" | "webauthn_unavailable" | "websocket_required" | "work_session_inactive" | "work_session_pending" | "work_session_not_found" | "work_session_not_yours" | "work_session_required" | "work_session_scope" | "work_session_server" | "work_session_state";
+        /** @description `POST .../{id}/extend/`: more time, asked for by the requester. */
+        ExtendWorkSession: {
+            /** @description A duration: "90m", "2h", "1d", "30s", or a number of seconds */
+            duration: string | number;
+        };
         /** @description A file ACL entry: paths the token may upload to or download from. */
         FileAcl: {
             /** @description `upload` (mkdir included), `download` (stat included) or `*` (both). */
@@ -1797,6 +2395,115 @@ export interface components {
             mfa_required: boolean;
             /** @description Single use, short-lived. */
             mfa_token: string;
+        };
+        /**
+         * @description A way to prove a second factor: what a login's second step accepts and
+         *     what a verification was done with.
+         * @enum {string}
+         */
+        MfaFactor: "totp" | "webauthn" | "recovery";
+        /**
+         * @description `POST /api/auth/login/mfa/`: the login's second step (the password step
+         *     answers `auth::MfaChallenge`; this one `auth::LoginSession`).
+         */
+        MfaLogin: components["schemas"]["MfaProof"] & {
+            /** @description The token the password step answered with (`alpmfa-...`). */
+            mfa_token: string;
+        };
+        /**
+         * @description `POST /api/auth/login/mfa/webauthn/`: the login step whose WebAuthn
+         *     challenge is asked for.
+         */
+        MfaLoginToken: {
+            mfa_token: string;
+        };
+        /**
+         * @description A kind of second factor the workspace policy can allow.
+         * @enum {string}
+         */
+        MfaMethod: "totp" | "webauthn";
+        /**
+         * @description The workspace MFA policy (`GET/PUT /api/iam/mfa-policy/`); every field
+         *     is required when it is written.
+         */
+        MfaPolicy: {
+            /**
+             * @description Second factors users may enroll and use (recovery codes always work);
+             *     at least one.
+             */
+            allowed_methods: components["schemas"]["MfaMethod"][];
+            /**
+             * @description Every login needs a second factor; users without one get a session
+             *     that can only enroll one.
+             */
+            enforce_at_login: boolean;
+            /**
+             * Format: int64
+             * @description How long a verification covers decision points (token creation,
+             *     security settings, using another system account): 1 to 1440.
+             */
+            validity_minutes: number;
+        };
+        /**
+         * @description A second factor: exactly one of `code`, `recovery_code` and `webauthn`
+         *     (`POST /api/auth/mfa/verify/`).
+         */
+        MfaProof: {
+            /** @description A TOTP code (6 digits). */
+            code?: string | null;
+            /**
+             * @description A recovery code (`abcd-efgh-jkmn-pqrs`; case and separators do not
+             *     matter).
+             */
+            recovery_code?: string | null;
+            /**
+             * @description The authenticator's assertion (a WebAuthn `PublicKeyCredential`),
+             *     answering the challenge from the matching `…/webauthn/` endpoint.
+             */
+            webauthn?: Record<string, never> | null;
+        };
+        /** @description This session's second-factor verification. */
+        MfaSessionState: {
+            /** @description The session can only enroll a second factor. */
+            enroll_only: boolean;
+            /**
+             * Format: date-time
+             * @description `null` for an API token, or a session that never verified one.
+             */
+            mfa_verified_at?: string | null;
+            /** Format: date-time */
+            valid_until?: string | null;
+            /** @description The verification still covers decision points. */
+            verified: boolean;
+        };
+        /**
+         * @description `GET /api/iam/mfa/`: the caller's second factors, this session's
+         *     verification and the workspace policy.
+         */
+        MfaStatus: {
+            /** @description Has at least one second factor (recovery codes alone are not one). */
+            enrolled: boolean;
+            policy: components["schemas"]["MfaPolicy"];
+            /**
+             * Format: int64
+             * @description Unused recovery codes.
+             */
+            recovery_codes_remaining: number;
+            session: components["schemas"]["MfaSessionState"];
+            totp: components["schemas"]["TotpState"];
+            webauthn: components["schemas"]["WebauthnCredential"][];
+        };
+        /** @description A session's verification refreshed (`POST /api/auth/mfa/verify/`). */
+        MfaVerified: {
+            /** @description The factor that was proved. */
+            method: components["schemas"]["MfaFactor"];
+            /** Format: date-time */
+            mfa_verified_at: string;
+            /**
+             * Format: date-time
+             * @description Decision points pass until then.
+             */
+            valid_until: string;
         };
         /** @description An API token as created: the only time its key is shown. */
         NewApiToken: {
@@ -2302,6 +3009,72 @@ export interface components {
                 username: string;
             }[];
         };
+        /**
+         * @description One page of a list: `next`/`previous` are relative URLs that keep the
+         *     request's filters, `null` at the ends.
+         */
+        Page_WorkSession: {
+            /**
+             * Format: int64
+             * @description Rows matching the filters, over all pages.
+             */
+            count: number;
+            next?: string | null;
+            previous?: string | null;
+            results: {
+                /** Format: date-time */
+                activated_at?: string | null;
+                /** Format: date-time */
+                created_at: string;
+                /** Format: date-time */
+                decided_at?: string | null;
+                /** @description Username of the admin who approved or rejected it. */
+                decided_by?: string | null;
+                decision_note?: string | null;
+                /**
+                 * Format: int64
+                 * @description How long it lasts once active (its clock starts then).
+                 */
+                duration_seconds: number;
+                /** @description Why it ended: run out, completed, revoked by whom and why. */
+                end_reason?: string | null;
+                /** Format: date-time */
+                ended_at?: string | null;
+                /**
+                 * Format: date-time
+                 * @description `activated_at` + duration (+ approved extensions); once ended, when
+                 *     it ended.
+                 */
+                expires_at?: string | null;
+                /**
+                 * Format: int64
+                 * @description An extension asked for and not yet decided.
+                 */
+                extension_requested_seconds?: number | null;
+                id: string;
+                /** @description Why access is needed. */
+                purpose: string;
+                /** @description Username of the person who asked for it. */
+                requester: string;
+                scopes: components["schemas"]["WorkSessionScope"][];
+                servers: components["schemas"]["WorkSessionServer"][];
+                /**
+                 * Format: date-time
+                 * @description The start asked for (or approved); `null`: as soon as approved.
+                 */
+                starts_at?: string | null;
+                status: components["schemas"]["WorkSessionStatus"];
+                /**
+                 * @description With the `sudo` scope: the only commands sudo allows (absolute
+                 *     paths with arguments); empty: any command.
+                 */
+                sudo_commands: string[];
+            }[];
+        };
+        /** @description Fresh recovery codes, shown this once (the old ones no longer work). */
+        RecoveryCodes: {
+            recovery_codes: string[];
+        };
         /** @description `POST /api/servers/register/` (by the agent, with a registration token). */
         RegisterServer: {
             name: string;
@@ -2382,6 +3155,139 @@ export interface components {
             status: string;
             /** @description The gateway's version. */
             version: string;
+        };
+        /** @description A command run in the session. */
+        TimelineCommand: {
+            /** @description The error code, if it failed without an exit code. */
+            error?: string | null;
+            /** Format: int64 */
+            exit_code?: number | null;
+            /** Format: date-time */
+            finished_at?: string | null;
+            /** @description The command's id. */
+            id: string;
+            line: string;
+            server_name?: string | null;
+            status: string;
+            /**
+             * Format: date-time
+             * @description When it was submitted.
+             */
+            timestamp: string;
+            /** @description The account on the server. */
+            username: string;
+        };
+        /**
+         * @description An audit event of the session (its request, decisions, activation, sudo
+         *     grants and uses, its end).
+         */
+        TimelineEvent: {
+            /** @description The event's action (`work_session.approve`, `sudo.use`, ...). */
+            action: string;
+            /** @description The event's detail as recorded. */
+            detail: unknown;
+            /** @description `ok` or `error`. */
+            result: string;
+            server_name?: string | null;
+            /** Format: date-time */
+            timestamp: string;
+            /** @description Who did it. */
+            user?: string | null;
+        };
+        /** @description One entry of a session's timeline; `kind` says which. */
+        TimelineItem: (components["schemas"]["TimelineEvent"] & {
+            /** @enum {string} */
+            kind: "event";
+        }) | (components["schemas"]["TimelineTerminal"] & {
+            /** @enum {string} */
+            kind: "terminal";
+        }) | (components["schemas"]["TimelineCommand"] & {
+            /** @enum {string} */
+            kind: "command";
+        }) | (components["schemas"]["TimelineTransfer"] & {
+            /** @enum {string} */
+            kind: "transfer";
+        });
+        /** @description A terminal opened in the session. */
+        TimelineTerminal: {
+            close_reason?: string | null;
+            /** Format: date-time */
+            closed_at?: string | null;
+            /** Format: int64 */
+            exit_code?: number | null;
+            /** @description The terminal session's id. */
+            id: string;
+            /** @description Path of its recording (asciicast). */
+            recording: string;
+            server_name?: string | null;
+            status: string;
+            /**
+             * Format: date-time
+             * @description When it was opened.
+             */
+            timestamp: string;
+            /** @description The account on the server. */
+            username: string;
+        };
+        /** @description A file transfer done in the session. */
+        TimelineTransfer: {
+            /** Format: int64 */
+            bytes: number;
+            /** @description `upload` or `download`. */
+            direction: string;
+            /** @description The transfer's id. */
+            id: string;
+            path: string;
+            server_name?: string | null;
+            /** @description Hex SHA-256 of the content, once complete. */
+            sha256?: string | null;
+            status: string;
+            /**
+             * Format: date-time
+             * @description When it started.
+             */
+            timestamp: string;
+            /** @description The account on the server. */
+            username: string;
+        };
+        /** @description `POST /api/iam/mfa/totp/verify/`: a code of the app being enrolled. */
+        TotpConfirm: {
+            code: string;
+        };
+        /** @description The authenticator app confirmed. */
+        TotpConfirmed: {
+            /** @description Always `true`. */
+            enabled: boolean;
+        };
+        /**
+         * @description An authenticator app enrolled, to be confirmed with a code
+         *     (`POST /api/iam/mfa/totp/verify/`).
+         */
+        TotpEnrollment: {
+            /** @description Always `false` here. */
+            confirmed: boolean;
+            /** @description What to do next. */
+            detail: string;
+            /** @description The `otpauth://` URI the QR code holds. */
+            otpauth_uri: string;
+            /** @description The URI as an SVG QR code; `null` if it does not fit one. */
+            qr_svg?: string | null;
+            /** @description With a first factor only: the recovery codes, shown this once. */
+            recovery_codes?: string[] | null;
+            /** @description The base32 secret, to type into the app by hand. */
+            secret: string;
+        };
+        /** @description The authenticator app removed. */
+        TotpRemoved: {
+            /** @description Always `true`. */
+            removed: boolean;
+        };
+        /** @description The caller's authenticator app. */
+        TotpState: {
+            /** @description Enrolled and confirmed. */
+            enabled: boolean;
+            /** @description Enrolled, waiting for its first code. */
+            pending: boolean;
         };
         /**
          * @description A file transfer (`GET /api/webftp/transfers/{id}/`): a download's
@@ -2516,6 +3422,44 @@ export interface components {
             group: string;
             role: components["schemas"]["GroupRole"];
         };
+        /** @description A registered security key or passkey. */
+        WebauthnCredential: {
+            /** Format: date-time */
+            created_at: string;
+            id: string;
+            /** Format: date-time */
+            last_used_at?: string | null;
+            name: string;
+        };
+        /**
+         * @description WebAuthn options to pass to the browser's `navigator.credentials.get()`
+         *     or `.create()` as they are (`{"publicKey": {...}}`).
+         */
+        WebauthnOptions: {
+            /** @description The WebAuthn mediation, when one is asked for. */
+            mediation?: Record<string, never> | null;
+            /** @description The `PublicKeyCredentialRequestOptions` (or `...CreationOptions`). */
+            publicKey: Record<string, never>;
+        };
+        /** @description A security key or passkey registered. */
+        WebauthnRegistered: {
+            /** Format: date-time */
+            created_at: string;
+            id: string;
+            name: string;
+            /** @description With a first factor only: the recovery codes, shown this once. */
+            recovery_codes?: string[] | null;
+        };
+        /**
+         * @description `POST /api/iam/mfa/webauthn/register/finish/`: the browser's answer to
+         *     the registration options.
+         */
+        WebauthnRegistration: {
+            /** @description The authenticator's attestation (a WebAuthn `RegisterPublicKeyCredential`). */
+            credential: Record<string, never>;
+            /** @description 1 to 100 printable characters; absent or empty: `security key`. */
+            name?: string | null;
+        };
         /** @description One command line typed in a terminal, from its recording. */
         WebshRecord: {
             line: string;
@@ -2606,6 +3550,120 @@ export interface components {
         WhoAmIToken: {
             id: string;
             name: string;
+        };
+        /** @description A work session. */
+        WorkSession: {
+            /** Format: date-time */
+            activated_at?: string | null;
+            /** Format: date-time */
+            created_at: string;
+            /** Format: date-time */
+            decided_at?: string | null;
+            /** @description Username of the admin who approved or rejected it. */
+            decided_by?: string | null;
+            decision_note?: string | null;
+            /**
+             * Format: int64
+             * @description How long it lasts once active (its clock starts then).
+             */
+            duration_seconds: number;
+            /** @description Why it ended: run out, completed, revoked by whom and why. */
+            end_reason?: string | null;
+            /** Format: date-time */
+            ended_at?: string | null;
+            /**
+             * Format: date-time
+             * @description `activated_at` + duration (+ approved extensions); once ended, when
+             *     it ended.
+             */
+            expires_at?: string | null;
+            /**
+             * Format: int64
+             * @description An extension asked for and not yet decided.
+             */
+            extension_requested_seconds?: number | null;
+            id: string;
+            /** @description Why access is needed. */
+            purpose: string;
+            /** @description Username of the person who asked for it. */
+            requester: string;
+            scopes: components["schemas"]["WorkSessionScope"][];
+            servers: components["schemas"]["WorkSessionServer"][];
+            /**
+             * Format: date-time
+             * @description The start asked for (or approved); `null`: as soon as approved.
+             */
+            starts_at?: string | null;
+            status: components["schemas"]["WorkSessionStatus"];
+            /**
+             * @description With the `sudo` scope: the only commands sudo allows (absolute
+             *     paths with arguments); empty: any command.
+             */
+            sudo_commands: string[];
+        };
+        /** @description `POST .../{id}/reject/` and `.../revoke/` (the body may be left out). */
+        WorkSessionDecisionNote: {
+            /**
+             * @description Why; `reason` is taken when there is no `note` (and for a revocation
+             *     the other way round).
+             * @default null
+             */
+            note: string | null;
+            /** @default null */
+            reason: string | null;
+        };
+        /**
+         * @description The workspace's work-session policy (`GET/PUT /api/work-sessions/policy/`;
+         *     fields left out of a `PUT` take their defaults).
+         */
+        WorkSessionPolicy: {
+            /**
+             * @description Superusers' own requests are approved at once.
+             * @default false
+             */
+            auto_approve_superusers: boolean;
+            /**
+             * Format: int32
+             * @description The longest a session may last: 1 to 720.
+             * @default 24
+             */
+            max_duration_hours: number;
+            /** @default nobody */
+            required_for: components["schemas"]["WorkSessionRequiredFor"];
+            /**
+             * @description Servers in these groups need a session from everyone
+             *     ("production requires a work session").
+             * @default []
+             */
+            required_groups: string[];
+        };
+        /**
+         * @description Who needs a work session to reach a server.
+         * @enum {string}
+         */
+        WorkSessionRequiredFor: "nobody" | "members" | "everyone";
+        /**
+         * @description A kind of access a work session grants.
+         * @enum {string}
+         */
+        WorkSessionScope: "websh" | "command" | "file" | "sudo" | "tunnel";
+        /** @description A server a work session covers. */
+        WorkSessionServer: {
+            id: string;
+            name: string;
+        };
+        /**
+         * @description Where a work session is in its life.
+         * @enum {string}
+         */
+        WorkSessionStatus: "pending" | "approved" | "active" | "completed" | "expired" | "revoked" | "rejected" | "cancelled";
+        /**
+         * @description `GET .../{id}/timeline/`: the session and everything done in it, in
+         *     order of time.
+         */
+        WorkSessionTimeline: {
+            results: components["schemas"]["TimelineItem"][];
+            session: components["schemas"]["WorkSession"];
         };
         /** @description The workspace's settings (`/api/workspace/settings/`). */
         WorkspaceSettings: {
@@ -2729,6 +3787,102 @@ export interface operations {
             };
         };
     };
+    login_mfa: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MfaLogin"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LoginSession"];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    login_mfa_webauthn_challenge: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MfaLoginToken"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebauthnOptions"];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     logout: {
         parameters: {
             query?: never;
@@ -2745,6 +3899,98 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["LogoutAnswer"];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    verify_mfa: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MfaProof"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MfaVerified"];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    verify_mfa_webauthn_challenge: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebauthnOptions"];
                 };
             };
             /**
@@ -4063,6 +5309,503 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Membership"];
                 };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_mfa_policy: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MfaPolicy"];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    update_mfa_policy: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MfaPolicy"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MfaPolicy"];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_mfa_status: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MfaStatus"];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    regenerate_recovery_codes: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RecoveryCodes"];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    enroll_totp: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Created */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TotpEnrollment"];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    remove_totp: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TotpRemoved"];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    confirm_totp: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TotpConfirm"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TotpConfirmed"];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_webauthn_credentials: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebauthnCredential"][];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    finish_webauthn_registration: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebauthnRegistration"];
+            };
+        };
+        responses: {
+            /** @description Created */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebauthnRegistered"];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    start_webauthn_registration: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebauthnOptions"];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    delete_webauthn_credential: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The credential's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Removed */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
             /**
              * @description Refused: the request, the caller's credentials or rights, or the
@@ -5882,6 +7625,692 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_work_session_policy: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkSessionPolicy"];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    update_work_session_policy: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WorkSessionPolicy"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkSessionPolicy"];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_work_sessions: {
+        parameters: {
+            query?: {
+                /** @description From 1. */
+                page?: number;
+                /** @description Rows per page: 50 by default; more than 100 is served as 100. */
+                page_size?: number;
+                /** @description Only sessions in this status (`pending`, `active`, ...). */
+                status?: string;
+                /**
+                 * @description `mine`: only the caller's own, even for an admin (who sees everyone's
+                 *     otherwise).
+                 */
+                requester?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Page_WorkSession"];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    create_work_session: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreateWorkSession"];
+            };
+        };
+        responses: {
+            /** @description Created */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkSession"];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_work_session: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The work session's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkSession"];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    approve_work_session_extension: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The work session's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["ApproveWorkSessionExtension"] | null;
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkSession"];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    approve_work_session: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The work session's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["ApproveWorkSession"] | null;
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkSession"];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    cancel_work_session: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The work session's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkSession"];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    complete_work_session: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The work session's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkSession"];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    extend_work_session: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The work session's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ExtendWorkSession"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkSession"];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    reject_work_session_extension: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The work session's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkSession"];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    reject_work_session: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The work session's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["WorkSessionDecisionNote"] | null;
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkSession"];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    revoke_work_session: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The work session's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["WorkSessionDecisionNote"] | null;
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkSession"];
+                };
+            };
+            /**
+             * @description Refused: the request, the caller's credentials or rights, or the
+             *     target's state; `code` says which.
+             */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description The gateway could not answer: `internal` (the log has the cause),
+             *     `storage_full`, `database_busy`, `server_offline`...
+             */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_work_session_timeline: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The work session's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkSessionTimeline"];
+                };
             };
             /**
              * @description Refused: the request, the caller's credentials or rights, or the

@@ -235,41 +235,14 @@ export const isAdmin = (w: Whoami): boolean => !!(w.is_staff || w.is_superuser);
 export const SCOPES = ['websh', 'command', 'file', 'sudo', 'tunnel'] as const;
 export type Scope = (typeof SCOPES)[number];
 
-export type WorkStatus = 'pending' | 'approved' | 'active' | 'completed' | 'expired' | 'revoked' | 'rejected' | 'cancelled';
+export type WorkStatus = Schemas['WorkSessionStatus'];
 
-export interface WorkSession {
-  id: string;
-  requester: string;
-  purpose: string;
-  status: WorkStatus | string;
-  scopes: string[];
-  sudo_commands?: string[];
-  servers: { id: string; name: string }[];
-  duration_seconds: number;
-  starts_at?: string | null;
-  activated_at?: string | null;
-  expires_at?: string | null;
-  extension_requested_seconds?: number | null;
-  created_at?: string;
-  decided_at?: string | null;
-  decided_by?: string | null;
-  decision_note?: string | null;
-  ended_at?: string | null;
-  end_reason?: string | null;
-}
+export type WorkSession = Schemas['WorkSession'];
 
-export interface TimelineItem {
-  kind: 'event' | 'terminal' | 'command' | 'transfer' | string;
-  timestamp: string;
-  [k: string]: unknown;
-}
+/** One entry of a work session's timeline, tagged by `kind`. */
+export type TimelineItem = Schemas['TimelineItem'];
 
-export interface WorkPolicy {
-  required_for: 'nobody' | 'members' | 'everyone';
-  required_groups: string[];
-  auto_approve_superusers: boolean;
-  max_duration_hours: number;
-}
+export type WorkPolicy = Schemas['WorkSessionPolicy'];
 
 const WS = '/api/work-sessions/sessions/';
 const wsPath = (id: string, action = '') => `${WS}${encodeURIComponent(id)}/${action ? action + '/' : ''}`;
@@ -301,7 +274,7 @@ export function workSessionAction(id: string, action: WorkAction, body?: Record<
   return api<WorkSession>('POST', wsPath(id, action), body);
 }
 
-export function workSessionTimeline(id: string, signal?: AbortSignal): Promise<{ session: WorkSession; results: TimelineItem[] }> {
+export function workSessionTimeline(id: string, signal?: AbortSignal): Promise<Schemas['WorkSessionTimeline']> {
   return api('GET', wsPath(id, 'timeline'), undefined, { signal });
 }
 

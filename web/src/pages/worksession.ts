@@ -39,7 +39,9 @@ const EVENT_LABEL: Record<string, string> = {
 };
 
 /** One line about an audit event: what happened, by whom, the detail that matters. */
-function eventBody(it: TimelineItem): (Node | string)[] {
+type EventItem = Extract<TimelineItem, { kind: 'event' }>;
+
+function eventBody(it: EventItem): (Node | string)[] {
   const action = str(it.action);
   const d = obj(it.detail);
   const user = str(it.user);
@@ -75,11 +77,10 @@ function eventBody(it: TimelineItem): (Node | string)[] {
 }
 
 function itemBody(it: TimelineItem): (Node | string | null)[] {
+  if (it.kind === 'event') return eventBody(it);
   const server = str(it.server_name);
   const user = str(it.username);
   switch (it.kind) {
-    case 'event':
-      return eventBody(it);
     case 'terminal': {
       const id = str(it.id);
       const live = it.status !== 'closed' && !it.closed_at;
@@ -108,8 +109,6 @@ function itemBody(it: TimelineItem): (Node | string | null)[] {
         typeof it.bytes === 'number' ? ` · ${bytes(it.bytes)}` : '',
       ];
     }
-    default:
-      return [h('strong', {}, str(it.kind)), ' ', JSON.stringify(it)];
   }
 }
 
