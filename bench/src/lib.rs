@@ -217,8 +217,11 @@ pub fn dump_samples(what: &str, series: &[&str], samples: &[Vec<std::time::Durat
 
 /// The workspace root (where BENCHMARKS.md lives).
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default()
+    PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()),
+    )
+    .parent()
+    .map(PathBuf::from)
+    .unwrap_or_default()
 }

@@ -19,6 +19,13 @@ pub mod mountns;
 pub mod pg;
 pub mod relay;
 
+/// A crate's directory: from cargo at run time, else `compiled` (its
+/// `env!("CARGO_MANIFEST_DIR")`). A test binary reused from a build in
+/// another checkout keeps that checkout's path in `env!`.
+pub fn crate_dir(compiled: &str) -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| compiled.to_string())
+}
+
 pub fn bin_dir() -> PathBuf {
     if let Ok(d) = std::env::var("ALPACON_BIN_DIR") {
         return PathBuf::from(d);

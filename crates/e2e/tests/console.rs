@@ -9,7 +9,8 @@ use alpacon_e2e::{is_root, text, Agent, AgentOpts, Gateway};
 
 #[test]
 fn browser_console_in_headless_chromium() {
-    let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web");
+    let web = std::path::PathBuf::from(alpacon_e2e::crate_dir(env!("CARGO_MANIFEST_DIR")))
+        .join("../../web");
     assert!(
         web.join("node_modules").exists() && web.join("dist/index.html").exists(),
         "build the console first: (cd web && npm ci && npm run build); scripts/test does"

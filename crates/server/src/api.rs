@@ -61,6 +61,17 @@ impl<T: Serialize> IntoResponse for Json<T> {
     }
 }
 
+/// No text the API takes may hold a NUL character: PostgreSQL cannot
+/// store one, and no name, path or filter needs it.
+fn refuse_nul(raw: &str) -> Result<(), ApiError> {
+    if raw.to_ascii_lowercase().contains("%00") {
+        return Err(ApiError::bad_request(
+            "text in the URL may not contain NUL characters (%00)",
+        ));
+    }
+    Ok(())
+}
+
 /// `axum::extract::Query` with JSON rejections.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Query<T>(pub T);
@@ -73,6 +84,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        refuse_nul(parts.uri.query().unwrap_or(""))?;
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| Query(q.0))
@@ -92,10 +104,32 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        refuse_nul(parts.uri.path())?;
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|p| Path(p.0))
             .map_err(|rej| ApiError::bad_request(rej.body_text()))
+    }
+}
+
+/// `axum`'s `WebSocketUpgrade`, but a request that is not a WebSocket
+/// handshake answers 426 `websocket_required` as JSON, like every error,
+/// instead of axum's plain-text rejection.
+pub struct WebSocketUpgrade(pub axum::extract::ws::WebSocketUpgrade);
+
+impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::ws::WebSocketUpgrade::from_request_parts(parts, state)
+            .await
+            .map(WebSocketUpgrade)
+            .map_err(|rej| {
+                ApiError::new(
+                    ErrorCode::WebsocketRequired,
+                    format!("this route is a WebSocket: {}", rej.body_text()),
+                )
+            })
     }
 }
 
@@ -294,6 +328,13 @@ mod tests {
             page: page.map(str::to_string),
             page_size: size.map(str::to_string),
         }
+    }
+
+    #[test]
+    fn nul_characters_are_refused_in_urls() {
+        assert!(refuse_nul("name=web&page=2").is_ok());
+        assert!(refuse_nul("status=r%00").is_err());
+        assert!(refuse_nul("/api/x/a%00b/").is_err());
     }
 
     #[test]

@@ -203,7 +203,7 @@ pub(crate) mod tests {
     /// ones from the SQLite ones.
     #[test]
     fn postgres_migrations_are_generated_from_the_sqlite_ones() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let root = std::path::PathBuf::from(crate::testutil::crate_dir()).join("migrations");
         let files = |d: &str| -> Vec<String> {
             let mut v: Vec<String> = std::fs::read_dir(root.join(d))
                 .unwrap()

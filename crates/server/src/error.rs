@@ -121,6 +121,11 @@ impl From<sqlx::Error> for ApiError {
             if is_storage_full(db) {
                 return storage_full();
             }
+            // PostgreSQL's character_not_in_repertoire (22021): text with a
+            // NUL character (SQLite would have stored it).
+            if db.code().as_deref() == Some("22021") {
+                return ApiError::bad_request("text may not contain NUL characters");
+            }
         }
         if let sqlx::Error::Io(io) = &e {
             if is_no_space(io) {

@@ -3,7 +3,9 @@
 //! route handlers (with a list of files still to be moved that may only
 //! shrink).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use crate::testutil::crate_dir;
 
 /// The shell around the features: the files besides `http.rs`/`ws.rs`
 /// that may name axum, and why.
@@ -33,7 +35,7 @@ const MAX_LINES: usize = 800;
 /// Every non-test source file, relative to `src/`, with its code before
 /// any `#[cfg(test)]`.
 fn sources() -> Vec<(String, String)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let root = PathBuf::from(crate_dir()).join("src");
     let mut out = Vec::new();
     let mut stack: Vec<PathBuf> = vec![root.clone()];
     while let Some(dir) = stack.pop() {

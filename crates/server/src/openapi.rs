@@ -221,7 +221,7 @@ mod tests {
     /// static pages are the only plain routes.
     #[test]
     fn no_route_is_left_out_of_the_document() {
-        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let src = std::path::PathBuf::from(crate::testutil::crate_dir()).join("src");
         let mut plain = Vec::new();
         let mut stack = vec![src];
         while let Some(dir) = stack.pop() {

@@ -304,3 +304,9 @@ impl TestApp {
         }
     }
 }
+
+/// This crate's directory: from cargo at run time (a test binary reused
+/// from a build in another checkout keeps that checkout's path in `env!`).
+pub fn crate_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())
+}

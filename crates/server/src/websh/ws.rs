@@ -11,7 +11,7 @@ use std::time::Duration;
 use alpacon_api::websh as api;
 use alpacon_proto::websh::{ClientMsg, ServerMsg};
 use axum::body::Bytes;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocket};
 use axum::extract::State;
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
@@ -24,7 +24,7 @@ use super::rules::Access;
 use super::store::{self, SessionRow};
 use super::tail::TailRead;
 use super::{close_live, raw_path, restore, restored_input_base, stored_ending, Ending, Live};
-use crate::api::{Path, Query};
+use crate::api::{Path, Query, WebSocketUpgrade};
 use crate::app::AppState;
 use crate::audit::{self, Event as AuditEvent};
 use crate::auth::Caller;
@@ -54,7 +54,7 @@ async fn attach_websh_session(
     caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<api::WebshAttachQuery>,
-    ws: WebSocketUpgrade,
+    WebSocketUpgrade(ws): WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let row = store::fetch(&state, &id).await?;
     let access = store::access(&state, &caller, &row).await?;
