@@ -76,6 +76,12 @@ fn schemathesis_finds_nothing() {
         // would end this run's own credential halfway (tokens.rs tests it).
         .args(["--exclude-operation-id", "delete_token"])
         .args(["--request-timeout", "30"])
+        // About one run in five saw one connection end without a TLS
+        // close_notify (on POST /api/websh/sessions/ and PATCH
+        // /api/iam/groups/{id}/); the cause is not found yet (see the
+        // closing note). A network-level failure is retried; answers are
+        // still all checked.
+        .args(["--request-retries", "2"])
         .args(["-H", &format!("Authorization: Bearer {key}")])
         .arg("--tls-verify")
         .arg(gw.ca())
