@@ -79,6 +79,7 @@ pub fn router(state: AppState) -> Router {
             acl::scope_layer,
         ))
         .layer(middleware::from_fn(security_headers))
+        .layer(middleware::from_fn(close_after_unread_body))
         .layer(middleware::from_fn(log_requests))
         .with_state(state)
 }
@@ -140,6 +141,28 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     )
 }
 
+/// An error answered before a request's body was read (401 on an upload,
+/// say) leaves the body on the connection; hyper then closes it rather
+/// than drain a large one. Saying so in the answer (`Connection: close`,
+/// HTTP/1 only) keeps a keep-alive client from sending its next request
+/// into a connection that is going away.
+async fn close_after_unread_body(req: Request, next: Next) -> Response {
+    let http1 = req.version() < axum::http::Version::HTTP_2;
+    let has_body = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v != "0")
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    let mut resp = next.run(req).await;
+    let status = resp.status();
+    if http1 && has_body && (status.is_client_error() || status.is_server_error()) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
 /// One log line per request. The query string is left out on purpose: it
 /// can carry a registration token (`/install.sh?token=`).
 async fn log_requests(req: Request, next: Next) -> Response {
@@ -157,4 +180,58 @@ async fn log_requests(req: Request, next: Next) -> Response {
         tracing::info!(%method, %path, status = status.as_u16(), ms, "request");
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use axum::http::{header, Request, Version};
+    use std::net::SocketAddr;
+    use tower::ServiceExt;
+
+    use crate::testutil::TestApp;
+
+    /// An upload refused before its body is read says the connection
+    /// closes (HTTP/1); other answers keep it.
+    #[tokio::test]
+    async fn an_error_before_the_body_is_read_closes_an_http1_connection() {
+        let app = TestApp::new().await;
+        let send = |version: Version, body: &'static str, path: &'static str| {
+            let mut req = Request::post(path)
+                .version(version)
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::CONTENT_LENGTH, body.len())
+                .body(Body::from(body))
+                .unwrap();
+            let addr: SocketAddr = "127.0.0.1:5555".parse().unwrap();
+            req.extensions_mut().insert(ConnectInfo(addr));
+            app.router.clone().oneshot(req)
+        };
+        let closing = |r: &axum::response::Response| {
+            r.headers()
+                .get(header::CONNECTION)
+                .is_some_and(|v| v == "close")
+        };
+        let r = send(
+            Version::HTTP_11,
+            "{\"server\":\"x\"}",
+            "/api/websh/sessions/",
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 401);
+        assert!(closing(&r));
+        let r = send(
+            Version::HTTP_2,
+            "{\"server\":\"x\"}",
+            "/api/websh/sessions/",
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 401);
+        assert!(!closing(&r), "no connection header on HTTP/2");
+        let r = send(Version::HTTP_11, "", "/api/status/").await.unwrap();
+        assert!(!closing(&r));
+    }
 }
