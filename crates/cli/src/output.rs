@@ -130,7 +130,10 @@ pub fn yes_no(b: bool) -> &'static str {
 
 /// An RFC 3339 timestamp in the local time zone; unparseable text as is.
 pub fn time(v: &Value, paths: &[&str]) -> String {
-    let raw = text(v, paths);
+    in_local_time(text(v, paths))
+}
+
+fn in_local_time(raw: String) -> String {
     match DateTime::parse_from_rfc3339(&raw) {
         Ok(t) => t
             .with_timezone(&Local)
@@ -143,14 +146,18 @@ pub fn time(v: &Value, paths: &[&str]) -> String {
 /// An RFC 3339 timestamp of a typed answer in the local time zone; "-"
 /// when absent.
 pub fn local_time(t: Option<&str>) -> String {
-    let v = serde_json::json!({ "t": t });
-    time(&v, &["t"])
+    match t {
+        Some(raw) if !raw.is_empty() => in_local_time(raw.to_string()),
+        _ => "-".to_string(),
+    }
 }
 
 /// [`ago`] for a typed answer's timestamp.
 pub fn ago_of(t: Option<&str>, now: DateTime<Utc>) -> String {
-    let v = serde_json::json!({ "t": t });
-    ago(&v, &["t"], now)
+    match t {
+        Some(raw) if !raw.is_empty() => ago_since(raw.to_string(), now),
+        _ => "never".to_string(),
+    }
 }
 
 /// "just now", "5m ago", "3d ago"; `never` when absent.
@@ -159,6 +166,10 @@ pub fn ago(v: &Value, paths: &[&str], now: DateTime<Utc>) -> String {
     if raw == "-" {
         return "never".into();
     }
+    ago_since(raw, now)
+}
+
+fn ago_since(raw: String, now: DateTime<Utc>) -> String {
     let Ok(t) = DateTime::parse_from_rfc3339(&raw) else {
         return raw;
     };

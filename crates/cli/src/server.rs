@@ -6,7 +6,7 @@ use alpacon_api::servers::{
 use anyhow::{anyhow, Result};
 use chrono::Utc;
 use clap::Subcommand;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::client::Client;
 use crate::config::Config;
@@ -132,16 +132,16 @@ pub trait Named {
     fn id(&self) -> Option<&str>;
 }
 
-impl Named for Value {
+impl Named for Server {
     fn name(&self) -> Option<&str> {
-        self.get("name").and_then(Value::as_str)
+        Some(&self.name)
     }
     fn id(&self) -> Option<&str> {
-        self.get("id").and_then(Value::as_str)
+        Some(&self.id)
     }
 }
 
-impl Named for Server {
+impl Named for alpacon_api::tokens::ApiToken {
     fn name(&self) -> Option<&str> {
         Some(&self.name)
     }
@@ -281,25 +281,7 @@ pub fn expiry_of(expires_at: Option<&str>) -> String {
     }
 }
 
-/// "never" for tokens without an expiry.
-pub fn expiry(v: &Value) -> String {
-    match output::lookup(v, "expires_at") {
-        None => "never".into(),
-        Some(_) => output::time(v, &["expires_at"]),
-    }
-}
-
 /// An ID as is; a name through the listing (those endpoints have no filter).
-pub async fn resolve_by_name(
-    client: &Client,
-    segments: &[&str],
-    id_or_name: &str,
-    what: &str,
-) -> Result<String> {
-    resolve_named::<Value>(client, segments, id_or_name, what).await
-}
-
-/// [`resolve_by_name`] over a typed listing.
 pub async fn resolve_named<T: Named + serde::de::DeserializeOwned>(
     client: &Client,
     segments: &[&str],
@@ -387,11 +369,20 @@ mod tests {
 
     #[test]
     fn pick_by_name_wants_exactly_one() {
+        struct Item(&'static str, &'static str);
+        impl Named for Item {
+            fn name(&self) -> Option<&str> {
+                Some(self.1)
+            }
+            fn id(&self) -> Option<&str> {
+                Some(self.0)
+            }
+        }
         let items = vec![
-            json!({"id": "1", "name": "web"}),
-            json!({"id": "2", "name": "web-2"}),
-            json!({"id": "3", "name": "db"}),
-            json!({"id": "4", "name": "db"}),
+            Item("1", "web"),
+            Item("2", "web-2"),
+            Item("3", "db"),
+            Item("4", "db"),
         ];
         assert_eq!(pick_by_name(&items, "web", "server").unwrap(), "1");
         let missing = pick_by_name(&items, "cache", "server").unwrap_err();

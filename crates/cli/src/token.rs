@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::output::{self, print_json, Table};
-use crate::server::resolve_by_name;
+use crate::server::resolve_named;
 use crate::Ctx;
 
 const TOKENS: &[&str] = &["api", "auth", "tokens"];
@@ -122,7 +122,7 @@ async fn set_enabled(
     token: &str,
     enabled: bool,
 ) -> Result<()> {
-    let id = resolve_by_name(client, TOKENS, token, "token").await?;
+    let id = resolve_named::<tokens::ApiToken>(client, TOKENS, token, "token").await?;
     let url = client.endpoint(&[TOKENS, &[id.as_str()]].concat());
     let updated: tokens::ApiToken = client
         .send_json(
@@ -243,7 +243,7 @@ async fn acl(ctx: &Ctx, client: &crate::client::Client, kind: AclKind) -> Result
             groupname,
             action,
         } => {
-            let id = resolve_by_name(client, TOKENS, token, "token").await?;
+            let id = resolve_named::<tokens::ApiToken>(client, TOKENS, token, "token").await?;
             match &kind {
                 AclKind::Command { .. } => {
                     let body = acl::CreateCommandAcl {
@@ -274,7 +274,9 @@ async fn acl(ctx: &Ctx, client: &crate::client::Client, kind: AclKind) -> Result
         }
         AclOp::Ls { token } => {
             let id = match token {
-                Some(t) => Some(resolve_by_name(client, TOKENS, t, "token").await?),
+                Some(t) => {
+                    Some(resolve_named::<tokens::ApiToken>(client, TOKENS, t, "token").await?)
+                }
                 None => None,
             };
             let q: Vec<(&str, &str)> = id.iter().map(|i| ("token", i.as_str())).collect();
@@ -374,7 +376,7 @@ pub async fn run(ctx: &Ctx, cmd: TokenCommand) -> Result<u8> {
         TokenCommand::Disable { token } => set_enabled(ctx, &client, &token, false).await?,
         TokenCommand::Acl { kind } => return acl(ctx, &client, kind).await,
         TokenCommand::Delete { token } => {
-            let id = resolve_by_name(&client, TOKENS, &token, "token").await?;
+            let id = resolve_named::<tokens::ApiToken>(&client, TOKENS, &token, "token").await?;
             client.delete(&[TOKENS, &[id.as_str()]].concat()).await?;
             if ctx.json() {
                 print_json(&json!({ "id": id, "deleted": true }))?;
